@@ -1,0 +1,72 @@
+"""Settings from IMGTOOLS_* environment variables and matching CLI flags."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from typing_extensions import Annotated
+
+DEFAULT_OUTPUT_DIR = Path("~/.local/share/imgtools-mcp/outputs")
+
+
+def _split_paths(value: object) -> object:
+    # Environment variables carry path lists the way PATH does (os.pathsep) or comma-separated.
+    if isinstance(value, str):
+        return [part.strip() for part in re.split(rf"[,{re.escape(os.pathsep)}]", value) if part.strip()]
+    return value
+
+
+PathList = Annotated[list[Path], NoDecode]
+
+
+class Settings(BaseSettings):
+    """Everything the server and engine are configured with; built once, passed down."""
+
+    model_config = SettingsConfigDict(env_prefix="IMGTOOLS_", extra="ignore", populate_by_name=True)
+
+    model: str = Field(
+        "stabilityai/sd-turbo",
+        description="Default model: a HuggingFace id, a local diffusers folder or a .safetensors checkpoint.",
+    )
+    output_dir: Path = Field(DEFAULT_OUTPUT_DIR, description="Where images, sidecars and job records are written.")
+    input_roots: PathList = Field(
+        default_factory=list, description="Folders whose files may be read as image inputs (default: output_dir)."
+    )
+    model_dirs: PathList = Field(default_factory=list, description="Folders scanned for local models.")
+    lora_dirs: PathList = Field(default_factory=list, description="Folders scanned for LoRA files.")
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N | xpu | mps")
+    dtype: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+    backend: Literal["auto", "torch", "openvino", "onnxruntime"] = "auto"
+    memory: Literal["auto", "resident", "vae_tiling", "model_offload", "group_offload", "sequential_offload"] = "auto"
+    max_pixels: int = Field(2048 * 2048, ge=64 * 64, description="Largest width*height a request may ask for.")
+    max_queue: int = Field(16, ge=0, description="Requests that may wait for the engine before 'busy' errors.")
+    max_sweep_cells: int = Field(64, ge=1)
+    request_timeout_s: float = Field(1800.0, gt=0, description="Longest a single generation may run.")
+    hf_offline: bool = Field(False, description="Never contact the HuggingFace Hub; use the local cache only.")
+
+    vlm_base_url: str = "https://openrouter.ai/api/v1"
+    vlm_model: str = "qwen/qwen3.5-35b-a3b"
+    vlm_api_key: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("IMGTOOLS_VLM_API_KEY", "OPENROUTER_API_KEY", "vlm_api_key")
+    )
+    auth_token: SecretStr | None = None
+
+    @field_validator("input_roots", "model_dirs", "lora_dirs", mode="before")
+    @classmethod
+    def _paths(cls, value: object) -> object:
+        return _split_paths(value)
+
+    @field_validator("output_dir", mode="after")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    @property
+    def allowed_input_roots(self) -> list[Path]:
+        roots = self.input_roots or [self.output_dir]
+        return [Path(r).expanduser().resolve() for r in roots]

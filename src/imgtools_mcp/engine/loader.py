@@ -1,0 +1,135 @@
+"""Find a model (hub id, local diffusers folder, or single-file checkpoint) and load it as a pipeline."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from .errors import ModelLoadError, ModelNotFoundError
+from .families import Family, FamilyInfo, family_from_folder, family_from_state_dict_keys
+
+log = logging.getLogger(__name__)
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+CHECKPOINT_SUFFIXES = (".safetensors",)
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model's weights come from, resolved before anything heavy is loaded."""
+
+    kind: Literal["folder", "file", "hub"]
+    spec: str  # what the caller asked for
+    path: Path | None  # the folder or file on disk (for hub models: the cached snapshot)
+    name: str  # short name for infotext and listings
+
+    @property
+    def key(self) -> str:
+        return str(self.path) if self.path else self.spec
+
+
+def _hub_cache_snapshot(repo_id: str) -> Path | None:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except (LocalEntryNotFoundError, FileNotFoundError, OSError, ValueError):
+        return None
+
+
+def _hub_download(repo_id: str) -> Path:
+    """Fetch a diffusers pipeline from the hub, skipping weights diffusers would not load."""
+    from diffusers import DiffusionPipeline
+
+    return Path(DiffusionPipeline.download(repo_id, use_safetensors=None))
+
+
+def resolve_model(spec: str, *, model_dirs: list[Path], offline: bool) -> ModelSource:
+    """Turn a model reference into a ModelSource, downloading a hub model only when it is not cached."""
+    spec = spec.strip()
+    if not spec:
+        raise ModelNotFoundError("model: empty; give a HuggingFace id, a local diffusers folder or a .safetensors file")
+    candidates = [Path(spec).expanduser()]
+    candidates += [Path(d).expanduser() / spec for d in model_dirs]
+    for path in candidates:
+        if path.is_dir() and (path / "model_index.json").is_file():
+            return ModelSource("folder", spec, path.resolve(), path.name)
+        if path.is_file() and path.suffix.lower() in CHECKPOINT_SUFFIXES:
+            return ModelSource("file", spec, path.resolve(), path.stem)
+        if path.exists() and (path.is_file() or path.is_dir()) and path.is_absolute():
+            raise ModelNotFoundError(
+                f"model: {spec!r} exists but is neither a diffusers folder (with model_index.json) nor a .safetensors checkpoint"
+            )
+    if not _HUB_ID.match(spec):
+        raise ModelNotFoundError(
+            f"model: {spec!r} is not a local folder, a .safetensors file or a HuggingFace id like 'owner/name'"
+        )
+    cached = _hub_cache_snapshot(spec)
+    if cached is not None and (cached / "model_index.json").is_file():
+        return ModelSource("hub", spec, cached, spec.split("/")[-1])
+    if offline or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        raise ModelNotFoundError(
+            f"model: {spec!r} is not in the HuggingFace cache and offline mode is on; "
+            f"run `hf download {spec}` where the hub is reachable, or point IMGTOOLS_MODEL at a local folder"
+        )
+    try:
+        folder = _hub_download(spec)
+    except Exception as exc:  # the hub client raises many transport/HTTP types; all mean "could not fetch"
+        raise ModelNotFoundError(
+            f"model: {spec!r} is not in the HuggingFace cache and could not be downloaded "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else 'no detail'}); "
+            f"check the id and network, run `hf download {spec}`, or point IMGTOOLS_MODEL at a local folder"
+        ) from exc
+    return ModelSource("hub", spec, folder, spec.split("/")[-1])
+
+
+def inspect_family(source: ModelSource) -> FamilyInfo:
+    """The family of a model from its configs (folders) or tensor names (checkpoints), without loading weights."""
+    assert source.path is not None
+    if source.kind == "file":
+        from safetensors import safe_open
+
+        with safe_open(str(source.path), framework="pt") as handle:
+            keys = set(handle.keys())
+            in_key = "model.diffusion_model.input_blocks.0.0.weight"
+            in_channels = handle.get_slice(in_key).get_shape()[1] if in_key in keys else 4
+        return family_from_state_dict_keys(keys, source.name, unet_in_channels=in_channels)
+    return family_from_folder(source.path, source.name)
+
+
+def load_pipeline(source: ModelSource, family: FamilyInfo, dtype: torch.dtype) -> Any:
+    """Load the text-to-image pipeline for a source on the CPU; the engine moves it where the plan says."""
+    from diffusers import (
+        AutoPipelineForText2Image,
+        StableDiffusionPipeline,
+        StableDiffusionXLPipeline,
+    )
+
+    assert source.path is not None
+    try:
+        if source.kind == "file":
+            cls = StableDiffusionXLPipeline if family.family is Family.SDXL else StableDiffusionPipeline
+            pipe = cls.from_single_file(str(source.path), torch_dtype=dtype, local_files_only=_offline())
+        else:
+            pipe = AutoPipelineForText2Image.from_pretrained(str(source.path), torch_dtype=dtype)
+    except Exception as exc:  # diffusers raises OSError/ValueError/EnvironmentError variants for bad weights
+        raise ModelLoadError(
+            f"model: {source.spec!r} could not be loaded as a diffusers pipeline: {type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:200] if str(exc) else 'no detail'}"
+        ) from exc
+    if getattr(pipe, "safety_checker", None) is not None:
+        # The assistant's host applies its own content policy; the checker costs memory and blacks out images.
+        pipe.safety_checker = None
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")

@@ -1,0 +1,1 @@
+"""Image inputs and outputs: reference resolution, masks and thumbnails."""

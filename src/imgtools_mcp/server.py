@@ -1,0 +1,87 @@
+"""Builds the MCP server from a Settings object: lifespan (engine, store, jobs, VLM) and every tool family."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from pydantic import ValidationError
+
+from . import __version__
+from .app import AppContext
+from .config import Settings
+from .engine.engine import Engine
+from .images.refs import ImageResolver
+from .jobs import JobManager
+from .params import one_line_error
+from .store import OutputStore
+from .tools import generate, jobs, resources
+
+log = logging.getLogger(__name__)
+
+INSTRUCTIONS = (
+    "Image tools on a local diffusers engine. Outputs are referenced by id or imgtools://images/<id>; "
+    "pass them as `image` to edit/inpaint. Long calls accept background=true and return a job id for get_job."
+)
+TOOL_FAMILIES = (generate, jobs, resources)
+
+
+class ImgToolsServer(MCPServer[AppContext]):
+    """MCPServer whose argument errors read as one line naming the parameter, and which refuses unknown ones."""
+
+    async def call_tool(self, name: str, arguments: dict[str, Any], context: Context | None = None) -> Any:
+        known = {tool.name: tool for tool in await self.list_tools()}
+        tool = known.get(name)
+        if tool is not None:
+            allowed = set(tool.input_schema.get("properties", {}))
+            unknown = sorted(set(arguments) - allowed)
+            if unknown:
+                raise ToolError(
+                    f"Error executing tool {name}: unknown parameter(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}"
+                )
+        try:
+            return await super().call_tool(name, arguments, context)
+        except ToolError as exc:
+            if isinstance(exc.__cause__, ValidationError):
+                raise ToolError(f"Error executing tool {name}: {one_line_error(exc.__cause__)}") from exc.__cause__
+            raise
+
+
+def build_server(settings: Settings, engine: Engine | None = None) -> ImgToolsServer:
+    """The server for one configuration; `engine` may be passed in by tests that share one across servers."""
+
+    @asynccontextmanager
+    async def lifespan(_: MCPServer[AppContext]) -> AsyncIterator[AppContext]:
+        store = OutputStore(settings.output_dir)
+        own_engine = engine is None
+        app = AppContext(
+            settings=settings,
+            engine=engine or Engine(settings),
+            store=store,
+            resolver=ImageResolver(store.lookup, settings.allowed_input_roots, max_pixels=settings.max_pixels * 4),
+            jobs=JobManager(settings.output_dir / "jobs"),
+        )
+        async with anyio.create_task_group() as task_group:
+            app.jobs.bind(task_group)
+            try:
+                yield app
+            finally:
+                task_group.cancel_scope.cancel()
+                if own_engine:
+                    await app.engine.aclose()
+
+    server = ImgToolsServer(
+        "imgtools-mcp",
+        title="imgtools",
+        version=__version__,
+        instructions=INSTRUCTIONS,
+        lifespan=lifespan,
+    )
+    for family in TOOL_FAMILIES:
+        family.register(server)
+    return server

@@ -1,0 +1,36 @@
+"""The `generate` tool: text to image."""
+
+from __future__ import annotations
+
+from mcp.server.mcpserver import Context, MCPServer
+from mcp_types import CallToolResult, ToolAnnotations
+
+from ..params import GenerateRequest
+from .common import bind_tool
+from .generation import ImageInputs, run_image_tool
+
+DESCRIPTION = """Make image(s) from a text prompt with the local diffusion engine.
+Returns a thumbnail and an imgtools://images/<id> link per image; pass the id to edit/inpaint to keep working on it.
+Omitted width/height/steps/guidance come from the model family; the seed is always reported, reuse it to reproduce.
+Use sweep to compare parameter values, refine to iterate toward a goal with critique."""
+
+
+async def handle(request: GenerateRequest, ctx: Context) -> CallToolResult:
+    async def prepare(app) -> ImageInputs:
+        return ImageInputs(mode="txt2img")
+
+    return await run_image_tool(ctx, "generate", request, prepare)
+
+
+def register(server: MCPServer) -> None:
+    bind_tool(
+        server,
+        GenerateRequest,
+        handle,
+        name="generate",
+        title="Generate image",
+        description=DESCRIPTION,
+        annotations=ToolAnnotations(
+            title="Generate image", read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False
+        ),
+    )

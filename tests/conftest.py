@@ -1,0 +1,58 @@
+"""Shared fixtures: tiny real pipelines built locally, settings pointing at a temp output folder, MCP clients."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+# No test may reach the HuggingFace Hub; tiny local pipelines stand in for real models.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from imgtools_mcp.config import Settings  # noqa: E402
+from imgtools_mcp.engine.testmodel import make_test_model  # noqa: E402
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("models")
+    return {family: make_test_model(root / f"tiny-{family}", family) for family in ("sd15", "sdxl")}
+
+
+@pytest.fixture
+def tiny_sd15(tiny_models: dict[str, Path]) -> Path:
+    return tiny_models["sd15"]
+
+
+@pytest.fixture
+def tiny_sdxl(tiny_models: dict[str, Path]) -> Path:
+    return tiny_models["sdxl"]
+
+
+@pytest.fixture
+def settings(tmp_path: Path, tiny_sd15: Path) -> Settings:
+    return Settings(model=str(tiny_sd15), output_dir=tmp_path / "out", device="cpu", hf_offline=True)
+
+
+@pytest.fixture(params=["sd15", "sdxl"])
+def family_settings(request: pytest.FixtureRequest, tmp_path: Path, tiny_models: dict[str, Path]) -> Settings:
+    """The same test against both families."""
+    return Settings(model=str(tiny_models[request.param]), output_dir=tmp_path / "out", device="cpu", hf_offline=True)
+
+
+@pytest.fixture
+async def client(settings: Settings) -> AsyncIterator[object]:
+    from mcp import Client
+
+    from imgtools_mcp.server import build_server
+
+    async with Client(build_server(settings)) as connected:
+        yield connected
