@@ -54,6 +54,10 @@ class Engine:
             self._sources[spec] = (source, inspect_family(source))
         return self._sources[spec]
 
+    async def aresolve(self, spec: str | None) -> tuple[ModelSource, FamilyInfo]:
+        """`resolve` off the event loop: a first use may scan folders or download from the hub."""
+        return await anyio.to_thread.run_sync(self.resolve, spec)
+
     # ----- queue -----
 
     @property

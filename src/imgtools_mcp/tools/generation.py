@@ -202,6 +202,7 @@ async def run_image_tool(
     from .common import app_of
 
     app = app_of(ctx)
+    await app.engine.aresolve(params.model)  # so plan_job's lookup never blocks the event loop
     inputs: ImageInputs = await prepare(app)
     if not params.background:
         return await produce_result(app, tool, params, inputs, progress_sink(ctx))
