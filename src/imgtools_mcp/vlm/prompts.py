@@ -6,10 +6,10 @@ import re
 from pathlib import Path
 
 # Where templates are looked for, first match wins:
-# 1. `imgtools_mcp/prompts/` inside the package, where an installed wheel carries them (packaging
-#    is expected to copy the repo's prompts/ there as package data);
+# 1. `imgtools_mcp/prompts/` inside the package: the one copy of the templates, shipped in the wheel
+#    as package data (the repository's top-level `prompts/` is a symlink to it);
 # 2. `prompts/` at the repository root (parents[3] of this file: vlm -> imgtools_mcp -> src -> repo),
-#    which is where the templates are edited and what a source checkout or editable install uses.
+#    for a checkout whose file system turned that symlink into a folder of its own.
 PROMPT_DIRS = (
     Path(__file__).resolve().parents[1] / "prompts",
     Path(__file__).resolve().parents[3] / "prompts",
