@@ -37,6 +37,12 @@ def tiny_sdxl(tiny_models: dict[str, Path]) -> Path:
     return tiny_models["sdxl"]
 
 
+@pytest.fixture(scope="session")
+def tiny_sd15_inpaint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A dedicated inpainting checkpoint (9-channel UNet), like stable-diffusion-inpainting."""
+    return make_test_model(tmp_path_factory.mktemp("models") / "tiny-sd15-inpaint", "sd15-inpaint")
+
+
 @pytest.fixture
 def settings(tmp_path: Path, tiny_sd15: Path) -> Settings:
     return Settings(model=str(tiny_sd15), output_dir=tmp_path / "out", device="cpu", hf_offline=True)

@@ -27,6 +27,7 @@ SETTING_FLAGS: dict[str, dict[str, Any]] = {
         "help": "memory plan (IMGTOOLS_MEMORY)",
     },
     "max_pixels": {"type": int, "help": "largest width*height (IMGTOOLS_MAX_PIXELS)"},
+    "max_input_bytes": {"type": int, "help": "largest image input, file, base64 or URL download (IMGTOOLS_MAX_INPUT_BYTES)"},
     "max_queue": {"type": int, "help": "requests that may wait for the engine (IMGTOOLS_MAX_QUEUE)"},
     "vlm_base_url": {"help": "OpenAI-compatible VLM endpoint (IMGTOOLS_VLM_BASE_URL)"},
     "vlm_model": {"help": "VLM model id (IMGTOOLS_VLM_MODEL)"},
@@ -79,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     make = sub.add_parser("make-test-model", help="write a tiny random-weight pipeline for offline tests and demos")
     make.add_argument("dir", type=Path)
-    make.add_argument("--family", choices=["sd15", "sdxl"], default="sd15")
+    make.add_argument("--family", choices=["sd15", "sdxl", "sd15-inpaint"], default="sd15")
     make.add_argument("--seed", type=int, default=0)
     return parser
 

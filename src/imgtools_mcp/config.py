@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     backend: Literal["auto", "torch", "openvino", "onnxruntime"] = "auto"
     memory: Literal["auto", "resident", "vae_tiling", "model_offload", "group_offload", "sequential_offload"] = "auto"
     max_pixels: int = Field(2048 * 2048, ge=64 * 64, description="Largest width*height a request may ask for.")
+    max_input_bytes: int = Field(
+        32 * 1024 * 1024, ge=1024, description="Largest image input (file, base64 or URL download) in bytes."
+    )
     max_queue: int = Field(16, ge=0, description="Requests that may wait for the engine before 'busy' errors.")
     max_sweep_cells: int = Field(64, ge=1)
     request_timeout_s: float = Field(1800.0, gt=0, description="Longest a single generation may run.")

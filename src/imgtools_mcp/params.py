@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
+
+from .images.masks import MaskShape
 
 SamplerName = Literal["euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "ddim", "unipc", "lcm", "default"]
 MAX_SEED = 2**32 - 1
@@ -48,6 +51,103 @@ class GenerationParams(BaseModel):
 
 class GenerateRequest(GenerationParams):
     """Text to image."""
+
+
+IMAGE_REFERENCE = (
+    "an output id or imgtools://images/<id> (from generate/edit/inpaint), a file path under the allowed input roots, "
+    "a data:image/...;base64 URL or bare base64, or an http(s) URL"
+)
+
+
+class EditRequest(GenerationParams):
+    """Image + prompt to image (img2img)."""
+
+    image: str = Field(min_length=1, description=f"The image to start from: {IMAGE_REFERENCE}")
+    strength: float = Field(
+        0.6, ge=0.0, le=1.0,
+        description="How much to change: 0 keeps the input, 1 ignores it; 0.3 touch-up, 0.6 restyle, 0.8+ reimagine. "
+        "Runs about strength*steps denoising steps",
+    )
+    width: int | None = Field(
+        None, ge=64, le=4096, multiple_of=8,
+        description="Output pixels, multiple of 8; default: the input's width rounded to 8 (keeping its aspect if only height is given)",
+    )
+    height: int | None = Field(
+        None, ge=64, le=4096, multiple_of=8,
+        description="Output pixels, multiple of 8; default: the input's height rounded to 8 (keeping its aspect if only width is given)",
+    )
+
+
+class Expand(BaseModel):
+    """Pixels to add on each side of the image for outpainting."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    left: int = Field(0, ge=0, le=2048, description="Pixels added on the left")
+    right: int = Field(0, ge=0, le=2048, description="Pixels added on the right")
+    top: int = Field(0, ge=0, le=2048, description="Pixels added at the top")
+    bottom: int = Field(0, ge=0, le=2048, description="Pixels added at the bottom")
+
+    @model_validator(mode="after")
+    def _something_to_add(self) -> "Expand":
+        if not (self.left or self.right or self.top or self.bottom):
+            raise PydanticCustomError("expand_empty", "needs at least one of left, right, top, bottom > 0")
+        return self
+
+    def as_dict(self) -> dict[str, int]:
+        return {"left": self.left, "right": self.right, "top": self.top, "bottom": self.bottom}
+
+
+class InpaintRequest(GenerationParams):
+    """Image + mask to image: repaint the masked part (or the new border when expanding), keep the rest."""
+
+    image: str = Field(min_length=1, description=f"The image to change: {IMAGE_REFERENCE}")
+    mask: str | None = Field(
+        None, min_length=1,
+        description="Mask image, same reference forms as `image`; white = repaint, black = keep; resized to the image if its size differs",
+    )
+    mask_shapes: list[MaskShape] | None = Field(
+        None, min_length=1, max_length=32,
+        description="Areas to repaint as [{type: rect|ellipse, x, y, width, height}]; all four values <= 1 are fractions "
+        "of the image (x=0.25, width=0.5 is the middle half), otherwise pixels",
+    )
+    expand: Expand | None = Field(
+        None, description="Outpaint: grow the canvas by {left, right, top, bottom} pixels and paint the new border to match"
+    )
+    mask_blur: float = Field(4.0, ge=0.0, le=64.0, description="Feather the mask edge by this many pixels so the repaint blends")
+    invert_mask: bool = Field(False, description="Repaint what the mask marks black instead (keep the white part)")
+    inpaint_area: Literal["full", "masked"] = Field(
+        "full",
+        description="full: denoise the whole image; masked: denoise only a crop around the mask at the model's resolution "
+        "(more detail for small areas of big images), then paste it back",
+    )
+    padding: int = Field(32, ge=0, le=1024, description="inpaint_area=masked: context pixels around the mask's box")
+    strength: float = Field(
+        0.99, ge=0.0, le=1.0,
+        description="How much the masked area changes: 0.99 repaints it (default), 0.5-0.8 keeps its colours and layout",
+    )
+    width: int | None = Field(
+        None, ge=64, le=4096, multiple_of=8,
+        description="Working width of the denoiser, multiple of 8 (the output keeps the image's size plus expand); "
+        "default: the image's width rounded to 8, or for inpaint_area=masked the model's native size",
+    )
+    height: int | None = Field(
+        None, ge=64, le=4096, multiple_of=8,
+        description="Working height of the denoiser, multiple of 8 (the output keeps the image's size plus expand); "
+        "default: the image's height rounded to 8, or for inpaint_area=masked the model's native size",
+    )
+
+    @model_validator(mode="after")
+    def _one_mask_source(self) -> "InpaintRequest":
+        given = [name for name in ("mask", "mask_shapes", "expand") if getattr(self, name) is not None]
+        if len(given) != 1:
+            got = " and ".join(given) if given else "none"
+            raise PydanticCustomError(
+                "mask_source",
+                "give exactly one of mask (an image), mask_shapes (rect/ellipse list) or expand (outpaint); got {got}",
+                {"got": got},
+            )
+        return self
 
 
 class ImageInfo(BaseModel):

@@ -20,7 +20,7 @@ from .images.refs import ImageResolver
 from .jobs import JobManager
 from .params import one_line_error
 from .store import OutputStore
-from .tools import generate, jobs, resources
+from .tools import edit, generate, inpaint, jobs, resources
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ INSTRUCTIONS = (
     "Image tools on a local diffusers engine. Outputs are referenced by id or imgtools://images/<id>; "
     "pass them as `image` to edit/inpaint. Long calls accept background=true and return a job id for get_job."
 )
-TOOL_FAMILIES = (generate, jobs, resources)
+TOOL_FAMILIES = (generate, edit, inpaint, jobs, resources)
 
 
 class ImgToolsServer(MCPServer[AppContext]):
@@ -63,7 +63,12 @@ def build_server(settings: Settings, engine: Engine | None = None) -> ImgToolsSe
             settings=settings,
             engine=engine or Engine(settings),
             store=store,
-            resolver=ImageResolver(store.lookup, settings.allowed_input_roots, max_pixels=settings.max_pixels * 4),
+            resolver=ImageResolver(
+                store.lookup,
+                settings.allowed_input_roots,
+                max_bytes=settings.max_input_bytes,
+                max_pixels=settings.max_pixels * 4,
+            ),
             jobs=JobManager(settings.output_dir / "jobs"),
         )
         async with anyio.create_task_group() as task_group:

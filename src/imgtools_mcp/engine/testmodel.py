@@ -1,4 +1,4 @@
-"""Tiny random-weight SD 1.x / SDXL pipelines built from configs, for offline tests and demos."""
+"""Tiny random-weight SD 1.x / SDXL (and SD 1.x inpainting) pipelines built from configs, for offline tests and demos."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 TEXT_HIDDEN = 32
+TEST_FAMILIES = ("sd15", "sdxl", "sd15-inpaint")
 
 
 def _byte_symbols() -> list[str]:
@@ -58,11 +59,32 @@ def _text_config(vocab_size: int, projection_dim: int | None = None):
     )
 
 
+def _make_vae_like_a_trained_one(vae) -> None:
+    """Give the random VAE the two properties img2img and inpainting rely on in a trained one.
+
+    A trained encoder's posterior is nearly a point (tiny variance), and `scaling_factor` brings
+    its latents to unit variance, the scale the scheduler's noise levels assume. With random
+    weights the variance is ~1 and the latents ~0.25, so any strength would drown the input.
+    """
+    import numpy as np
+
+    latent_channels = vae.config.latent_channels
+    with torch.no_grad():
+        # quant_conv maps the encoder output to (mean, logvar); pin logvar at the distribution's floor.
+        vae.quant_conv.weight[latent_channels:] = 0.0
+        vae.quant_conv.bias[latent_channels:] = -30.0
+        ramp = np.linspace(-1.0, 1.0, 64, dtype=np.float32)
+        probe = torch.from_numpy(np.stack([ramp[None, :].repeat(64, 0), ramp[:, None].repeat(64, 1), np.zeros((64, 64), np.float32)]))
+        mean = vae.encode(probe[None]).latent_dist.mean
+    vae.register_to_config(scaling_factor=round(1.0 / float(mean.std()), 5))
+
+
 def make_test_model(folder: Path | str, family: str = "sd15", seed: int = 0) -> Path:
     """Write a tiny pipeline (64x64 native size) that loads through the same code path as a real model."""
     from diffusers import (
         AutoencoderKL,
         EulerDiscreteScheduler,
+        StableDiffusionInpaintPipeline,
         StableDiffusionPipeline,
         StableDiffusionXLPipeline,
         UNet2DConditionModel,
@@ -70,8 +92,8 @@ def make_test_model(folder: Path | str, family: str = "sd15", seed: int = 0) -> 
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     folder = Path(folder)
-    if family not in ("sd15", "sdxl"):
-        raise ValueError(f"family: unknown {family!r}; allowed: sd15, sdxl")
+    if family not in TEST_FAMILIES:
+        raise ValueError(f"family: unknown {family!r}; allowed: {', '.join(TEST_FAMILIES)}")
     torch.manual_seed(seed)
     scheduler = EulerDiscreteScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", timestep_spacing="leading", steps_offset=1
@@ -86,6 +108,7 @@ def make_test_model(folder: Path | str, family: str = "sd15", seed: int = 0) -> 
         norm_num_groups=8,
         sample_size=64,
     )
+    _make_vae_like_a_trained_one(vae)
     tok_dir = folder / "tokenizer"
     _write_tokenizer(tok_dir)
     tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
@@ -94,16 +117,18 @@ def make_test_model(folder: Path | str, family: str = "sd15", seed: int = 0) -> 
         block_out_channels=(32, 64),
         layers_per_block=1,
         sample_size=32,
-        in_channels=4,
+        # A dedicated inpainting UNet also takes the mask (1) and the masked image's latents (4).
+        in_channels=9 if family == "sd15-inpaint" else 4,
         out_channels=4,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         norm_num_groups=16,
     )
-    if family == "sd15":
+    if family in ("sd15", "sd15-inpaint"):
         unet = UNet2DConditionModel(cross_attention_dim=TEXT_HIDDEN, attention_head_dim=8, **common_unet)
         text_encoder = CLIPTextModel(_text_config(vocab_size))
-        pipe = StableDiffusionPipeline(
+        pipeline_class = StableDiffusionInpaintPipeline if family == "sd15-inpaint" else StableDiffusionPipeline
+        pipe = pipeline_class(
             vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
             safety_checker=None, feature_extractor=None, requires_safety_checker=False,
         )

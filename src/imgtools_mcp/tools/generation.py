@@ -38,6 +38,7 @@ class ImageInputs:
     metadata: dict[str, Any] = field(default_factory=dict)
     postprocess: Callable[[Image.Image], Image.Image] | None = None
     notes: list[str] = field(default_factory=list)
+    parameters: dict[str, Any] = field(default_factory=dict)  # tool-specific entries of the reported `parameters`
 
 
 @dataclass
@@ -70,6 +71,17 @@ def plan_job(app: AppContext, params: GenerationParams, inputs: ImageInputs) -> 
     seeds = [(seed + i) % (MAX_SEED + 1) for i in range(params.num_images)]
     steps = params.steps or family.default_steps
     guidance = params.guidance_scale if params.guidance_scale is not None else family.default_guidance
+    if family.inpainting and inputs.mode == "txt2img":
+        raise ToolError(
+            f"model: {source.name} is an inpainting checkpoint (9-channel UNet); use it with inpaint or edit, "
+            "or pick a text-to-image model"
+        )
+    # diffusers runs int(steps * strength) steps and refuses zero.
+    if inputs.strength is not None and int(steps * inputs.strength) < 1:
+        raise ToolError(
+            f"strength: {inputs.strength:g} x {steps} steps leaves no denoising step; "
+            f"use strength >= {1 / steps:.3g} or more steps"
+        )
     job = GenerationJob(
         mode=inputs.mode,
         model=params.model or app.settings.model,
@@ -101,6 +113,7 @@ def plan_job(app: AppContext, params: GenerationParams, inputs: ImageInputs) -> 
     }
     if inputs.strength is not None:
         used["strength"] = inputs.strength
+    used.update(inputs.parameters)
     return PlannedJob(job, family, used)
 
 

@@ -1,0 +1,59 @@
+"""The `edit` tool: image + prompt to image (img2img), on the weights already loaded for generate."""
+
+from __future__ import annotations
+
+from mcp.server.mcpserver import Context, MCPServer
+from mcp_types import CallToolResult, ToolAnnotations
+from PIL import Image
+
+from ..app import AppContext
+from ..params import EditRequest
+from .common import bind_tool
+from .generation import ImageInputs, run_image_tool
+from .inputs import InputRecord, size_for
+
+DESCRIPTION = """Change a whole image under a prompt (img2img): restyle, recolour, vary or clean it up while keeping its composition.
+`image`: an output id or imgtools://images/<id> from generate/edit/inpaint (chain calls by passing each result's id on), a file path under the allowed input roots, a data:image/...;base64 URL or bare base64, or an http(s) URL.
+`strength` is how far to move from the input: 0.2-0.4 light touch-up, 0.5-0.7 restyle (default 0.6), 0.8-1 mostly new; about strength*steps denoising steps run.
+The output keeps the input's size (rounded to multiples of 8) unless width/height are given.
+To change one region and keep every other pixel, use inpaint with mask_shapes; to extend the canvas, inpaint with expand."""
+
+
+async def handle(request: EditRequest, ctx: Context) -> CallToolResult:
+    async def prepare(app: AppContext) -> ImageInputs:
+        resolved = await app.resolver.resolve(request.image, param="image")
+        _, family = await app.engine.aresolve(request.model)
+        record = InputRecord.of(resolved)
+        size, note = size_for(resolved.image.size, app.settings.max_pixels, width=request.width, height=request.height)
+        inputs = ImageInputs(
+            mode="img2img",
+            image=resolved.image,
+            strength=request.strength,
+            default_size=size,
+            infotext=record.infotext(),
+            metadata=record.metadata(),
+            notes=[note] if note else [],
+            parameters={"image": record.reference},
+        )
+        if family.inpainting:
+            # A 9-channel UNet cannot run img2img; inpainting all of the image is the same operation for it.
+            inputs.mode = "inpaint"
+            inputs.mask = Image.new("L", resolved.image.size, 255)
+            inputs.notes.append("inpainting checkpoint: the edit ran as an inpaint of the whole image")
+        return inputs
+
+    return await run_image_tool(ctx, "edit", request, prepare)
+
+
+def register(server: MCPServer) -> None:
+    bind_tool(
+        server,
+        EditRequest,
+        handle,
+        name="edit",
+        title="Edit image",
+        description=DESCRIPTION,
+        annotations=ToolAnnotations(
+            title="Edit image", read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=True
+        ),
+    )
