@@ -173,6 +173,10 @@ async def test_pixels_outside_the_mask_come_back_unchanged(family_settings: Sett
     assert keep.sum() > 0.6 * keep.size
     assert diff[keep].max() == 0  # the PNG round trip is lossless, so "unchanged" means exactly
     assert diff[mask > 0].mean() > 5  # and the masked area really was repainted
+    # A data URL is recorded shortened, not as kilobytes of base64.
+    recorded = infotext(image)["Init image"]
+    assert recorded.startswith("data:image/png;base64,") and recorded.endswith("chars)") and len(recorded) <= 80
+    assert sidecar(image)["input"]["sha256"] == hashlib.sha256(png_bytes(source)).hexdigest()
     parameters = result.structured_content["parameters"]
     if area == "masked":
         # The 24x20 box plus padding is worked on at the model's native area (64x64 for the tiny models).
