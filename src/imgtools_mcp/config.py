@@ -48,7 +48,10 @@ class Settings(BaseSettings):
         32 * 1024 * 1024, ge=1024, description="Largest image input (file, base64 or URL download) in bytes."
     )
     max_queue: int = Field(16, ge=0, description="Requests that may wait for the engine before 'busy' errors.")
-    max_sweep_cells: int = Field(64, ge=1)
+    max_sweep_cells: int = Field(64, ge=1, description="Most cells (x × y × z values) one sweep may have.")
+    max_grid_pixels: int = Field(
+        80_000_000, ge=64 * 64, description="Largest sweep grid (width*height); below Pillow's decompression-bomb guard."
+    )
     request_timeout_s: float = Field(1800.0, gt=0, description="Longest a single generation may run.")
     hf_offline: bool = Field(False, description="Never contact the HuggingFace Hub; use the local cache only.")
 

@@ -48,6 +48,8 @@ class JobManager:
         self._jobs: dict[str, JobRecord] = {}
         self._scopes: dict[str, anyio.CancelScope] = {}
         self._done: dict[str, anyio.Event] = {}
+        self._stoppers: dict[str, Callable[[], None]] = {}
+        self._stop_requested: set[str] = set()
         self._task_group: TaskGroup | None = None
         self._recover()
 
@@ -84,13 +86,21 @@ class JobManager:
     def active_count(self) -> int:
         return sum(1 for r in self._jobs.values() if r.state not in FINAL_STATES)
 
-    def start(self, tool: str, body: JobBody) -> JobRecord:
+    def start(self, tool: str, body: JobBody, *, stop: Callable[[], None] | None = None) -> JobRecord:
+        """Run `body` in the background.
+
+        `stop`, when given, is how `cancel` asks the body to wind down instead of cancelling it
+        outright: the body stops its remaining work and returns what it finished, and the record
+        keeps that result with the state "cancelled" (a sweep's partial grid, for example).
+        """
         if self._task_group is None:
             raise RuntimeError("job manager is not running")
         record = JobRecord(id=f"job-{secrets.token_hex(6)}", tool=tool)
         self._jobs[record.id] = record
         self._scopes[record.id] = anyio.CancelScope()
         self._done[record.id] = anyio.Event()
+        if stop is not None:
+            self._stoppers[record.id] = stop
         self._save(record)
         self._task_group.start_soon(self._run, record, body)
         return record
@@ -113,7 +123,7 @@ class JobManager:
                 record.state = "running"
                 self._save(record)
                 record.result = await body(sink)
-                record.state = "done"
+                record.state = "cancelled" if record.id in self._stop_requested else "done"
             if scope.cancelled_caught:
                 record.state = "cancelled"
         except Exception as exc:  # a job's failure is its result; it must not take the server down
@@ -127,7 +137,11 @@ class JobManager:
     def cancel(self, job_id: str) -> JobRecord | None:
         record = self._jobs.get(job_id)
         if record is not None and record.state not in FINAL_STATES and job_id in self._scopes:
-            self._scopes[job_id].cancel()
+            if job_id in self._stoppers:
+                self._stop_requested.add(job_id)
+                self._stoppers[job_id]()
+            else:
+                self._scopes[job_id].cancel()
         return record
 
     async def wait(self, job_id: str) -> JobRecord | None:

@@ -20,7 +20,7 @@ from .images.refs import ImageResolver
 from .jobs import JobManager
 from .params import one_line_error
 from .store import OutputStore
-from .tools import edit, generate, inpaint, jobs, resources
+from .tools import edit, generate, inpaint, jobs, resources, sweep
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ INSTRUCTIONS = (
     "Image tools on a local diffusers engine. Outputs are referenced by id or imgtools://images/<id>; "
     "pass them as `image` to edit/inpaint. Long calls accept background=true and return a job id for get_job."
 )
-TOOL_FAMILIES = (generate, edit, inpaint, jobs, resources)
+TOOL_FAMILIES = (generate, edit, inpaint, sweep, jobs, resources)
 
 
 class ImgToolsServer(MCPServer[AppContext]):

@@ -124,6 +124,13 @@ class StepRelay:
         except (anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
             pass  # progress is advisory; a slow or gone client must not stall denoising
 
+    def post(self, progress: float, message: str) -> None:
+        """Report progress from the event loop (between runs), queued in order behind the steps already sent."""
+        try:
+            self._send.send_nowait((progress, self.grand_total, message))
+        except (anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
+            pass
+
     async def _pump(self) -> None:
         async with self._receive:
             async for progress, total, message in self._receive:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from mcp.server.mcpserver import Context, MCPServer
 from mcp_types import CallToolResult, ToolAnnotations
 
+from ..app import AppContext
 from ..params import GenerateRequest
 from .common import bind_tool
 from .generation import ImageInputs, run_image_tool
@@ -15,11 +16,13 @@ Omitted width/height/steps/guidance come from the model family; the seed is alwa
 Use sweep to compare parameter values, refine to iterate toward a goal with critique."""
 
 
-async def handle(request: GenerateRequest, ctx: Context) -> CallToolResult:
-    async def prepare(app) -> ImageInputs:
-        return ImageInputs(mode="txt2img")
+async def prepare_inputs(app: AppContext, request: GenerateRequest) -> ImageInputs:
+    """What generate adds to the shared parameters: nothing but the mode (sweep calls this once per cell)."""
+    return ImageInputs(mode="txt2img")
 
-    return await run_image_tool(ctx, "generate", request, prepare)
+
+async def handle(request: GenerateRequest, ctx: Context) -> CallToolResult:
+    return await run_image_tool(ctx, "generate", request, lambda app: prepare_inputs(app, request))
 
 
 def register(server: MCPServer) -> None:

@@ -100,71 +100,73 @@ async def _mask_plan(app: AppContext, request: InpaintRequest, image: Image.Imag
     return MaskPlan(canvas, mask, recorded, notes)
 
 
+async def prepare_inputs(app: AppContext, request: InpaintRequest) -> ImageInputs:
+    """Image, mask and working area for the engine (sweep calls this once per cell; its resolver remembers the images)."""
+    resolved = await app.resolver.resolve(request.image, param="image")
+    _, family = await app.engine.aresolve(request.model)
+    record = InputRecord.of(resolved)
+    # The outpainting fill is part of the input: derive its noise from the image so reruns match.
+    plan = await _mask_plan(app, request, resolved.image, seed=int(record.sha256[:8], 16))
+    canvas, blurred = plan.canvas, masks.blur_mask(plan.mask, request.mask_blur)
+    notes = list(plan.notes)
+    if request.inpaint_area == "full":
+        size, note = size_for(canvas.size, app.settings.max_pixels, width=request.width, height=request.height)
+        if note:
+            notes.append(note)
+        image, mask = canvas, blurred
+
+        def postprocess(generated: Image.Image) -> Image.Image:
+            return masks.composite(canvas, generated, blurred)
+    else:
+        native_pixels = min(family.native_size**2, app.settings.max_pixels)
+        preferred = (request.width, request.height) if request.width and request.height else None
+        try:
+            box = masks.masked_crop_box(plan.mask, request.padding, canvas.size, working_size=preferred or (1, 1))
+        except ValueError as exc:
+            raise ToolError(f"mask: {exc}") from exc
+        box_size = (box[2] - box[0], box[3] - box[1])
+        size = area_size(box_size, native_pixels, width=request.width, height=request.height)
+        image, mask = canvas.crop(box), blurred.crop(box)
+        notes.append(f"inpainted the {box_size[0]}x{box_size[1]} area at {box[0]},{box[1]} at {size[0]}x{size[1]}")
+        plan.description["crop_box"] = list(box)
+
+        def postprocess(generated: Image.Image) -> Image.Image:
+            return masks.paste_back(canvas, generated, box, blurred)
+
+    infotext = {
+        **record.infotext(),
+        "Mask": plan.description["description"],
+        "Mask blur": f"{request.mask_blur:g}",
+        "Mask mode": "Inpaint not masked" if request.invert_mask else None,
+        "Inpaint area": "Only masked" if request.inpaint_area == "masked" else None,
+        "Masked area padding": request.padding if request.inpaint_area == "masked" else None,
+    }
+    parameters = {
+        "image": record.reference,
+        "mask": plan.description.get("reference"),
+        "mask_shapes": plan.description.get("shapes"),
+        "expand": plan.description.get("expand"),
+        "mask_blur": request.mask_blur,
+        "invert_mask": request.invert_mask,
+        "inpaint_area": request.inpaint_area,
+        "padding": request.padding,
+    }
+    return ImageInputs(
+        mode="inpaint",
+        image=image,
+        mask=mask,
+        strength=request.strength,
+        default_size=size,
+        infotext=infotext,
+        metadata={**record.metadata(), "mask": plan.description, "canvas": list(canvas.size)},
+        postprocess=postprocess,
+        notes=notes,
+        parameters=parameters,
+    )
+
+
 async def handle(request: InpaintRequest, ctx: Context) -> CallToolResult:
-    async def prepare(app: AppContext) -> ImageInputs:
-        resolved = await app.resolver.resolve(request.image, param="image")
-        _, family = await app.engine.aresolve(request.model)
-        record = InputRecord.of(resolved)
-        # The outpainting fill is part of the input: derive its noise from the image so reruns match.
-        plan = await _mask_plan(app, request, resolved.image, seed=int(record.sha256[:8], 16))
-        canvas, blurred = plan.canvas, masks.blur_mask(plan.mask, request.mask_blur)
-        notes = list(plan.notes)
-        if request.inpaint_area == "full":
-            size, note = size_for(canvas.size, app.settings.max_pixels, width=request.width, height=request.height)
-            if note:
-                notes.append(note)
-            image, mask = canvas, blurred
-
-            def postprocess(generated: Image.Image) -> Image.Image:
-                return masks.composite(canvas, generated, blurred)
-        else:
-            native_pixels = min(family.native_size**2, app.settings.max_pixels)
-            preferred = (request.width, request.height) if request.width and request.height else None
-            try:
-                box = masks.masked_crop_box(plan.mask, request.padding, canvas.size, working_size=preferred or (1, 1))
-            except ValueError as exc:
-                raise ToolError(f"mask: {exc}") from exc
-            box_size = (box[2] - box[0], box[3] - box[1])
-            size = area_size(box_size, native_pixels, width=request.width, height=request.height)
-            image, mask = canvas.crop(box), blurred.crop(box)
-            notes.append(f"inpainted the {box_size[0]}x{box_size[1]} area at {box[0]},{box[1]} at {size[0]}x{size[1]}")
-            plan.description["crop_box"] = list(box)
-
-            def postprocess(generated: Image.Image) -> Image.Image:
-                return masks.paste_back(canvas, generated, box, blurred)
-
-        infotext = {
-            **record.infotext(),
-            "Mask": plan.description["description"],
-            "Mask blur": f"{request.mask_blur:g}",
-            "Mask mode": "Inpaint not masked" if request.invert_mask else None,
-            "Inpaint area": "Only masked" if request.inpaint_area == "masked" else None,
-            "Masked area padding": request.padding if request.inpaint_area == "masked" else None,
-        }
-        parameters = {
-            "image": record.reference,
-            "mask": plan.description.get("reference"),
-            "mask_shapes": plan.description.get("shapes"),
-            "expand": plan.description.get("expand"),
-            "mask_blur": request.mask_blur,
-            "invert_mask": request.invert_mask,
-            "inpaint_area": request.inpaint_area,
-            "padding": request.padding,
-        }
-        return ImageInputs(
-            mode="inpaint",
-            image=image,
-            mask=mask,
-            strength=request.strength,
-            default_size=size,
-            infotext=infotext,
-            metadata={**record.metadata(), "mask": plan.description, "canvas": list(canvas.size)},
-            postprocess=postprocess,
-            notes=notes,
-            parameters=parameters,
-        )
-
-    return await run_image_tool(ctx, "inpaint", request, prepare)
+    return await run_image_tool(ctx, "inpaint", request, lambda app: prepare_inputs(app, request))
 
 
 def register(server: MCPServer) -> None:
