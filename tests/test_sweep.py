@@ -205,6 +205,12 @@ async def test_range_axes(client: Client) -> None:
         "sweep", {"base": BASE, "x": {"param": "steps", "start": 1, "stop": 4, "count": 3}}
     )
     assert steps.structured_content["axes"][0]["values"] == [1, 3, 4]  # 2.5 rounds half up
+    repeated = await client.call_tool(
+        "sweep", {"base": BASE, "x": {"param": "steps", "start": 1, "stop": 2, "count": 3}}
+    )
+    assert repeated.structured_content["axes"][0]["values"] == [1, 2, 2]
+    assert repeated.structured_content["warnings"] == ["x: steps: 2 more than once"]
+    assert "steps: 2 more than once" in repeated.content[0].text
 
 
 async def test_model_changes_run_outermost(client: Client, tiny_sdxl: Path) -> None:

@@ -217,9 +217,7 @@ class _ResolveOnce:
         key = (ref, mode)
         if key not in self._seen:
             self._seen[key] = await self._resolver.resolve(ref, param=param, mode=mode)
-        resolved = self._seen[key]
-        # A copy per cell, so a tool that draws on its input cannot change another cell's.
-        return dataclasses.replace(resolved, image=resolved.image.copy())
+        return self._seen[key]
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._resolver, name)
@@ -379,8 +377,10 @@ class Cell:
     coords: dict[str, int]
     values: dict[str, Any]
     request: GenerationParams | None = None
-    inputs: ImageInputs | None = None
-    planned: PlannedJob | None = None
+    # Checked up front, then prepared again when the cell runs: holding every cell's input images
+    # (an inpaint canvas and masks per cell) for the whole sweep would cost far more than preparing twice.
+    size: tuple[int, int] | None = None
+    used: dict[str, Any] | None = None
     status: CellStatus | Literal["pending"] = "pending"
     error: str | None = None
     units: float = 0.0  # its share of the progress bar: its planned steps
@@ -395,10 +395,9 @@ class Cell:
         return self.coords.get(axis, 0)
 
     def tile_size(self, scale: float) -> tuple[int, int] | None:
-        if self.planned is None:
+        if self.size is None:
             return None
-        job = self.planned.job
-        return max(1, round(job.width * scale)), max(1, round(job.height * scale))
+        return max(1, round(self.size[0] * scale)), max(1, round(self.size[1] * scale))
 
     def info(self) -> SweepCell:
         status: CellStatus = "cancelled" if self.status == "pending" else self.status
@@ -409,7 +408,7 @@ class Cell:
             values=self.values,
             status=status,
             image=self.image,
-            parameters=self.parameters if self.parameters is not None else (self.planned.used if self.planned else None),
+            parameters=self.parameters if self.parameters is not None else self.used,
             error=self.error if status != "cancelled" else (self.error or "cancelled before this cell ran"),
             seconds=self.seconds,
         )
@@ -418,6 +417,7 @@ class Cell:
 @dataclass
 class SweepPlan:
     tool: BaseTool
+    app: AppContext  # the server's, with a resolver that remembers the base's input images
     sweep_id: str
     base: GenerationParams
     base_args: dict[str, Any]
@@ -459,6 +459,11 @@ async def plan_sweep(app: AppContext, request: SweepRequest) -> SweepPlan:
     seed = base.seed if base.seed is not None and base.seed >= 0 else secrets.randbelow(MAX_SEED + 1 - 8)
     base = base.model_copy(update={"seed": seed})
     axes = resolve_axes(request, tool, base, app.settings.max_sweep_cells)
+    warnings = []
+    for axis in axes:
+        repeated = [label for label, times in Counter(axis.labels).items() if times > 1]
+        if repeated:  # allowed (a seed repeated checks determinism), but usually a range rounded together
+            warnings.append(f"{axis.name}: {', '.join(repeated)} more than once")
 
     # Image references resolve here, once, and a bad one fails the call before any cell runs.
     sweep_app = dataclasses.replace(app, resolver=_ResolveOnce(app.resolver))
@@ -474,18 +479,17 @@ async def plan_sweep(app: AppContext, request: SweepRequest) -> SweepPlan:
         cell = Cell(coords=coords, values={axis.param: value for axis, value in assignments})
         try:
             cell.request = tool.request_model.model_validate(cell_arguments(base_args, assignments))
-            cell.inputs = await tool.prepare(sweep_app, cell.request)
-            await app.engine.aresolve(cell.request.model)  # a new model may scan folders; not on the event loop
-            cell.planned = plan_job(app, cell.request, cell.inputs)
+            _, planned = await _plan_cell(sweep_app, tool, cell.request)
         except (ToolError, ValueError, EngineError) as exc:  # a bad value spoils its own cell, not the sweep
             cell.status, cell.error = "error", _errors_of(exc)
         except Exception as exc:  # unexpected, so logged in full; still only this cell is lost
             cell.status, cell.error = "error", _errors_of(exc)
             log.warning("sweep cell %s cannot run: %s", coords, cell.error, exc_info=True)
         else:
-            cell.units = float(cell.planned.job.steps)
+            cell.size, cell.used = (planned.job.width, planned.job.height), planned.used
+            cell.units = float(planned.job.steps)
         cells.append(cell)
-    if all(cell.planned is None for cell in cells):
+    if all(cell.size is None for cell in cells):
         distinct = list(dict.fromkeys(cell.error for cell in cells if cell.error))
         raise ToolError(f"no cell of the sweep can run: {'; '.join(distinct[:_MAX_TEXT_ERRORS])}")
 
@@ -500,6 +504,7 @@ async def plan_sweep(app: AppContext, request: SweepRequest) -> SweepPlan:
     _check_pixels(layouts, sheet, request.grid_scale, app.settings.max_grid_pixels)
     return SweepPlan(
         tool=tool,
+        app=sweep_app,
         sweep_id=f"sweep-{secrets.token_hex(6)}",
         base=base,
         base_args=base_args,
@@ -512,7 +517,14 @@ async def plan_sweep(app: AppContext, request: SweepRequest) -> SweepPlan:
         layouts=layouts,
         sheet=sheet,
         total_units=offset,
+        warnings=warnings,
     )
+
+
+async def _plan_cell(app: AppContext, tool: BaseTool, request: GenerationParams) -> tuple[ImageInputs, PlannedJob]:
+    inputs = await tool.prepare(app, request)
+    await app.engine.aresolve(request.model)  # a new model may scan folders or download; not on the event loop
+    return inputs, plan_job(app, request, inputs)
 
 
 def _run_rank(param: str) -> int:
@@ -650,15 +662,13 @@ async def _run_cells(app: AppContext, plan: SweepPlan, relay: CellRelay, stop: S
                 break
             if cell.status != "pending":
                 continue
-            assert cell.planned is not None and cell.inputs is not None
-            cell.inputs.metadata = {
-                **cell.inputs.metadata,
-                "sweep": {"id": plan.sweep_id, **cell.coords, "values": cell.values},
-            }
+            assert cell.request is not None
             relay.offset, relay.units, relay.prefix = cell.offset, cell.units, f"cell {number} / {total}, "
             started = time.perf_counter()
             try:
-                produced = await run_and_save(app, plan.tool.name, cell.planned, cell.inputs, relay)
+                inputs, planned = await _plan_cell(plan.app, plan.tool, cell.request)
+                inputs.metadata = {**inputs.metadata, "sweep": {"id": plan.sweep_id, **cell.coords, "values": cell.values}}
+                produced = await run_and_save(app, plan.tool.name, planned, inputs, relay)
             except GenerationCancelled:
                 break
             except Exception as exc:  # an engine failure spoils this cell only; the error is kept in its tile
@@ -783,6 +793,8 @@ def _summary(plan: SweepPlan, result: SweepResult) -> str:
     if errors:
         more = f" (+{len(errors) - _MAX_TEXT_ERRORS} more)" if len(errors) > _MAX_TEXT_ERRORS else ""
         text += " — errors: " + "; ".join(errors[:_MAX_TEXT_ERRORS]) + more
+    if result.warnings:
+        text += " — " + "; ".join(result.warnings)
     return text
 
 
