@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from .config import Settings
 from .engine.engine import Engine
 from .images.refs import ImageResolver
 from .jobs import JobManager
 from .store import OutputStore
+from .vlm.client import VLMClient
 
 
 @dataclass
@@ -19,4 +19,4 @@ class AppContext:
     store: OutputStore
     resolver: ImageResolver
     jobs: JobManager
-    vlm: Any | None = None
+    vlm: VLMClient | None = None

@@ -21,6 +21,8 @@ from .jobs import JobManager
 from .params import one_line_error
 from .store import OutputStore
 from .tools import edit, generate, inpaint, jobs, resources, sweep
+from .tools import prompts, vision
+from .tools.vision_common import build_vlm
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +30,7 @@ INSTRUCTIONS = (
     "Image tools on a local diffusers engine. Outputs are referenced by id or imgtools://images/<id>; "
     "pass them as `image` to edit/inpaint. Long calls accept background=true and return a job id for get_job."
 )
-TOOL_FAMILIES = (generate, edit, inpaint, sweep, jobs, resources)
+TOOL_FAMILIES = (generate, edit, inpaint, sweep, vision, jobs, resources, prompts)
 
 
 class ImgToolsServer(MCPServer[AppContext]):
@@ -70,6 +72,7 @@ def build_server(settings: Settings, engine: Engine | None = None) -> ImgToolsSe
                 max_pixels=settings.max_pixels * 4,
             ),
             jobs=JobManager(settings.output_dir / "jobs"),
+            vlm=build_vlm(settings),
         )
         async with anyio.create_task_group() as task_group:
             app.jobs.bind(task_group)
@@ -77,6 +80,7 @@ def build_server(settings: Settings, engine: Engine | None = None) -> ImgToolsSe
                 yield app
             finally:
                 task_group.cancel_scope.cancel()
+                await app.vlm.aclose()
                 if own_engine:
                     await app.engine.aclose()
 

@@ -23,6 +23,8 @@ from ..images.thumbs import make_thumbnails
 from ..jobs import ProgressSink
 from ..params import GenerationResult, one_line_error
 from ..store import StoredImage, StoreError
+from ..vlm.errors import MediaError, VLMError
+from .vision_common import vlm_error_message
 
 log = logging.getLogger(__name__)
 RequestT = TypeVar("RequestT", bound=BaseModel)
@@ -87,8 +89,10 @@ class tool_errors:
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
         if exc is None or isinstance(exc, ToolError):
             return False
-        if isinstance(exc, EngineError | ImageRefError | StoreError):
+        if isinstance(exc, EngineError | ImageRefError | StoreError | MediaError):
             raise ToolError(str(exc)) from exc
+        if isinstance(exc, VLMError):
+            raise ToolError(vlm_error_message(exc)) from exc
         if isinstance(exc, ValidationError):
             raise ToolError(one_line_error(exc)) from exc
         return False

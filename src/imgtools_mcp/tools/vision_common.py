@@ -1,0 +1,47 @@
+"""What the VLM tools share: the configured client (or a clear error), usage lines and error lines."""
+
+from __future__ import annotations
+
+from mcp.server.mcpserver.exceptions import ToolError
+
+from ..app import AppContext
+from ..config import Settings
+from ..vlm import VLMClient, VLMConfigError, VLMError, VLMUsage
+
+SETUP_HINT = (
+    "set OPENROUTER_API_KEY or IMGTOOLS_VLM_API_KEY, or point IMGTOOLS_VLM_BASE_URL at a local OpenAI-compatible server"
+)
+
+
+def require_vlm(app: AppContext) -> VLMClient:
+    """The server's VLM client, refused up front when no call could succeed (so no work is wasted first)."""
+    vlm = app.vlm
+    if vlm is None:
+        raise ToolError(f"VLM: no vision-language model is configured; {SETUP_HINT}")
+    if not vlm.configured:
+        raise ToolError(f"VLM: no API key for {vlm.base_url}; {SETUP_HINT}")
+    return vlm
+
+
+def usage_text(usage: VLMUsage) -> str:
+    """'2 VLM requests, 1234 tokens, $0.0012' (cost only when the provider reports it)."""
+    text = f"{usage.requests} VLM request{'s' if usage.requests != 1 else ''}, {usage.prompt_tokens + usage.completion_tokens} tokens"
+    if usage.cost is not None:
+        text += f", ${usage.cost:.4f}"
+    return text
+
+
+def vlm_error_message(exc: VLMError) -> str:
+    """One line for a failed VLM call: what went wrong, what to set or fix, and what it had already spent."""
+    message = f"VLM: {exc.message}"
+    if isinstance(exc, VLMConfigError) and "IMGTOOLS_VLM_BASE_URL" not in message:
+        message += ", or point IMGTOOLS_VLM_BASE_URL at a local OpenAI-compatible server"
+    if exc.usage is not None and exc.usage.requests:
+        message += f" ({usage_text(exc.usage)} spent)"
+    return message.replace("\n", " ")
+
+
+def build_vlm(settings: Settings) -> VLMClient:
+    """The server's one VLM client; it makes no connection until the first VLM tool call."""
+    key = settings.vlm_api_key.get_secret_value() if settings.vlm_api_key is not None else None
+    return VLMClient(base_url=settings.vlm_base_url, model=settings.vlm_model, api_key=key)
