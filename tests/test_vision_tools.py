@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import re
+import threading
 from collections.abc import AsyncIterator, Iterator
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -317,3 +320,40 @@ async def test_prompts_are_listed_and_rendered_from_the_templates(vlm_client: Cl
     video = await vlm_client.get_prompt("describe_this_video", {"video": "clip.mp4", "question": "Who enters?"})
     video_text = video.messages[0].content.text
     assert "clip.mp4" in video_text and "`describe_video`" in video_text and "Who enters?" in video_text
+
+
+async def test_describe_video_downloads_an_http_url_within_the_size_cap(
+    vlm_client: Client, loopback: OpenAILoopback, tmp_path: Path
+) -> None:
+    write_video(tmp_path / "web.mp4", 20)
+
+    class Handler(SimpleHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path == "/huge.mp4":  # says it is 200 MB; the download must stop at the header
+                self.send_response(200)
+                self.send_header("Content-Type", "video/mp4")
+                self.send_header("Content-Length", str(200 * 1024 * 1024))
+                self.end_headers()
+                return
+            super().do_GET()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(tmp_path)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        result = await vlm_client.call_tool("describe_video", {"video": f"{base}/web.mp4", "fps": 1})
+        assert not result.is_error, result.content[0].text
+        assert [read_index(image) for image in loopback.chat_requests[0].images] == [0, 10]
+        assert result.structured_content["video"]["reference"] == f"{base}/web.mp4"
+        huge = error_of(await vlm_client.call_tool("describe_video", {"video": f"{base}/huge.mp4"}))
+        assert huge.startswith("`video`:") and "exceeds the 104.9 MB limit" in huge
+        missing = error_of(await vlm_client.call_tool("describe_video", {"video": f"{base}/missing.mp4"}))
+        assert "HTTP 404" in missing
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert len(loopback.chat_requests) == 1
