@@ -95,7 +95,9 @@ def test_long_labels_wrap_and_truncate_with_an_ellipsis() -> None:
     assert "".join(path_lines).replace(" ", "") == "model:/models/checkpoints/realisticVisionV60B1_v51HyperVAE.safetensors"
     layout = plan_grid([64], [64], [label], [label])
     assert len(layout.column_lines[0]) <= 3 and layout.column_lines[0][-1].endswith(ELLIPSIS)
-    assert layout.label_width <= 8 * layout.font_size + 1  # a long row label wraps instead of widening the sheet
+    assert layout.label_width <= 12 * layout.font_size + 1  # a long row label wraps instead of widening the sheet
+    # A parameter name and value fit on one line beside small tiles.
+    assert plan_grid([46], [46], ["seed: 10"], ["guidance_scale: 7.5"]).row_lines == (("guidance_scale: 7.5",),)
 
 
 def test_short_text_is_one_line() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import io
 import json
 from pathlib import Path
 
@@ -118,6 +119,23 @@ async def test_3x2x2_sweep_makes_every_cell_and_labelled_grids(client: Client) -
     assert {t for _, t, _ in seen} == {total} and values[-1] == total
     assert seen[0][2] == "cell 1 / 12, step 1 / 1"
     assert any(message.startswith("cell 12 / 12, step 2 / 2") for _, _, message in seen)
+
+
+async def test_thumbnail_of_a_big_grid_is_laid_out_again_with_legible_labels(client: Client) -> None:
+    result = await client.call_tool(
+        "sweep", {"base": {**BASE, "steps": 1}, "x": {"param": "seed", "values": list(range(16))}}
+    )
+    assert not result.is_error, result.content[0].text
+    grid = result.structured_content["grids"][0]
+    assert grid["width"] == 16 * 64
+    (thumb_block,) = [block for block in result.content if block.type == "image"]
+    thumb = np.asarray(Image.open(io.BytesIO(base64.b64decode(thumb_block.data))).convert("L"))
+    assert max(thumb.shape) <= 768
+    band = next(row for row in range(thumb.shape[0]) if (thumb[row] < 250).mean() > 0.8)  # first row of tiles
+    # Shrinking the full grid would shrink its label band (and text) with it; the preview keeps the label size.
+    shrunk_band = grid["rows"][0][0] * thumb.shape[1] / grid["width"]
+    assert band >= grid["rows"][0][0] - 1 > shrunk_band + 4
+    assert (thumb[:band] < 128).sum() > 100
 
 
 async def test_invalid_values_become_placeholders_and_the_rest_run(client: Client) -> None:

@@ -138,6 +138,11 @@ class GridLayout:
         return self.column_lefts[column], self.row_tops[row], self.column_widths[column], self.row_heights[row]
 
 
+def _side_pad(pad: int, column_width: int) -> int:
+    """Narrow columns (a thumbnail of many tiles) give their labels nearly all their width."""
+    return max(1, min(pad, column_width // 16))
+
+
 def plan_grid(
     column_widths: Sequence[int],
     row_heights: Sequence[int],
@@ -159,7 +164,8 @@ def plan_grid(
     step = line_height(size)
 
     column_lines = tuple(
-        tuple(wrap_text(label, font, width - 2 * pad, MAX_LABEL_LINES)) for label, width in zip(column_labels, column_widths)
+        tuple(wrap_text(label, font, width - 2 * _side_pad(pad, width), MAX_LABEL_LINES))
+        for label, width in zip(column_labels, column_widths)
     )
     label_height = 0
     if any(column_lines):
@@ -170,7 +176,7 @@ def plan_grid(
     if any(label.strip() for label in row_labels):
         natural = max(text_width(label, font) for label in row_labels) + 2 * pad
         # Wide enough for short labels on one line; long ones wrap rather than push the tiles off the sheet.
-        cap = max(max(column_widths), 8 * size)
+        cap = max(max(column_widths), 12 * size)
         label_width = int(min(natural, cap)) + 1
         row_lines = tuple(
             tuple(wrap_text(label, font, label_width - 2 * pad, max(1, min(2 * MAX_LABEL_LINES, (height - pad) // step))))
@@ -221,7 +227,8 @@ def render_grid(layout: GridLayout, tiles: Sequence[Sequence[Image.Image | None]
         _draw_centred(draw, layout.title_lines, (pad, pad, layout.width - 2 * pad, layout.title_height - 2 * pad), size, LABEL_COLOUR)
     top_band = layout.title_height
     for lines, left, width in zip(layout.column_lines, layout.column_lefts, layout.column_widths):
-        _draw_centred(draw, lines, (left + pad, top_band + pad, width - 2 * pad, layout.label_height - 2 * pad), size, LABEL_COLOUR)
+        side = _side_pad(pad, width)
+        _draw_centred(draw, lines, (left + side, top_band + pad, width - 2 * side, layout.label_height - 2 * pad), size, LABEL_COLOUR)
     for lines, top, height in zip(layout.row_lines, layout.row_tops, layout.row_heights):
         _draw_centred(draw, lines, (pad, top, layout.label_width - 2 * pad, height), size, LABEL_COLOUR)
     for row_index, row in enumerate(tiles):

@@ -61,6 +61,7 @@ _RUN_RANK = {"model": 0, "size": 2, "width": 2, "height": 2}
 _AXIS_NESTING = {"z": 0, "y": 1, "x": 2}
 _MAX_TEXT_ERRORS = 3
 _MAX_Z_THUMBNAILS = 4
+PREVIEW_EDGE = 768  # the inline thumbnail's long edge
 
 
 # ----- request and result models -----
@@ -576,20 +577,38 @@ def _tile_of(cell: Cell, layout: GridLayout, scale: float) -> Image.Image:
     return placeholder_tile(size, text or "not made")
 
 
-def render_grids(plan: SweepPlan) -> list[tuple[Image.Image, int | None, str, GridLayout | None]]:
+def render_grids(
+    plan: SweepPlan, layouts: list[GridLayout], sheet_layout: SheetLayout | None, scale: float
+) -> list[tuple[Image.Image, int | None, str, GridLayout | None]]:
     """(image, z index or None for the whole sweep, title, layout) for each grid, the whole sweep first."""
     z_axis = plan.axis("z")
     grids: list[tuple[Image.Image, int | None, str, GridLayout | None]] = []
-    for z, layout in enumerate(plan.layouts):
+    for z, layout in enumerate(layouts):
         tiles: list[list[Image.Image | None]] = [[None] * len(layout.column_widths) for _ in layout.row_heights]
         for cell in plan.cells_of(z):
-            tiles[cell.coord("y")][cell.coord("x")] = _tile_of(cell, layout, plan.grid_scale)
+            tiles[cell.coord("y")][cell.coord("x")] = _tile_of(cell, layout, scale)
         title = z_axis.labels[z] if z_axis else ""
         grids.append((render_grid(layout, tiles), z if z_axis else None, title, layout))
-    if plan.sheet is not None:
-        sheet = render_sheet(plan.sheet, [image for image, *_ in grids])
+    if sheet_layout is not None:
+        sheet = render_sheet(sheet_layout, [image for image, *_ in grids])
         grids.insert(0, (sheet, None, "all", None))
     return grids
+
+
+def render_previews(plan: SweepPlan) -> list[Image.Image] | None:
+    """The grids again at thumbnail size, laid out afresh so the labels stay legible (a shrunken full grid's are not);
+    None when the grids are small enough to be their own thumbnails."""
+    scale = plan.grid_scale
+    layouts, sheet = plan.layouts, plan.sheet
+    for _ in range(4):  # margins do not shrink with the tiles, so converge in a few steps
+        longest = max(sheet.size if sheet is not None else layouts[0].size)
+        if longest <= PREVIEW_EDGE:
+            break
+        scale *= PREVIEW_EDGE / longest * 0.98
+        layouts, sheet = plan_layouts(plan.axes, plan.cells, scale)
+    if scale == plan.grid_scale:
+        return None
+    return [image for image, *_ in render_grids(plan, layouts, sheet, scale)]
 
 
 _INFOTEXT_KEYS = {"steps": "Steps", "sampler": "Sampler", "guidance_scale": "CFG scale", "seed": "Seed",
@@ -720,7 +739,9 @@ async def _finish(app: AppContext, plan: SweepPlan, state: Literal["done", "canc
     def render_and_save() -> list[tuple[StoredImage, Image.Image, int | None, str, GridLayout | None]]:
         saved = []
         infotext = _grid_infotext(plan, done)
-        for image, z, title, layout in render_grids(plan):
+        grids = render_grids(plan, plan.layouts, plan.sheet, plan.grid_scale)
+        previews = render_previews(plan) or [image for image, *_ in grids]
+        for preview, (image, z, title, layout) in zip(previews, grids, strict=True):
             shown = [info for info in cells if z is None or info.z == z]
             metadata = {
                 "tool": "sweep",
@@ -736,7 +757,7 @@ async def _finish(app: AppContext, plan: SweepPlan, state: Literal["done", "canc
                 },
                 "cells": [info.model_dump(mode="json") for info in shown],
             }
-            saved.append((app.store.save(image, infotext, metadata), image, z, title, layout))
+            saved.append((app.store.save(image, infotext, metadata), preview, z, title, layout))
         return saved
 
     saved = await anyio.to_thread.run_sync(render_and_save)
@@ -799,7 +820,7 @@ def _summary(plan: SweepPlan, result: SweepResult) -> str:
 
 
 def _blocks(plan: SweepPlan, saved: list[tuple[StoredImage, Image.Image, int | None, str, GridLayout | None]]) -> list[Any]:
-    """Thumbnails for the grids only (the inline budget), links to every grid and every cell."""
+    """Thumbnails (from the previews) for the grids only, to keep within the inline budget; links to every grid and cell."""
     shown = saved if len(saved) <= 1 + _MAX_Z_THUMBNAILS else saved[:1]
     blocks = image_blocks([item[0] for item in shown], [item[1] for item in shown])
     for stored, _, _, title, _ in saved[len(shown) :]:
