@@ -449,6 +449,21 @@ async def test_edit_sweep_resolves_the_image_once(client: Client, counting_image
     assert len(fetches) == 1
 
 
+async def test_base64_input_is_shortened_in_what_the_sweep_reports(client: Client) -> None:
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buffer, "PNG")
+    data_url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    result = await client.call_tool(
+        "sweep",
+        {"tool": "edit", "base": {"prompt": "p", "image": data_url, "steps": 2, "seed": 1},
+         "x": {"param": "strength", "values": [0.5, 1.0]}},
+    )
+    assert not result.is_error, result.content[0].text
+    reported = result.structured_content["base"]["image"]
+    assert reported.startswith("data:image/png;base64,") and len(reported) < 100 < len(data_url)
+    assert len(json.dumps(sidecar(result.structured_content["grids"][0]["path"]))) < len(data_url)
+
+
 async def test_inpaint_sweep_over_mask_blur_keeps_pixels_outside_the_mask(client: Client) -> None:
     source = await client.call_tool("generate", {**BASE, "seed": 4})
     image = source.structured_content["images"][0]

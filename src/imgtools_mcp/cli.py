@@ -29,6 +29,9 @@ SETTING_FLAGS: dict[str, dict[str, Any]] = {
     "max_pixels": {"type": int, "help": "largest width*height (IMGTOOLS_MAX_PIXELS)"},
     "max_input_bytes": {"type": int, "help": "largest image input, file, base64 or URL download (IMGTOOLS_MAX_INPUT_BYTES)"},
     "max_queue": {"type": int, "help": "requests that may wait for the engine (IMGTOOLS_MAX_QUEUE)"},
+    "model_cache_bytes": {
+        "help": "memory budget for loaded models, e.g. 12GiB; least recently used are evicted (IMGTOOLS_MODEL_CACHE_BYTES)"
+    },
     "vlm_base_url": {"help": "OpenAI-compatible VLM endpoint (IMGTOOLS_VLM_BASE_URL)"},
     "vlm_model": {"help": "VLM model id (IMGTOOLS_VLM_MODEL)"},
     "vlm_api_key": {"help": "VLM key (IMGTOOLS_VLM_API_KEY / OPENROUTER_API_KEY)"},

@@ -23,6 +23,19 @@ def _split_paths(value: object) -> object:
 
 PathList = Annotated[list[Path], NoDecode]
 
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
+
+
+def parse_bytes(value: object) -> object:
+    """`8GiB`, `8G`, `6.5GB`, `512MiB` or a plain number of bytes; units are powers of 1024 (as `free -g` shows)."""
+    if not isinstance(value, str):
+        return value
+    match = _SIZE.match(value)
+    if match is None:
+        raise ValueError(f"a size like 8GiB, 512MiB or a number of bytes; got {value!r}")
+    number, unit = float(match.group(1)), match.group(2).lower()
+    return int(number * 1024 ** "_kmgt".index(unit or "_"))
+
 
 class Settings(BaseSettings):
     """Everything the server and engine are configured with; built once, passed down."""
@@ -48,6 +61,12 @@ class Settings(BaseSettings):
         32 * 1024 * 1024, ge=1024, description="Largest image input (file, base64 or URL download) in bytes."
     )
     max_queue: int = Field(16, ge=0, description="Requests that may wait for the engine before 'busy' errors.")
+    model_cache_bytes: int | None = Field(
+        None,
+        ge=0,
+        description="Memory budget for loaded pipelines (weights plus LoRA adapters), e.g. 12GiB; the least recently "
+        "used are evicted to fit a new one (0: one model at a time). Default: 60% of the device's memory.",
+    )
     max_sweep_cells: int = Field(64, ge=1, description="Most cells (x × y × z values) one sweep may have.")
     max_grid_pixels: int = Field(
         80_000_000, ge=64 * 64, description="Largest sweep grid (width*height); below Pillow's decompression-bomb guard."
@@ -66,6 +85,11 @@ class Settings(BaseSettings):
     @classmethod
     def _paths(cls, value: object) -> object:
         return _split_paths(value)
+
+    @field_validator("model_cache_bytes", mode="before")
+    @classmethod
+    def _size(cls, value: object) -> object:
+        return parse_bytes(value)
 
     @field_validator("output_dir", mode="after")
     @classmethod

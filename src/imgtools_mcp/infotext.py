@@ -6,6 +6,8 @@ import re
 from typing import Any
 
 _PAIR = re.compile(r'\s*([\w][\w \-/]*):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
+# A1111's extra-network syntax in a prompt: <lora:name:weight> (weight optional, default 1).
+_LORA_TAG = re.compile(r"<lora:([^:>]+)(?::([-+]?\d*\.?\d+))?>")
 
 
 def _quote(value: Any) -> str:
@@ -47,3 +49,15 @@ def parse_infotext(text: str) -> tuple[str, str, dict[str, str]]:
         target.append(line)
     fields = {m.group(1).strip(): _unquote(m.group(2)) for m in _PAIR.finditer(fields_line) if m.group(1)}
     return "\n".join(prompt_lines), "\n".join(negative_lines), fields
+
+
+def lora_tag(name: str, weight: float) -> str:
+    return f"<lora:{name}:{weight:g}>"
+
+
+def split_lora_tags(prompt: str) -> tuple[str, list[tuple[str, float]]]:
+    """A prompt read back from infotext: the text the model saw, and its `<lora:name:weight>` tags as (name, weight)."""
+    tags = [(m.group(1), float(m.group(2)) if m.group(2) else 1.0) for m in _LORA_TAG.finditer(prompt)]
+    # Tags are appended after a space (as format_infotext's callers write them), so trailing space goes with them.
+    text = _LORA_TAG.sub("", prompt).rstrip() if tags else prompt
+    return text, tags

@@ -20,7 +20,7 @@ from .images.refs import ImageResolver
 from .jobs import JobManager
 from .params import one_line_error
 from .store import OutputStore
-from .tools import edit, generate, inpaint, jobs, resources, sweep
+from .tools import edit, generate, inpaint, jobs, models, resources, sweep
 from .tools import prompts, refine, vision
 from .tools.vision_common import build_vlm
 
@@ -30,7 +30,7 @@ INSTRUCTIONS = (
     "Image tools on a local diffusers engine. Outputs are referenced by id or imgtools://images/<id>; "
     "pass them as `image` to edit/inpaint. Long calls accept background=true and return a job id for get_job."
 )
-TOOL_FAMILIES = (generate, edit, inpaint, sweep, vision, refine, jobs, resources, prompts)
+TOOL_FAMILIES = (generate, edit, inpaint, sweep, models, vision, refine, jobs, resources, prompts)
 
 
 class ImgToolsServer(MCPServer[AppContext]):

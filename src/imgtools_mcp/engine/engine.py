@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -13,15 +14,18 @@ import anyio
 import torch
 
 from ..config import Settings
-from .cache import LoadedModel, PipelineCache, weights_bytes
-from .choice import choose_backend, choose_dtype
+from .cache import LoadedModel, PipelineCache, default_budget, weights_bytes
+from .catalog import find_config_folder
+from .choice import Choice, choose_backend, choose_dtype
 from .device import DeviceFacts, probe
 from .errors import EngineBusyError, EngineError, GenerationCancelled, OutOfMemoryError
 from .families import FamilyInfo
-from .job import GenerationJob, RunOutput, StepCallback
-from .loader import ModelSource, inspect_family, load_pipeline, resolve_model
+from .job import GenerationJob, LoraWeight, RunOutput, StepCallback
+from .loader import ModelSource, hf_cache_dir, inspect_family, load_pipeline, resolve_model
+from .lora import AdapterSet, LoraLoadError, LoraSource, check_fits, download_lora, resolve_lora
 from .memory import MemoryPlan, apply_memory_plan, choose_memory_plan, escalate, estimate_activation_bytes, footprint_of, reset_memory_plan
 from .samplers import make_scheduler, sampler_label
+from .weights import HeaderError, estimate_footprint
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -38,10 +42,15 @@ class Engine:
         self.dtype_choice = choose_dtype(self.facts, settings.dtype)
         self.dtype = _DTYPES[self.dtype_choice.value]
         self.device = self.facts.torch_device
-        self.cache = PipelineCache()
+        if settings.model_cache_bytes is not None:
+            self.budget = Choice(settings.model_cache_bytes, "IMGTOOLS_MODEL_CACHE_BYTES")
+        else:
+            self.budget = default_budget(self.facts)
+        self.cache = PipelineCache(budget_bytes=self.budget.value)
         self._lock = anyio.Lock()
         self._waiting = 0
         self._running: str | None = None
+        self._running_since = 0.0
         self._sources: dict[str, tuple[ModelSource, FamilyInfo]] = {}
 
     # ----- model resolution (cheap: configs only) -----
@@ -57,6 +66,26 @@ class Engine:
     async def aresolve(self, spec: str | None) -> tuple[ModelSource, FamilyInfo]:
         """`resolve` off the event loop: a first use may scan folders or download from the hub."""
         return await anyio.to_thread.run_sync(self.resolve, spec)
+
+    @property
+    def offline(self) -> bool:
+        return self.settings.hf_offline or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+
+    def resolve_loras(self, loras: list[LoraWeight], family: FamilyInfo, model_name: str) -> list[tuple[LoraSource, float]]:
+        """Find each requested LoRA and check it fits the model's family; files only, nothing is loaded or downloaded.
+
+        Not remembered between calls: a LoRA folder is re-read each time, so files added later are found.
+        """
+        wanted: list[tuple[LoraSource, float]] = []
+        seen: set[str] = set()
+        for lora in loras:
+            source = resolve_lora(lora.name, lora_dirs=self.settings.lora_dirs, hub_cache=hf_cache_dir(), offline=self.offline)
+            if source.key in seen:
+                raise LoraLoadError(f"loras: {lora.name!r} is listed twice; give each LoRA once with the weight you want")
+            seen.add(source.key)
+            check_fits(source, family, model_name)
+            wanted.append((source, lora.weight))
+        return wanted
 
     # ----- queue -----
 
@@ -87,6 +116,7 @@ class Engine:
         try:
             waited = time.perf_counter() - queued_at
             self._running = label
+            self._running_since = time.monotonic()
             cancel = threading.Event()
             finished = threading.Event()
 
@@ -118,11 +148,25 @@ class Engine:
 
     # ----- loading -----
 
+    def _estimate_bytes(self, source: ModelSource) -> int:
+        """The model's weights once loaded, from its files' headers; 0 when they cannot be read."""
+        assert source.path is not None
+        try:
+            return estimate_footprint(source.kind, source.path, self.dtype.itemsize).total_bytes
+        except (HeaderError, OSError) as exc:
+            log.warning("cannot estimate the size of %s before loading (%s); making room after", source.spec, exc)
+            return 0
+
     def _load(self, source: ModelSource, family: FamilyInfo) -> LoadedModel:
         started = time.perf_counter()
-        pipe = load_pipeline(source, family, self.dtype)
+        # Evict before loading, so the old and the new weights are never in memory together.
+        self.cache.make_room(self._estimate_bytes(source))
+        config = None
+        if source.kind == "file":
+            assert source.path is not None
+            config = find_config_folder(source.path, family, self.settings.model_dirs, hf_cache_dir())
+        pipe = load_pipeline(source, family, self.dtype, config=config, offline=self.offline)
         size = weights_bytes(pipe)
-        self.cache.make_room(size)
         footprint = footprint_of(pipe)
         plan = self._choose_plan(family, footprint, family.native_size, family.native_size, 1)
         apply_memory_plan(pipe, plan.value, self.device)
@@ -136,9 +180,11 @@ class Engine:
             plan=plan.value.value,
             weights_bytes=size,
             load_seconds=time.perf_counter() - started,
+            plan_reason=plan.reason,
+            adapters=AdapterSet(self.dtype.itemsize),
         )
-        model.plan_reason = plan.reason  # type: ignore[attr-defined]
         self.cache.put(source.key, model)
+        self.cache.make_room(0, keep=source.key)  # in case it measured larger than estimated
         return model
 
     def _choose_plan(self, family: FamilyInfo, footprint: Any, width: int, height: int, batch: int):
@@ -172,6 +218,7 @@ class Engine:
     ) -> RunOutput:
         started = time.perf_counter()
         model, load_s = self._get_loaded(source, family)
+        applied = self._apply_loras(model, source, family, job.loras)
         warnings: list[str] = []
         try:
             images, label, steps_run = self._denoise(model, job, on_step, cancel)
@@ -195,7 +242,21 @@ class Engine:
             timings={"load_s": round(load_s, 4), "generate_s": round(denoise_s, 4)},
             engine=self.describe_choices(model),
             warnings=warnings,
+            loras=applied,
         )
+
+    def _apply_loras(
+        self, model: LoadedModel, source: ModelSource, family: FamilyInfo, loras: list[LoraWeight]
+    ) -> list[dict[str, Any]]:
+        """Activate exactly the requested adapters (loading each once); a request without LoRAs runs without any."""
+        if model.adapters is None:
+            return []
+        wanted = self.resolve_loras(loras, family, source.name)
+        wanted = [(download_lora(s, hub_cache=hf_cache_dir()), w) if s.path is None else (s, w) for s, w in wanted]
+        applied = model.adapters.apply(model.base, wanted, source.name)
+        if any(weight for _, weight in wanted):
+            self.cache.make_room(0, keep=source.key)  # new adapters count against the budget too
+        return [lora.as_dict() for lora in applied]
 
     def _switch_plan(self, model: LoadedModel, plan: MemoryPlan) -> None:
         reset_memory_plan(model.base)
@@ -262,18 +323,67 @@ class Engine:
         }
         if model is not None:
             info["memory_plan"] = model.plan
-            info["memory_plan_reason"] = getattr(model, "plan_reason", "")
+            info["memory_plan_reason"] = model.plan_reason
         return info
 
+    def planned_memory(self, spec: str | None = None) -> dict[str, Any] | None:
+        """The plan a model would get, from its files' sizes, without loading it (None if it is not local)."""
+        spec = spec or self.settings.model
+        try:
+            source, family = self._sources.get(spec) or self._local_source(spec)
+            assert source.path is not None
+            footprint = estimate_footprint(source.kind, source.path, self.dtype.itemsize)
+            choice = self._choose_plan(family, footprint, family.native_size, family.native_size, 1)
+        except (EngineError, HeaderError, OSError, ValueError) as exc:
+            log.debug("no plan estimate for %s: %s", spec, exc)
+            return None
+        return {
+            "model": spec,
+            "memory_plan": choice.value.value,
+            "reason": choice.reason,
+            "estimated_weights_bytes": footprint.total_bytes,
+            "at_size": f"{family.native_size}x{family.native_size}",
+        }
+
+    def _local_source(self, spec: str) -> tuple[ModelSource, FamilyInfo]:
+        source = resolve_model(spec, model_dirs=self.settings.model_dirs, offline=True)
+        return source, inspect_family(source)
+
     def status(self) -> dict[str, Any]:
+        """What engine_status shows; reads state only, safe to call while a job runs."""
+        try:
+            facts = probe(self.settings.device)  # free memory now, not at start-up
+        except (ValueError, RuntimeError) as exc:
+            log.debug("re-probing %s failed (%s); showing start-up facts", self.settings.device, exc)
+            facts = self.facts
+        loaded = []
+        for model in self.cache.loaded():
+            loaded.append(
+                {
+                    **model.describe(),
+                    "memory_plan_reason": model.plan_reason,
+                    "memory_bytes": model.memory_bytes,
+                    "idle_s": round(time.monotonic() - model.last_used, 1),
+                    **model.lora_status(),
+                }
+            )
         return {
             **self.describe_choices(),
-            "loaded_models": [m.describe() for m in self.cache.loaded()],
+            "device_total_bytes": facts.total_memory_bytes,
+            "device_free_bytes": facts.free_memory_bytes,
+            "memory_setting": self.settings.memory,
+            "default_model_plan": None if loaded else self.planned_memory(),
+            "cache_budget_bytes": self.cache.budget_bytes,
+            "cache_budget_reason": self.budget.reason,
+            "cache_used_bytes": self.cache.used_bytes(),
+            "evictions": [e.as_dict() for e in self.cache.evictions],
+            "loaded_models": loaded,
             "queue_length": self._waiting,
             "running": self._running,
+            "running_s": round(time.monotonic() - self._running_since, 1) if self._running else None,
             "max_queue": self.settings.max_queue,
         }
 
     async def aclose(self) -> None:
         for model in self.cache.loaded():
-            self.cache.evict(model.source.key)
+            self.cache.evict(model.source.key, reason="engine closed")

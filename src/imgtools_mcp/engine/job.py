@@ -48,3 +48,4 @@ class RunOutput:
     timings: dict[str, float]
     engine: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
+    loras: list[dict[str, Any]] = field(default_factory=list)  # as they ran: name, spec, weight, hash, path

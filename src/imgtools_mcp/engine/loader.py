@@ -34,12 +34,21 @@ class ModelSource:
         return str(self.path) if self.path else self.spec
 
 
+def hf_cache_dir() -> Path:
+    """The HuggingFace hub cache, read from the environment when asked (huggingface_hub reads it once, at import)."""
+    explicit = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
+    if explicit:
+        return Path(explicit).expanduser()
+    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "huggingface")
+    return Path(home).expanduser() / "hub"
+
+
 def _hub_cache_snapshot(repo_id: str) -> Path | None:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     try:
-        return Path(snapshot_download(repo_id, local_files_only=True))
+        return Path(snapshot_download(repo_id, local_files_only=True, cache_dir=hf_cache_dir()))
     except (LocalEntryNotFoundError, FileNotFoundError, OSError, ValueError):
         return None
 
@@ -48,7 +57,7 @@ def _hub_download(repo_id: str) -> Path:
     """Fetch a diffusers pipeline from the hub, skipping weights diffusers would not load."""
     from diffusers import DiffusionPipeline
 
-    return Path(DiffusionPipeline.download(repo_id, use_safetensors=None))
+    return Path(DiffusionPipeline.download(repo_id, use_safetensors=None, cache_dir=hf_cache_dir()))
 
 
 def resolve_model(spec: str, *, model_dirs: list[Path], offline: bool) -> ModelSource:
@@ -104,8 +113,16 @@ def inspect_family(source: ModelSource) -> FamilyInfo:
     return family_from_folder(source.path, source.name)
 
 
-def load_pipeline(source: ModelSource, family: FamilyInfo, dtype: torch.dtype) -> Any:
-    """Load the text-to-image pipeline for a source on the CPU; the engine moves it where the plan says."""
+def load_pipeline(
+    source: ModelSource, family: FamilyInfo, dtype: torch.dtype, *, config: Path | None = None, offline: bool | None = None
+) -> Any:
+    """Load the text-to-image pipeline for a source on the CPU; the engine moves it where the plan says.
+
+    A single-file checkpoint needs a diffusers folder of its family for configs, tokenizers and the
+    scheduler (`config`); without one, diffusers fetches its default from the hub, which offline
+    is refused here with what to do instead.
+    """
+    offline = _offline() if offline is None else offline
     from diffusers import (
         AutoPipelineForText2Image,
         StableDiffusionPipeline,
@@ -116,9 +133,16 @@ def load_pipeline(source: ModelSource, family: FamilyInfo, dtype: torch.dtype) -
     try:
         if source.kind == "file":
             cls = StableDiffusionXLPipeline if family.family is Family.SDXL else StableDiffusionPipeline
-            pipe = cls.from_single_file(str(source.path), torch_dtype=dtype, local_files_only=_offline())
+            if config is None and offline:
+                raise ModelLoadError(single_file_config_missing(source, family))
+            extra = {"config": str(config)} if config is not None else {}
+            pipe = cls.from_single_file(
+                str(source.path), torch_dtype=dtype, local_files_only=offline or config is not None, **extra
+            )
         else:
             pipe = AutoPipelineForText2Image.from_pretrained(str(source.path), torch_dtype=dtype)
+    except ModelLoadError:
+        raise
     except Exception as exc:  # diffusers raises OSError/ValueError/EnvironmentError variants for bad weights
         raise ModelLoadError(
             f"model: {source.spec!r} could not be loaded as a diffusers pipeline: {type(exc).__name__}: "
@@ -133,3 +157,20 @@ def load_pipeline(source: ModelSource, family: FamilyInfo, dtype: torch.dtype) -
 
 def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+
+
+def single_file_config_missing(source: ModelSource, family: FamilyInfo) -> str:
+    """What to do when a single-file checkpoint has no local diffusers config to be built from."""
+    from .catalog import default_config_repo
+
+    repo = default_config_repo(source.path) if source.path else None
+    fetch = (
+        f"or fetch the configs once where the hub is reachable: `hf download {repo} --include '*.json' '*.txt'`"
+        if repo
+        else "or run once with the hub reachable so diffusers can fetch its configs"
+    )
+    return (
+        f"model: {source.name!r} is a single-file {family.family.label} checkpoint and needs a diffusers config of the same "
+        f"family, but none is local and the hub is off; put a {family.family.label} diffusers folder "
+        f"(with model_index.json) in IMGTOOLS_MODEL_DIRS, {fetch}"
+    )

@@ -146,13 +146,20 @@ class StepRelay:
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator["StepRelay"]:
-        async with anyio.create_task_group() as task_group:
-            task_group.start_soon(self._pump)
-            try:
-                yield self
-            finally:
-                # Closing the sender lets the pump drain every queued step before the result is returned.
-                self._send.close()
+        try:
+            async with anyio.create_task_group() as task_group:
+                task_group.start_soon(self._pump)
+                try:
+                    yield self
+                finally:
+                    # Closing the sender lets the pump drain every queued step before the result is returned.
+                    self._send.close()
+        except BaseExceptionGroup as group:
+            # The pump never raises, so a lone error is the work's own (an EngineError, say): raise it as itself
+            # so tool_errors can turn it into a one-line tool error instead of a generic failure.
+            if len(group.exceptions) == 1:
+                raise group.exceptions[0]
+            raise
 
 
 def image_blocks(stored: list[StoredImage], pil_images: list[Any]) -> list[Any]:

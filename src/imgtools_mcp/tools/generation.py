@@ -98,6 +98,8 @@ def plan_job(app: AppContext, params: GenerationParams, inputs: ImageInputs) -> 
         mask=inputs.mask,
         loras=[LoraWeight(l.name, l.weight) for l in params.loras],
     )
+    # Unknown, duplicate or other-family LoRAs fail here, before any job id is handed out.
+    app.engine.resolve_loras(job.loras, family, source.name)
     used = {
         "prompt": params.prompt,
         "negative_prompt": params.negative_prompt,
@@ -117,9 +119,17 @@ def plan_job(app: AppContext, params: GenerationParams, inputs: ImageInputs) -> 
     return PlannedJob(job, family, used)
 
 
+def _infotext_prompt(job: GenerationJob, run: RunOutput) -> str:
+    """The prompt with A1111's `<lora:name:weight>` tags appended, which A1111/SD.Next read back into LoRAs."""
+    from ..infotext import lora_tag
+
+    tags = [lora_tag(lora["name"], lora["weight"]) for lora in run.loras if lora["weight"]]
+    return " ".join([job.prompt, *tags])
+
+
 def _infotext_fields(planned: PlannedJob, run: RunOutput, seed: int, inputs: ImageInputs) -> dict[str, Any]:
     job = planned.job
-    lora_text = ", ".join(f"{l.name}: {l.weight:g}" for l in job.loras) or None
+    lora_hashes = ", ".join(f"{l['name']}: {l['hash']}" for l in run.loras if l["weight"] and l["hash"]) or None
     return {
         "Steps": job.steps,
         "Sampler": run.sampler_label,
@@ -128,7 +138,7 @@ def _infotext_fields(planned: PlannedJob, run: RunOutput, seed: int, inputs: Ima
         "Size": f"{job.width}x{job.height}",
         "Model": run.model.get("name"),
         "Denoising strength": job.strength,
-        "Lora weights": lora_text,
+        "Lora hashes": lora_hashes,
         **inputs.infotext,
         "Version": f"imgtools-mcp {__version__}",
     }
@@ -148,13 +158,14 @@ async def run_and_save(
         stored = []
         for image, seed in zip(images, run.seeds, strict=True):
             fields = _infotext_fields(planned, run, seed, inputs)
-            infotext = format_infotext(planned.job.prompt, planned.job.negative_prompt, fields)
+            infotext = format_infotext(_infotext_prompt(planned.job, run), planned.job.negative_prompt, fields)
             metadata = {
                 "tool": tool,
                 "seed": seed,
                 "parameters": {**planned.used, "seed": seed},
                 "model": run.model,
                 "engine": run.engine,
+                "loras": run.loras,
                 **inputs.metadata,
             }
             stored.append(app.store.save(image, infotext, metadata))
@@ -168,7 +179,7 @@ async def run_and_save(
             for s, seed in zip(stored, run.seeds, strict=True)
         ],
         parameters=planned.used,
-        model=run.model,
+        model={**run.model, "loras": run.loras} if run.loras else run.model,
         engine=run.engine,
         timings=timings,
         warnings=[*inputs.notes, *run.warnings],

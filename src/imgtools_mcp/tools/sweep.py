@@ -31,7 +31,7 @@ from .. import params as params_module
 from ..app import AppContext
 from ..engine.errors import EngineError, GenerationCancelled
 from ..images.grid import GridLayout, SheetLayout, placeholder_tile, plan_grid, plan_sheet, render_grid, render_sheet
-from ..images.refs import ResolvedImage
+from ..images.refs import ResolvedImage, shorten_reference
 from ..infotext import format_infotext
 from ..jobs import ProgressSink
 from ..params import MAX_SEED, GenerationParams, ImageInfo, one_line_error
@@ -422,6 +422,14 @@ class SweepPlan:
     sweep_id: str
     base: GenerationParams
     base_args: dict[str, Any]
+
+    @property
+    def reported_base(self) -> dict[str, Any]:
+        """The base as results and sidecars show it: a megabyte of base64 image input is shortened, as every tool does."""
+        return {
+            name: shorten_reference(value) if name in ("image", "mask") and isinstance(value, str) else value
+            for name, value in self.base_args.items()
+        }
     seed: int
     axes: list[Axis]
     cells: list[Cell]
@@ -751,7 +759,7 @@ async def _finish(app: AppContext, plan: SweepPlan, state: Literal["done", "canc
                     "state": state,
                     "z": z,
                     "title": title,
-                    "base": plan.base_args,
+                    "base": plan.reported_base,
                     "axes": [axis.model_dump(mode="json") for axis in axes],
                     "grid_scale": plan.grid_scale,
                 },
@@ -787,7 +795,7 @@ async def _finish(app: AppContext, plan: SweepPlan, state: Literal["done", "canc
         axes=axes,
         cells=cells,
         grids=grids,
-        base=plan.base_args,
+        base=plan.reported_base,
         seed=plan.seed,
         run_order=plan.order_params,
         timings=timings,
@@ -869,7 +877,7 @@ async def handle(request: SweepRequest, ctx: Context) -> CallToolResult:
         tool=plan.tool.name,
         state="started",
         axes=[SweepAxisInfo(axis=a.name, param=a.param, values=a.values, labels=a.labels) for a in plan.axes],
-        base=plan.base_args,
+        base=plan.reported_base,
         seed=plan.seed,
         run_order=plan.order_params,
         job_id=record.id,

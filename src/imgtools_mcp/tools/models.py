@@ -1,0 +1,360 @@
+"""`list_models` and `engine_status`: what the engine can load and what it is doing, without changing anything."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import anyio
+from mcp.server.mcpserver import Context, MCPServer
+from mcp_types import CallToolResult, TextContent, ToolAnnotations
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..app import AppContext
+from ..engine.catalog import FoundModel, build_catalog
+from ..engine.errors import EngineError
+from ..engine.loader import hf_cache_dir, inspect_family, resolve_model
+from .common import app_of, bind_tool
+
+READ_ONLY = dict(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
+FamilyName = Literal["sd1", "sd2", "sdxl"]
+
+
+class ListModelsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    family: FamilyName | None = Field(None, description="Only models and LoRAs of this family (sd1, sd2, sdxl)")
+
+
+class EngineStatusRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelEntry(BaseModel):
+    model: str = Field(description="Pass this as `model` to generate/edit/inpaint")
+    name: str
+    kind: Literal["folder", "file", "hub"] = Field(description="diffusers folder, single-file checkpoint, or HF cache")
+    path: str | None = None
+    family: FamilyName | None = Field(None, description="sd1 | sd2 | sdxl, read from configs or tensor names")
+    turbo: bool | None = Field(None, description="Few-step distilled (turbo/lightning/LCM): 1-4 steps, guidance 0")
+    inpainting: bool | None = Field(None, description="A dedicated inpainting checkpoint (use with inpaint/edit)")
+    native_size: int | None = Field(None, description="Default width and height")
+    size_bytes: int = Field(0, description="Size on disk")
+    default: bool = Field(False, description="The server's configured default model (IMGTOOLS_MODEL)")
+    available: bool = Field(True, description="False when the default is a hub id not downloaded yet")
+    loaded: bool = False
+    device: str | None = Field(None, description="Where it is loaded, when it is")
+    memory_plan: str | None = None
+    note: str | None = None
+
+
+class LoraEntry(BaseModel):
+    name: str = Field(description="Pass this as `name` in `loras`")
+    path: str
+    size_bytes: int
+    family: FamilyName | None = Field(None, description="The family it was trained for, when its shapes tell")
+    rank: int | None = None
+    components: list[str] = Field(default_factory=list, description="Parts it changes: unet, text_encoder, text_encoder_2")
+    loaded_in: list[str] = Field(default_factory=list, description="Models it is loaded into as an adapter")
+
+
+class ModelListing(BaseModel):
+    default: str = Field(description="The configured default model")
+    models: list[ModelEntry] = Field(default_factory=list)
+    loras: list[LoraEntry] = Field(default_factory=list)
+    searched: dict[str, list[str]] = Field(default_factory=dict, description="Folders looked in")
+    skipped: list[str] = Field(default_factory=list, description="Files found that are not loadable, and why")
+
+
+class LoadedModelStatus(BaseModel):
+    model: str
+    name: str
+    family: str
+    device: str
+    dtype: str
+    memory_plan: str
+    memory_plan_reason: str
+    weights_bytes: int
+    adapter_bytes: int = 0
+    memory_bytes: int = Field(description="Weights plus LoRA adapters: what counts against the cache budget")
+    load_seconds: float
+    idle_s: float
+    loras_loaded: list[str] = Field(default_factory=list)
+    loras_active: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class EvictionStatus(BaseModel):
+    model: str
+    weights_bytes: int
+    released: bool = Field(description="All its modules were garbage-collected (checked by weak reference)")
+    device_bytes_freed: int | None = Field(None, description="Drop in device memory in use (accelerators)")
+    rss_bytes_freed: int = Field(description="Drop in process resident memory (noisy)")
+    seconds: float
+    reason: str
+
+
+class CacheStatus(BaseModel):
+    budget_bytes: int | None
+    budget_reason: str
+    used_bytes: int
+    evictions: list[EvictionStatus] = Field(default_factory=list, description="Most recent last")
+
+
+class PlannedMemory(BaseModel):
+    model: str
+    memory_plan: str
+    reason: str
+    estimated_weights_bytes: int
+    at_size: str
+
+
+class VlmStatus(BaseModel):
+    base_url: str
+    model: str
+    api_key_set: bool = Field(description="Whether a key is configured; the key itself is never shown")
+
+
+class EngineStatus(BaseModel):
+    device: str
+    device_name: str
+    dtype: str
+    dtype_reason: str
+    backend: str
+    backend_reason: str | None = None
+    device_total_bytes: int
+    device_free_bytes: int
+    memory_setting: str = Field(description="IMGTOOLS_MEMORY: auto or a fixed plan")
+    default_model_plan: PlannedMemory | None = Field(
+        None, description="With nothing loaded: the plan the default model would get, estimated from its files"
+    )
+    cache: CacheStatus
+    loaded_models: list[LoadedModelStatus] = Field(default_factory=list)
+    queue_length: int
+    max_queue: int
+    running: str | None = Field(None, description="The job on the device now (mode:model)")
+    running_s: float | None = None
+    background_jobs_active: int = 0
+    vlm: VlmStatus
+
+
+# ----- list_models -----
+
+
+def _mib(size: int) -> str:
+    return f"{size / 2**20:,.0f} MiB" if size < 2**30 else f"{size / 2**30:.1f} GiB"
+
+
+def _entry(found: FoundModel) -> ModelEntry:
+    family = found.family
+    return ModelEntry(
+        model=found.model,
+        name=found.name,
+        kind=found.kind,
+        path=str(found.path),
+        family=family.family.value if family else None,
+        turbo=family.turbo if family else None,
+        inpainting=family.inpainting if family else None,
+        native_size=family.native_size if family else None,
+        size_bytes=found.size_bytes,
+        note=found.note,
+    )
+
+
+def _default_entry(app: AppContext, spec: str) -> tuple[Path | None, ModelEntry | None]:
+    """The default model's path if it is local; otherwise an entry saying it is not downloaded yet."""
+    try:
+        source = resolve_model(spec, model_dirs=app.settings.model_dirs, offline=True)
+    except EngineError:
+        how = "offline mode is on: download it where the hub is reachable" if app.engine.offline else "the first use downloads it"
+        return None, ModelEntry(model=spec, name=spec.split("/")[-1], kind="hub", default=True, available=False,
+                                note=f"not in the HuggingFace cache; {how}")
+    assert source.path is not None
+    path = source.path.resolve()
+    family = None
+    try:
+        family = inspect_family(source)
+    except (OSError, ValueError, KeyError):
+        pass
+    entry = ModelEntry(
+        model=spec, name=source.name, kind=source.kind, path=str(path), default=True,
+        family=family.family.value if family else None, turbo=family.turbo if family else None,
+        inpainting=family.inpainting if family else None, native_size=family.native_size if family else None,
+    )
+    from ..engine.weights import disk_bytes
+
+    entry.size_bytes = disk_bytes(path)
+    return path, entry
+
+
+def build_listing(app: AppContext, family: str | None) -> ModelListing:
+    settings = app.settings
+    hub_cache = hf_cache_dir()
+    catalog = build_catalog(settings.model_dirs, settings.lora_dirs, hub_cache)
+    entries = [_entry(found) for found in catalog.models]
+    default_path, default_entry = _default_entry(app, settings.model)
+    match = next((e for e in entries if default_path is not None and e.path and Path(e.path) == default_path), None)
+    if match is not None:
+        match.default = True
+    elif default_entry is not None:
+        entries.insert(0, default_entry)
+    loaded = {Path(m.source.path).resolve(): m for m in app.engine.cache.loaded() if m.source.path is not None}
+    for entry in entries:
+        model = loaded.get(Path(entry.path).resolve()) if entry.path else None
+        if model is not None:
+            entry.loaded, entry.device, entry.memory_plan = True, model.device, model.plan
+    lora_homes: dict[Path, list[str]] = {}
+    for model in app.engine.cache.loaded():
+        for adapter in model.adapters.loaded if model.adapters else []:
+            if adapter.source.path is not None:
+                lora_homes.setdefault(adapter.source.path.resolve(), []).append(model.source.name)
+    loras = [
+        LoraEntry(
+            name=found.name,
+            path=str(found.path),
+            size_bytes=found.size_bytes,
+            family=found.info.family.value if found.info.family else None,
+            rank=found.info.rank,
+            components=list(found.info.components),
+            loaded_in=lora_homes.get(found.path.resolve(), []),
+        )
+        for found in catalog.loras
+    ]
+    if family is not None:
+        entries = [e for e in entries if e.family == family]
+        loras = [l for l in loras if l.family in (family, None)]
+    return ModelListing(
+        default=settings.model,
+        models=entries,
+        loras=loras,
+        searched={
+            "model_dirs": [str(p) for p in settings.model_dirs],
+            "lora_dirs": [str(p) for p in settings.lora_dirs],
+            "hf_cache": [str(hub_cache)],
+        },
+        skipped=catalog.skipped,
+    )
+
+
+def listing_text(listing: ModelListing) -> str:
+    lines = [f"{len(listing.models)} model(s), {len(listing.loras)} LoRA(s); default: {listing.default}"]
+    for entry in listing.models:
+        marks = [m for m, on in (("default", entry.default), (f"loaded on {entry.device}", entry.loaded)) if on]
+        if not entry.available:
+            marks.append("not downloaded")
+        family = entry.family or "unknown family"
+        lines.append(
+            f"- {entry.model} [{entry.kind}, {family}{', turbo' if entry.turbo else ''}"
+            f"{', inpainting' if entry.inpainting else ''}, {_mib(entry.size_bytes)}]"
+            + (f" ({', '.join(marks)})" if marks else "")
+        )
+    for lora in listing.loras:
+        lines.append(
+            f"- LoRA {lora.name} [{lora.family or 'family unknown'}, rank {lora.rank}, {_mib(lora.size_bytes)}]"
+            + (f" (loaded in {', '.join(lora.loaded_in)})" if lora.loaded_in else "")
+        )
+    return "\n".join(lines)
+
+
+async def list_models(request: ListModelsRequest, ctx: Context) -> CallToolResult:
+    app = app_of(ctx)
+    listing = await anyio.to_thread.run_sync(build_listing, app, request.family)
+    return CallToolResult(
+        content=[TextContent(type="text", text=listing_text(listing))],
+        structured_content=listing.model_dump(mode="json"),
+    )
+
+
+# ----- engine_status -----
+
+
+def build_status(app: AppContext) -> EngineStatus:
+    raw = app.engine.status()
+    settings = app.settings
+    return EngineStatus(
+        device=raw["device"],
+        device_name=raw["device_name"],
+        dtype=raw["dtype"],
+        dtype_reason=raw["dtype_reason"],
+        backend=raw["backend"],
+        backend_reason=raw.get("backend_reason"),
+        device_total_bytes=raw["device_total_bytes"],
+        device_free_bytes=raw["device_free_bytes"],
+        memory_setting=raw["memory_setting"],
+        default_model_plan=raw["default_model_plan"],
+        cache=CacheStatus(
+            budget_bytes=raw["cache_budget_bytes"],
+            budget_reason=raw["cache_budget_reason"],
+            used_bytes=raw["cache_used_bytes"],
+            evictions=raw["evictions"],
+        ),
+        loaded_models=[LoadedModelStatus.model_validate(m, from_attributes=False) for m in raw["loaded_models"]],
+        queue_length=raw["queue_length"],
+        max_queue=raw["max_queue"],
+        running=raw["running"],
+        running_s=raw["running_s"],
+        background_jobs_active=app.jobs.active_count(),
+        vlm=VlmStatus(
+            base_url=settings.vlm_base_url, model=settings.vlm_model, api_key_set=settings.vlm_api_key is not None
+        ),
+    )
+
+
+def status_text(status: EngineStatus) -> str:
+    cache = status.cache
+    budget = _mib(cache.budget_bytes) if cache.budget_bytes is not None else "unlimited"
+    lines = [
+        f"{status.device} ({status.device_name}), {status.dtype}, {status.backend}; "
+        f"{_mib(status.device_free_bytes)} free of {_mib(status.device_total_bytes)}",
+        f"model cache: {_mib(cache.used_bytes)} of {budget} in use, {len(status.loaded_models)} loaded, "
+        f"{len(cache.evictions)} eviction(s)",
+    ]
+    for model in status.loaded_models:
+        loras = ", ".join(f"{l['name']}:{l['weight']:g}" for l in model.loras_active)
+        lines.append(
+            f"- {model.name} on {model.device}: {model.memory_plan} ({model.memory_plan_reason}); {_mib(model.memory_bytes)}"
+            + (f"; LoRAs active {loras}" if loras else "")
+        )
+    if status.default_model_plan is not None:
+        plan = status.default_model_plan
+        lines.append(f"default model would run {plan.memory_plan}: {plan.reason}")
+    running = f"running {status.running} for {status.running_s:g} s" if status.running else "idle"
+    lines.append(f"{running}; {status.queue_length} waiting (max {status.max_queue}); {status.background_jobs_active} background job(s)")
+    lines.append(f"VLM: {status.vlm.model} at {status.vlm.base_url}, key {'set' if status.vlm.api_key_set else 'NOT set'}")
+    return "\n".join(lines)
+
+
+async def engine_status(request: EngineStatusRequest, ctx: Context) -> CallToolResult:
+    app = app_of(ctx)
+    status = await anyio.to_thread.run_sync(build_status, app)
+    return CallToolResult(
+        content=[TextContent(type="text", text=status_text(status))],
+        structured_content=status.model_dump(mode="json"),
+    )
+
+
+def register(server: MCPServer) -> None:
+    bind_tool(
+        server,
+        ListModelsRequest,
+        list_models,
+        name="list_models",
+        title="List models",
+        description="Models the engine can load (the configured default, diffusers folders and .safetensors checkpoints "
+        "in IMGTOOLS_MODEL_DIRS, pipelines in the HuggingFace cache) with family, size on disk and whether each is "
+        "loaded; and LoRAs in IMGTOOLS_LORA_DIRS. Pass an entry's `model` as the `model` of generate/edit/inpaint, "
+        "and a LoRA's `name` in `loras`.",
+        annotations=ToolAnnotations(title="List models", **READ_ONLY),
+        output_model=ModelListing,
+    )
+    bind_tool(
+        server,
+        EngineStatusRequest,
+        engine_status,
+        name="engine_status",
+        title="Engine status",
+        description="The engine's device, dtype, backend and memory plan (with the reasons for each), the loaded "
+        "models and their memory against the cache budget, recent evictions, the queue and running job, and the VLM "
+        "configuration (whether a key is set, never the key).",
+        annotations=ToolAnnotations(title="Engine status", **READ_ONLY),
+        output_model=EngineStatus,
+    )
