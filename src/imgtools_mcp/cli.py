@@ -36,6 +36,10 @@ SETTING_FLAGS: dict[str, dict[str, Any]] = {
     "vlm_model": {"help": "VLM model id (IMGTOOLS_VLM_MODEL)"},
     "vlm_api_key": {"help": "VLM key (IMGTOOLS_VLM_API_KEY / OPENROUTER_API_KEY)"},
     "auth_token": {"help": "bearer token required over HTTP (IMGTOOLS_AUTH_TOKEN)"},
+    "allowed_hosts": {"help": "comma-separated extra Host values accepted over HTTP (IMGTOOLS_ALLOWED_HOSTS)"},
+    "allowed_origins": {"help": "comma-separated extra browser Origins accepted over HTTP (IMGTOOLS_ALLOWED_ORIGINS)"},
+    "max_request_bytes": {"type": int, "help": "largest HTTP request body in bytes (IMGTOOLS_MAX_REQUEST_BYTES)"},
+    "request_timeout_s": {"type": float, "help": "longest a single generation may run, seconds (IMGTOOLS_REQUEST_TIMEOUT_S)"},
 }
 
 

@@ -22,6 +22,7 @@ def _split_paths(value: object) -> object:
 
 
 PathList = Annotated[list[Path], NoDecode]
+StrList = Annotated[list[str], NoDecode]
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
 
@@ -80,6 +81,21 @@ class Settings(BaseSettings):
         None, validation_alias=AliasChoices("IMGTOOLS_VLM_API_KEY", "OPENROUTER_API_KEY", "vlm_api_key")
     )
     auth_token: SecretStr | None = None
+    allowed_hosts: StrList = Field(
+        default_factory=list,
+        description="Comma-separated Host values accepted over HTTP besides the bound address and loopback names "
+        "(host or host:port; host alone allows any port), e.g. a LAN name or a reverse proxy's.",
+    )
+    allowed_origins: StrList = Field(
+        default_factory=list,
+        description="Comma-separated browser Origins accepted over HTTP besides the allowed hosts' own "
+        "(scheme://host[:port]; :* allows any port). Requests without an Origin (non-browser clients) are not affected.",
+    )
+    max_request_bytes: int = Field(
+        48 * 1024 * 1024,
+        ge=64 * 1024,
+        description="Largest HTTP request body: room for one IMGTOOLS_MAX_INPUT_BYTES image sent inline as base64.",
+    )
 
     @field_validator("input_roots", "model_dirs", "lora_dirs", mode="before")
     @classmethod
@@ -90,6 +106,23 @@ class Settings(BaseSettings):
     @classmethod
     def _size(cls, value: object) -> object:
         return parse_bytes(value)
+
+    @field_validator("auth_token", mode="after")
+    @classmethod
+    def _token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None  # an empty IMGTOOLS_AUTH_TOKEN means no token, not a token anyone can send
+        if len(value.get_secret_value()) < 16:
+            raise ValueError("auth_token: use at least 16 characters (e.g. `python -c 'import secrets; print(secrets.token_urlsafe())'`)")
+        return value
+
+    @field_validator("allowed_hosts", "allowed_origins", mode="before")
+    @classmethod
+    def _comma_list(cls, value: object) -> object:
+        # Host and origin values contain ':' (ports), so only commas separate them.
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
 
     @field_validator("output_dir", mode="after")
     @classmethod

@@ -7,9 +7,10 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import anyio
 from anyio.abc import TaskGroup
@@ -23,6 +24,14 @@ FINAL_STATES = ("done", "error", "cancelled", "interrupted")
 ProgressSink = Callable[[float, float | None, str | None], Awaitable[None]]
 JobBody = Callable[[ProgressSink], Awaitable[dict[str, Any]]]
 """A job body reports progress through the sink and returns the tool result as a JSON-able dict."""
+
+
+class Admission(Protocol):
+    """A place taken in the engine's queue when a job is accepted; the body runs inside it."""
+
+    def __enter__(self) -> Any: ...
+    def __exit__(self, *exc_info: Any) -> Any: ...
+    def release(self) -> None: ...
 
 
 @dataclass
@@ -51,6 +60,7 @@ class JobManager:
         self._stoppers: dict[str, Callable[[], None]] = {}
         self._stop_requested: set[str] = set()
         self._task_group: TaskGroup | None = None
+        self._admit: Callable[[], Admission] | None = None
         self._recover()
 
     def _recover(self) -> None:
@@ -67,8 +77,10 @@ class JobManager:
                 self._save(record)
             self._jobs[record.id] = record
 
-    def bind(self, task_group: TaskGroup) -> None:
+    def bind(self, task_group: TaskGroup, admit: Callable[[], Admission] | None = None) -> None:
+        """Run jobs in `task_group`; `admit()` takes a queue place per job or raises (busy) before any id is handed out."""
         self._task_group = task_group
+        self._admit = admit
 
     def _save(self, record: JobRecord) -> None:
         record.updated = time.time()
@@ -95,6 +107,7 @@ class JobManager:
         """
         if self._task_group is None:
             raise RuntimeError("job manager is not running")
+        admission = self._admit() if self._admit is not None else None
         record = JobRecord(id=f"job-{secrets.token_hex(6)}", tool=tool)
         self._jobs[record.id] = record
         self._scopes[record.id] = anyio.CancelScope()
@@ -102,10 +115,15 @@ class JobManager:
         if stop is not None:
             self._stoppers[record.id] = stop
         self._save(record)
-        self._task_group.start_soon(self._run, record, body)
+        try:
+            self._task_group.start_soon(self._run, record, body, admission)
+        except BaseException:
+            if admission is not None:
+                admission.release()
+            raise
         return record
 
-    async def _run(self, record: JobRecord, body: JobBody) -> None:
+    async def _run(self, record: JobRecord, body: JobBody, admission: Admission | None = None) -> None:
         last_saved = 0.0
 
         async def sink(progress: float, total: float | None, message: str | None) -> None:
@@ -119,9 +137,8 @@ class JobManager:
 
         scope = self._scopes[record.id]
         try:
-            with scope:
-                record.state = "running"
-                self._save(record)
+            # "queued" until the body reports its first progress (its first denoising step).
+            with scope, admission or nullcontext():
                 record.result = await body(sink)
                 record.state = "cancelled" if record.id in self._stop_requested else "done"
             if scope.cancelled_caught:

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from . import __version__
 from .app import AppContext
+from .auth import StaticTokenVerifier, auth_settings
 from .config import Settings
 from .engine.engine import Engine
 from .images.refs import ImageResolver
@@ -36,6 +37,9 @@ TOOL_FAMILIES = (generate, edit, inpaint, sweep, models, vision, refine, jobs, r
 class ImgToolsServer(MCPServer[AppContext]):
     """MCPServer whose argument errors read as one line naming the parameter, and which refuses unknown ones."""
 
+    app_context: AppContext | None = None
+    """The running lifespan's objects, for HTTP routes outside MCP (/health); None before start and after stop."""
+
     async def call_tool(self, name: str, arguments: dict[str, Any], context: Context | None = None) -> Any:
         known = {tool.name: tool for tool in await self.list_tools()}
         tool = known.get(name)
@@ -54,8 +58,11 @@ class ImgToolsServer(MCPServer[AppContext]):
             raise
 
 
-def build_server(settings: Settings, engine: Engine | None = None) -> ImgToolsServer:
-    """The server for one configuration; `engine` may be passed in by tests that share one across servers."""
+def build_server(settings: Settings, engine: Engine | None = None, *, base_url: str = "http://127.0.0.1:8765") -> ImgToolsServer:
+    """The server for one configuration; `engine` may be passed in by tests that share one across servers.
+
+    `base_url` is where it is served over HTTP; with IMGTOOLS_AUTH_TOKEN set, /mcp requires that bearer token there.
+    """
 
     @asynccontextmanager
     async def lifespan(_: MCPServer[AppContext]) -> AsyncIterator[AppContext]:
@@ -75,10 +82,12 @@ def build_server(settings: Settings, engine: Engine | None = None) -> ImgToolsSe
             vlm=build_vlm(settings),
         )
         async with anyio.create_task_group() as task_group:
-            app.jobs.bind(task_group)
+            app.jobs.bind(task_group, admit=app.engine.admit)
+            server.app_context = app
             try:
                 yield app
             finally:
+                server.app_context = None
                 task_group.cancel_scope.cancel()
                 await app.vlm.aclose()
                 if own_engine:
@@ -90,6 +99,8 @@ def build_server(settings: Settings, engine: Engine | None = None) -> ImgToolsSe
         version=__version__,
         instructions=INSTRUCTIONS,
         lifespan=lifespan,
+        token_verifier=StaticTokenVerifier(settings.auth_token) if settings.auth_token else None,
+        auth=auth_settings(base_url) if settings.auth_token else None,
     )
     for family in TOOL_FAMILIES:
         family.register(server)

@@ -93,9 +93,14 @@ class OutputStore:
         try:
             # PNG first: a sidecar never points at an image that is not there.
             atomic_write(self.png_path(image_id), buffer.getvalue())
+        except OSError as exc:
+            raise StoreError(f"could not write image {image_id} to the output folder (IMGTOOLS_OUTPUT_DIR): {exc.strerror or exc}") from exc
+        try:
             atomic_write(self.sidecar_path(image_id), json.dumps(sidecar, indent=2, default=str).encode())
         except OSError as exc:
-            raise StoreError(f"could not write image {image_id} to {self.root}: {exc.strerror or exc}") from exc
+            # An image without its sidecar would be an id nobody was told about; take the PNG back out.
+            self.png_path(image_id).unlink(missing_ok=True)
+            raise StoreError(f"could not write image {image_id} to the output folder (IMGTOOLS_OUTPUT_DIR): {exc.strerror or exc}") from exc
         return StoredImage(image_id, self.png_path(image_id), image.width, image.height)
 
     def read_png(self, image_id: str) -> bytes:

@@ -7,6 +7,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from functools import partial
 from typing import Any, TypeVar
 
@@ -18,7 +19,7 @@ from .cache import LoadedModel, PipelineCache, default_budget, weights_bytes
 from .catalog import find_config_folder
 from .choice import Choice, choose_backend, choose_dtype
 from .device import DeviceFacts, probe
-from .errors import EngineBusyError, EngineError, GenerationCancelled, OutOfMemoryError
+from .errors import EngineBusyError, EngineError, GenerationCancelled, OutOfMemoryError, PipelineError
 from .families import FamilyInfo
 from .job import GenerationJob, LoraWeight, RunOutput, StepCallback
 from .loader import ModelSource, hf_cache_dir, inspect_family, load_pipeline, resolve_model
@@ -31,6 +32,37 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class QueueTicket:
+    """A place in the engine's queue, taken when a background job is accepted; the job's body runs inside it.
+
+    Until the job reaches the device it counts as waiting, exactly like a foreground request, so
+    accepting jobs can never overfill the queue; once accepted, the job's later runs (sweep cells,
+    refine rounds) are not refused as busy halfway through.
+    """
+
+    def __init__(self, engine: "Engine") -> None:
+        self.engine = engine
+        self.counted = True
+        self._token: Any = None
+
+    def __enter__(self) -> "QueueTicket":
+        self._token = _ADMITTED.set(self)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        _ADMITTED.reset(self._token)
+        self.release()
+
+    def release(self) -> None:
+        """Give the place back if the job never reached the device (failed early, cancelled, never started)."""
+        if self.counted:
+            self.counted = False
+            self.engine._waiting -= 1
+
+
+_ADMITTED: ContextVar[QueueTicket | None] = ContextVar("imgtools_admitted", default=None)
 
 
 class Engine:
@@ -97,18 +129,33 @@ class Engine:
     def busy(self) -> bool:
         return self._running is not None
 
-    async def _run_exclusive(self, label: str, fn: Callable[[threading.Event], T]) -> tuple[T, float]:
-        """Wait in the FIFO for the device, then run `fn` in a worker thread; returns (result, seconds waited).
-
-        A cancelled caller sets the event `fn` polls at each step, and the device is released only
-        once the thread has really stopped, so the next job never overlaps a dying one.
-        """
+    def _refuse_if_full(self) -> None:
         if self._waiting >= self.settings.max_queue and self._lock.locked():
             raise EngineBusyError(
                 f"engine busy: {self._waiting} request(s) already waiting (IMGTOOLS_MAX_QUEUE={self.settings.max_queue}); retry later"
             )
-        queued_at = time.perf_counter()
+
+    def admit(self) -> QueueTicket:
+        """Take a place in the queue now for work that will run later (a background job), or raise EngineBusyError."""
+        self._refuse_if_full()
         self._waiting += 1
+        return QueueTicket(self)
+
+    async def _run_exclusive(self, label: str, fn: Callable[[threading.Event], T]) -> tuple[T, float]:
+        """Wait in the FIFO for the device, then run `fn` in a worker thread; returns (result, seconds waited).
+
+        A cancelled caller sets the event `fn` polls at each step, and the device is released only
+        once the thread has really stopped, so the next job never overlaps a dying one. A caller
+        cancelled while waiting leaves the queue at once.
+        """
+        ticket = _ADMITTED.get()
+        if ticket is None or ticket.engine is not self:
+            self._refuse_if_full()
+        queued_at = time.perf_counter()
+        if ticket is not None and ticket.engine is self and ticket.counted:
+            ticket.counted = False  # the ticket's place in the count becomes this wait's
+        else:
+            self._waiting += 1
         try:
             await self._lock.acquire()
         finally:
@@ -202,11 +249,26 @@ class Engine:
 
     async def generate(self, job: GenerationJob, on_step: StepCallback | None = None) -> RunOutput:
         source, family = self.resolve(job.model)
-        result, waited = await self._run_exclusive(
-            f"{job.mode}:{source.name}", partial(self._generate_sync, source, family, job, on_step)
-        )
+        try:
+            result, waited = await self._run_exclusive(
+                f"{job.mode}:{source.name}", partial(self._generate_sync, source, family, job, on_step)
+            )
+        except EngineError:
+            raise
+        except Exception as exc:  # a failing pipeline fails this request only; the engine and the queue go on
+            raise self._pipeline_failure(exc) from exc
         result.timings["queue_s"] = round(waited, 4)
         return result
+
+    def _pipeline_failure(self, exc: Exception) -> EngineError:
+        if isinstance(exc, torch.OutOfMemoryError) or "can't allocate memory" in str(exc):
+            return OutOfMemoryError(f"out of memory on {self.device}; lower width/height or num_images")
+        log.error("generation failed inside the pipeline", exc_info=exc)
+        detail = (str(exc).strip().splitlines() or [""])[0][:300]
+        return PipelineError(
+            f"model: generation failed inside the pipeline ({type(exc).__name__}: {detail}); "
+            "the model may be broken or not support these parameters"
+        )
 
     def _generate_sync(
         self,

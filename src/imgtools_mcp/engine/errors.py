@@ -29,3 +29,7 @@ class GenerationCancelled(EngineError):
 
 class OutOfMemoryError(EngineError):
     """The device ran out of memory even after escalating the memory plan."""
+
+
+class PipelineError(EngineError):
+    """The pipeline itself raised (a broken model, a diffusers bug); the request failed, the engine goes on."""
