@@ -13,7 +13,8 @@ from .generation import ImageInputs, run_image_tool
 DESCRIPTION = """Make image(s) from a text prompt with the local diffusion engine.
 Returns a thumbnail and an imgtools://images/<id> link per image; pass the id to edit/inpaint to keep working on it.
 Omitted width/height/steps/guidance come from the model family; the seed is always reported, reuse it to reproduce.
-Use sweep to compare parameter values, refine to iterate toward a goal with critique."""
+Cost: steps x the device's time per step (a fraction of a second on a GPU, seconds on a CPU; engine_status shows
+the device). Use sweep to compare parameter values, refine to iterate toward a goal with critique."""
 
 
 async def prepare_inputs(app: AppContext, request: GenerateRequest) -> ImageInputs:

@@ -17,15 +17,16 @@ from .common import bind_tool
 from .generation import ImageInputs, run_image_tool
 from .inputs import InputRecord, area_size, size_for
 
-DESCRIPTION = """Repaint part of an image and keep every other pixel exactly as it was, or outpaint (grow the canvas and paint the new border).
+DESCRIPTION = """Repaint part of an image, keeping every other pixel exactly, or outpaint (grow the canvas, paint the new border).
 Say where with exactly one of:
-- `mask_shapes`: rectangles/ellipses; when x, y, width, height are all <= 1 they are fractions of the image, else pixels. E.g. [{"type": "ellipse", "x": 0.3, "y": 0.1, "width": 0.4, "height": 0.4}] for the upper middle. The easiest way for an assistant.
-- `mask`: a mask image reference (white = repaint, black = keep), e.g. one made earlier or supplied by the user.
+- `mask_shapes` (easiest): rects/ellipses, fractions of the image when x, y, width, height are all <= 1, else
+  pixels; e.g. [{"type": "ellipse", "x": 0.3, "y": 0.1, "width": 0.4, "height": 0.4}] for the upper middle.
+- `mask`: a mask image reference (white = repaint, black = keep).
 - `expand`: {left, right, top, bottom} pixels to add; the output is that much larger.
-The prompt describes what should appear in the repainted area (for expand: the whole scene).
-`image`: an output id or imgtools://images/<id> from generate/edit/inpaint (chain calls by passing each result's id on), a file path under the allowed input roots, a data:image/...;base64 URL or bare base64, or an http(s) URL.
-`inpaint_area: "masked"` denoises only a crop around the mask at the model's resolution: more detail for a small area of a large image.
-The output keeps the image's size (plus expand). To change the whole image, use edit."""
+The prompt says what should appear there (for expand: the whole scene).
+`image`: an output id or imgtools://images/<id> (chain results), a path under the input roots, base64/data: URL, or http(s) URL.
+`inpaint_area: "masked"` works on a crop around the mask: more detail for small areas.
+Output keeps the image's size (plus expand); costs like generate. For the whole image use edit."""
 
 
 @dataclass

@@ -510,13 +510,13 @@ def _result(plan: RefinePlan, state: RefineState, outcome: Literal["done", "canc
 
 
 DESCRIPTION = """Art-direct an image toward a goal without a human in the loop. Each round makes num_images candidates
-(real outputs with infotext and sidecars), has the vision-language model critique each against the goal (score 0-10),
+(real outputs), has the vision-language model critique each against the goal (score 0-10),
 keeps the best so far, then asks the VLM for a revised prompt/negative prompt/parameters that fix the most important
 remaining problem, seeing every earlier round so it does not repeat itself. Stops at target_score, max_rounds, max_cost
 (USD) or cancellation. The seed is fixed across rounds, so rounds differ by what the VLM changed; model, size and
 LoRAs stay as given; steps may at most double. Returns the best image and the per-round history (prompts, parameters,
 image ids, scores, problems, revision rationale) and the VLM tokens/cost. background=true returns a job id;
-cancel_job keeps the best so far."""
+cancel_job keeps the best so far. Cost per round: num_images generations and critiques plus one revision call."""
 
 
 async def handle(request: RefineRequest, ctx: Context) -> CallToolResult:

@@ -859,7 +859,7 @@ sheet of all). Axes: {param, values: [...]} or {param, start, stop, count}; para
 sampler, strength, width, height, size ('WxH'), model, negative_prompt, prompt, prompt_sr (first value is searched in
 the prompt and replaced by each value), lora:<name> (weight). One seed is used for every cell unless seed is swept.
 Invalid values become labelled placeholder tiles; cancelling keeps the finished cells and a grid of them.
-Use background=true for long sweeps and poll get_job."""
+Costs one generation per cell; use background=true for long sweeps and poll get_job."""
 
 
 async def handle(request: SweepRequest, ctx: Context) -> CallToolResult:

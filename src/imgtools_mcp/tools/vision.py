@@ -249,7 +249,8 @@ def critique_text(critique: Critique) -> str:
 
 DESCRIBE_IMAGE = """Ask the vision-language model about one or more images: a detailed description by default, or an
 answer to `question` (compare them, read text, spot defects, check a detail). Images are output ids or other references.
-Returns the answer as text; structured_content adds the model and token use (and cost when the provider reports it)."""
+Returns the answer as text; structured_content adds the model and token use (and cost when the provider reports it).
+Cost: one VLM call, roughly 1-2k tokens per image."""
 
 DESCRIBE_VIDEO = """Ask the vision-language model about a video. The server samples frames (every 1/fps seconds, or
 max_frames spread over the whole video), labels each with its timestamp and sends them; the answer can cite times.
@@ -259,7 +260,7 @@ Accepts mp4, webm, mov, mkv, gif, ... as a file under the input roots, a data: U
 CRITIQUE = """Judge an image against the goal it was made for, as a strict art director: score 0-10, the visible
 problems (most important first), a complete revised prompt, negative-prompt additions and parameter advice, as
 structured_content. For an output id the generation parameters are read from its sidecar.
-Use refine to run generate -> critique -> revise rounds automatically."""
+Cost: one VLM call (tokens reported). Use refine to run generate -> critique -> revise rounds automatically."""
 
 
 def register(server: MCPServer) -> None:
