@@ -90,6 +90,23 @@ async def test_cancel_job_stops_at_the_next_step_and_frees_the_engine(client: Cl
     assert unknown.is_error and "job_id" in one_line(unknown)
 
 
+async def test_a_request_over_its_time_limit_stops_and_frees_the_engine(tiny_sd15: Path, tmp_path: Path) -> None:
+    settings = Settings(model=str(tiny_sd15), output_dir=tmp_path / "out", device="cpu", hf_offline=True, request_timeout_s=1, cache_dir=tmp_path / "cache")
+    async with Client(build_server(settings)) as client:
+        # The limit covers loading too; a load cut short still finishes in its thread and leaves the model cached.
+        for _ in range(3):
+            if not (await client.call_tool("generate", {"prompt": "warm", **SMALL})).is_error:
+                break
+        else:
+            pytest.fail("a 64 px, 2 step request never fitted in 1 s")
+        with anyio.fail_after(60):
+            slow = await client.call_tool("generate", {"prompt": "too slow", **LONG})
+        assert slow.is_error
+        assert "timed out after 1 s (IMGTOOLS_REQUEST_TIMEOUT_S)" in one_line(slow)
+        with anyio.fail_after(60):
+            assert not (await client.call_tool("generate", {"prompt": "next", **SMALL})).is_error
+
+
 @pytest.fixture
 def broken_models(tiny_sd15: Path, tmp_path: Path) -> dict[str, Path]:
     """Copies of the tiny model with one config broken: one fails while denoising, one fails to load."""

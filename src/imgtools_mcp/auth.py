@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 
 from mcp.server.auth.provider import AccessToken
@@ -15,13 +16,17 @@ class StaticTokenVerifier:
     """Accepts exactly one token; the comparison takes the same time wherever the first difference is."""
 
     def __init__(self, token: SecretStr) -> None:
-        self._expected = token.get_secret_value().encode()
+        self._expected = _digest(token.get_secret_value())
 
     async def verify_token(self, token: str) -> AccessToken | None:
-        # Headers may carry any latin-1 text; encode it the same way as the secret so compare_digest sees bytes.
-        if hmac.compare_digest(token.encode("utf-8", "surrogateescape"), self._expected):
+        # Digests of equal length, compared in constant time: neither the content nor the length of the secret leaks.
+        if hmac.compare_digest(_digest(token), self._expected):
             return AccessToken(token=token, client_id=CLIENT_ID, scopes=[])
         return None
+
+
+def _digest(value: str) -> bytes:
+    return hashlib.sha256(value.encode("utf-8", "surrogateescape")).digest()
 
 
 def auth_settings(base_url: str) -> AuthSettings:
