@@ -8,6 +8,7 @@ import json
 import os
 from pathlib import Path
 
+import anyio
 import numpy as np
 import pytest
 import torch
@@ -230,3 +231,35 @@ async def test_engine_status_reports_choices_and_never_the_key(tmp_path: Path, t
     for result in (idle, busy):
         assert "sk-do-not-show-4242" not in json.dumps(result.structured_content) + result.content[0].text
     assert bad.is_error and "verbose" in bad.content[0].text
+
+
+async def test_engine_status_shows_the_running_job_and_background_jobs(client: Client) -> None:
+    ticket = await client.call_tool("generate", {**SMALL, "steps": 150, "background": True})
+    job_id = ticket.structured_content["job_id"]
+    with anyio.fail_after(60):
+        while True:
+            state = (await client.call_tool("engine_status", {})).structured_content
+            if state["running"] is not None:
+                break
+            await anyio.sleep(0)  # yield to the job; the loop ends on the engine's own state, not a timer
+    assert state["running"].startswith("txt2img:") and state["running_s"] >= 0
+    assert state["background_jobs_active"] == 1 and state["queue_length"] == 0
+    await client.call_tool("cancel_job", {"job_id": job_id})
+    with anyio.fail_after(60):
+        done = await client.call_tool("get_job", {"job_id": job_id, "wait_s": 30})
+    assert done.structured_content["state"] == "cancelled"
+    assert (await client.call_tool("engine_status", {})).structured_content["running"] is None
+
+
+async def test_a_default_hub_model_not_downloaded_is_listed_as_such(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    settings = Settings(model="someone/not-downloaded", output_dir=tmp_path / "out", device="cpu", hf_offline=True)
+    async with Client(build_server(settings)) as client:
+        result = await client.call_tool("list_models", {})
+        status = await client.call_tool("engine_status", {})
+    assert not result.is_error, result.content[0].text
+    (entry,) = result.structured_content["models"]
+    assert entry["model"] == "someone/not-downloaded" and entry["default"] and not entry["available"]
+    assert "offline" in entry["note"] and "not downloaded" in result.content[0].text
+    # Nothing local to estimate from: no plan is claimed for it.
+    assert status.structured_content["default_model_plan"] is None
