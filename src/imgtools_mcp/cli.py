@@ -40,6 +40,7 @@ SETTING_FLAGS: dict[str, dict[str, Any]] = {
     "allowed_origins": {"help": "comma-separated extra browser Origins accepted over HTTP (IMGTOOLS_ALLOWED_ORIGINS)"},
     "max_request_bytes": {"type": int, "help": "largest HTTP request body in bytes (IMGTOOLS_MAX_REQUEST_BYTES)"},
     "request_timeout_s": {"type": float, "help": "longest a single generation may run, seconds (IMGTOOLS_REQUEST_TIMEOUT_S)"},
+    "cache_dir": {"help": "folder for compiled backend models, e.g. OpenVINO IR (IMGTOOLS_CACHE_DIR)"},
 }
 
 

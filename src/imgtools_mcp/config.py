@@ -12,6 +12,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from typing_extensions import Annotated
 
 DEFAULT_OUTPUT_DIR = Path("~/.local/share/imgtools-mcp/outputs")
+DEFAULT_CACHE_DIR = Path("~/.cache/imgtools-mcp")
 
 
 def _split_paths(value: object) -> object:
@@ -74,6 +75,14 @@ class Settings(BaseSettings):
     )
     request_timeout_s: float = Field(1800.0, gt=0, description="Longest a single generation may run.")
     hf_offline: bool = Field(False, description="Never contact the HuggingFace Hub; use the local cache only.")
+    cache_dir: Path = Field(
+        DEFAULT_CACHE_DIR,
+        description="Where compiled backend models are kept between runs (OpenVINO IR and compiled blobs).",
+    )
+    torch_compile: bool = Field(
+        False,
+        description="torch backend: compile the UNet's repeated blocks with torch.compile (slow first run per size).",
+    )
 
     vlm_base_url: str = "https://openrouter.ai/api/v1"
     vlm_model: str = "qwen/qwen3.5-35b-a3b"
@@ -124,7 +133,7 @@ class Settings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
-    @field_validator("output_dir", mode="after")
+    @field_validator("output_dir", "cache_dir", mode="after")
     @classmethod
     def _expand(cls, value: Path) -> Path:
         return value.expanduser()

@@ -36,6 +36,17 @@ def _vlm_check(settings: Settings) -> dict[str, Any]:
     return info
 
 
+def backend_report(facts: Any) -> dict[str, Any]:
+    """Every backend and whether it can run on this device, with the reason where it cannot."""
+    from .engine.backends import backend_classes
+
+    report: dict[str, Any] = {}
+    for backend_id, cls in backend_classes().items():
+        why = cls.unavailable(facts)
+        report[backend_id] = {"available": why is None, **({"reason": why} if why else {})}
+    return report
+
+
 def collect(settings: Settings) -> dict[str, Any]:
     from .engine.choice import choose_backend, choose_dtype
     from .engine.device import detect_devices, installed_backends, probe
@@ -60,6 +71,8 @@ def collect(settings: Settings) -> dict[str, Any]:
     report["model"] = model
     backend = choose_backend(facts, settings.backend, available=installed_backends(), family=family_name)
     report["backend"] = {"value": backend.value, "reason": backend.reason}
+    report["backends"] = backend_report(facts)
+    report["cache_dir"] = str(settings.cache_dir)
     report["output_dir"] = str(settings.output_dir)
     report["input_roots"] = [str(p) for p in settings.allowed_input_roots]
     report["vlm"] = _vlm_check(settings)
@@ -77,6 +90,9 @@ def doctor(settings: Settings, as_json: bool = False) -> int:
               f"{device['free_memory_bytes'] / 2**30:.1f} GiB free, bf16={device['supports_bf16']}")
     print(f"dtype:    {report['dtype']['value']} — {report['dtype']['reason']}")
     print(f"backend:  {report['backend']['value']} — {report['backend']['reason']} (installed: {', '.join(report['backends_installed'])})")
+    for backend_id, entry in report["backends"].items():
+        print(f"  - {backend_id}: {'available' if entry['available'] else 'not available: ' + entry['reason']}")
+    print(f"cache:    {report['cache_dir']} (compiled backend models)")
     model = report["model"]
     if "problem" in model:
         print(f"model:    {model['spec']} — PROBLEM: {model['problem']}")

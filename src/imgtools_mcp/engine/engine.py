@@ -15,6 +15,7 @@ import anyio
 import torch
 
 from ..config import Settings
+from .backends import Backends, RequestShape
 from .cache import LoadedModel, PipelineCache, default_budget, weights_bytes
 from .catalog import find_config_folder
 from .choice import Choice, choose_backend, choose_dtype
@@ -74,6 +75,7 @@ class Engine:
         self.dtype_choice = choose_dtype(self.facts, settings.dtype)
         self.dtype = _DTYPES[self.dtype_choice.value]
         self.device = self.facts.torch_device
+        self.backends = Backends(settings, self.facts)  # refuses an explicit backend that cannot run here
         if settings.model_cache_bytes is not None:
             self.budget = Choice(settings.model_cache_bytes, "IMGTOOLS_MODEL_CACHE_BYTES")
         else:
@@ -213,6 +215,11 @@ class Engine:
             assert source.path is not None
             config = find_config_folder(source.path, family, self.settings.model_dirs, hf_cache_dir())
         pipe = load_pipeline(source, family, self.dtype, config=config, offline=self.offline)
+        for done in self.backends.torch.setup_pipeline(
+            pipe, family.family.value, self.dtype_choice.value, compile_unet=self.settings.torch_compile
+        ):
+            log.info("%s: %s", source.name, done)
+        backend = self.backends.choose(family.family.value)
         size = weights_bytes(pipe)
         footprint = footprint_of(pipe)
         plan = self._choose_plan(family, footprint, family.native_size, family.native_size, 1)
@@ -229,6 +236,8 @@ class Engine:
             load_seconds=time.perf_counter() - started,
             plan_reason=plan.reason,
             adapters=AdapterSet(self.dtype.itemsize),
+            backend=backend.value,
+            backend_reason=backend.reason,
         )
         self.cache.put(source.key, model)
         self.cache.make_room(0, keep=source.key)  # in case it measured larger than estimated
@@ -282,18 +291,22 @@ class Engine:
         model, load_s = self._get_loaded(source, family)
         applied = self._apply_loras(model, source, family, job.loras)
         warnings: list[str] = []
-        try:
-            images, label, steps_run = self._denoise(model, job, on_step, cancel)
-        except torch.OutOfMemoryError:
-            next_plan = escalate(MemoryPlan(model.plan))
-            if next_plan is None:
-                raise OutOfMemoryError(
-                    f"out of memory on {self.device} even with the {model.plan} plan; lower width/height or num_images"
-                ) from None
-            warnings.append(f"out of memory with the {model.plan} plan; retried with {next_plan.value}")
-            log.warning(warnings[-1])
-            self._switch_plan(model, next_plan)
-            images, label, steps_run = self._denoise(model, job, on_step, cancel)
+        # The model's backend computes what it can of this request; torch the rest (e.g. with LoRAs active).
+        with self.backends.running(model, model.pipeline(job.mode), self._request_shape(model, job)) as backend_run:
+            try:
+                images, label, steps_run = self._denoise(model, job, on_step, cancel)
+            except torch.OutOfMemoryError:
+                next_plan = escalate(MemoryPlan(model.plan))
+                if next_plan is None:
+                    raise OutOfMemoryError(
+                        f"out of memory on {self.device} even with the {model.plan} plan; lower width/height or num_images"
+                    ) from None
+                warnings.append(f"out of memory with the {model.plan} plan; retried with {next_plan.value}")
+                log.warning(warnings[-1])
+                self._switch_plan(model, next_plan)
+                images, label, steps_run = self._denoise(model, job, on_step, cancel)
+        if backend_run.prepare_seconds:
+            self.cache.make_room(0, keep=source.key)  # compiled graphs count against the budget too
         denoise_s = time.perf_counter() - started - load_s
         return RunOutput(
             images=images,
@@ -301,11 +314,22 @@ class Engine:
             model=model.describe(),
             sampler_label=label,
             steps_run=steps_run,
-            timings={"load_s": round(load_s, 4), "generate_s": round(denoise_s, 4)},
-            engine=self.describe_choices(model),
+            timings={
+                "load_s": round(load_s, 4),
+                "generate_s": round(denoise_s, 4),
+                "backend_prepare_s": round(backend_run.prepare_seconds, 4),
+            },
+            engine={**self.describe_choices(model), **backend_run.as_dict()},
             warnings=warnings,
             loras=applied,
         )
+
+    def _request_shape(self, model: LoadedModel, job: GenerationJob) -> RequestShape:
+        unet_config = getattr(getattr(model.base, "unet", None), "config", None)
+        # Pipelines skip classifier-free guidance at guidance <= 1 and for guidance-distilled (LCM) UNets.
+        guided = job.guidance_scale > 1 and getattr(unet_config, "time_cond_proj_dim", None) is None
+        loras_active = bool(model.adapters is not None and model.adapters.active)
+        return RequestShape(job.mode, job.width, job.height, len(job.seeds), guided, loras_active)
 
     def _apply_loras(
         self, model: LoadedModel, source: ModelSource, family: FamilyInfo, loras: list[LoraWeight]
@@ -381,8 +405,15 @@ class Engine:
             "device_name": self.facts.name,
             "dtype": self.dtype_choice.value,
             "dtype_reason": self.dtype_choice.reason,
-            "backend": "torch",
         }
+        if model is not None:
+            info["backend"] = model.backend
+            info["backend_reason"] = model.backend_reason
+        else:
+            family = self._default_family()
+            choice = self.backends.choose(family or "sd1")
+            info["backend"] = choice.value
+            info["backend_reason"] = choice.reason if family else f"for SD-family models: {choice.reason}"
         if model is not None:
             info["memory_plan"] = model.plan
             info["memory_plan_reason"] = model.plan_reason
@@ -406,6 +437,16 @@ class Engine:
             "estimated_weights_bytes": footprint.total_bytes,
             "at_size": f"{family.native_size}x{family.native_size}",
         }
+
+    def _default_family(self) -> str | None:
+        """The default model's family when it is known or local (configs only, nothing downloaded); else None."""
+        spec = self.settings.model
+        try:
+            _, family = self._sources.get(spec) or self._local_source(spec)
+        except (EngineError, OSError, ValueError) as exc:
+            log.debug("default model %s not local (%s); backend shown for SD-family models", spec, exc)
+            return None
+        return family.family.value
 
     def _local_source(self, spec: str) -> tuple[ModelSource, FamilyInfo]:
         source = resolve_model(spec, model_dirs=self.settings.model_dirs, offline=True)
@@ -444,6 +485,7 @@ class Engine:
             "running": self._running,
             "running_s": round(time.monotonic() - self._running_since, 1) if self._running else None,
             "max_queue": self.settings.max_queue,
+            "backends": self.backends.status(),
         }
 
     async def aclose(self) -> None:

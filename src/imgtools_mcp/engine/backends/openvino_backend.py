@@ -1,0 +1,500 @@
+"""OpenVINO on the CPU: the UNet and VAE decoder converted once, kept on disk, and called in place of the torch modules.
+
+How it works, and why:
+- Conversion (`openvino.convert_model` on a traced module) takes tens of seconds for SD 1.5 and minutes for
+  SDXL, so it happens on the first request that can use it, and the IR is saved under
+  `<IMGTOOLS_CACHE_DIR>/openvino/<key>/`; the key hashes the model's component files (path, size, mtime),
+  its torch dtype, the converter version and the openvino/torch/diffusers versions. A later process reads
+  the IR and compiles it in seconds (OpenVINO's own CACHE_DIR keeps the compiled blobs as well).
+- The IR has dynamic batch and spatial dimensions and is compiled once per model, not per size: measured
+  on SD 1.5 at 512², a graph compiled for one static shape ran no faster than the dynamic one (see
+  benchmarks/unet_step.py), and one compiled graph means one copy of the weights.
+- It is compiled with bf16 inference precision where the CPU runs bf16 natively (AMX / AVX512-BF16).
+- Text encoders, the VAE encoder and the scheduler stay in torch: they are a small share of the time.
+- What a traced graph cannot do runs on torch for that request, with the reason in the result: sizes whose
+  latents the UNet cannot halve evenly at every level (traced graphs bake the up-sampling sizes), active LoRA
+  adapters (the IR has the base weights only), UNets with extra conditioning inputs, a failed conversion.
+  A call the stand-in module does not understand mid-run (cross_attention_kwargs, ControlNet residuals)
+  is passed to the torch module, so an image is never computed wrongly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import torch
+
+from .base import Backend, BackendRun, Capabilities, RequestShape
+
+if TYPE_CHECKING:
+    from ..cache import LoadedModel
+    from ..device import DeviceFacts
+
+log = logging.getLogger(__name__)
+
+# Bump when the traced wrappers below change, so IRs made by older code are not reused.
+CONVERTER_VERSION = 1
+OPENVINO_FAMILIES = frozenset({"sd1", "sd2", "sdxl"})
+COMPONENTS = ("unet", "vae_decoder")
+# Example inputs for tracing are small: tracing runs the module once, and the IR's dimensions are dynamic anyway.
+_TRACE_LATENT = 16
+_TRACE_TOKENS = 77
+
+
+@dataclass
+class CompiledPart:
+    """One component compiled for the CPU, with the request object every call reuses."""
+
+    component: str
+    compiled: Any  # openvino.CompiledModel
+    ir_path: Path
+    weights_bytes: int
+    input_names: tuple[str, ...]
+    _request: Any = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __call__(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        with self._lock:
+            if self._request is None:
+                self._request = self.compiled.create_infer_request()
+            self._request.infer(feeds, share_inputs=True)
+            # The request reuses its output buffer on the next call; the caller keeps a copy.
+            return np.array(self._request.get_output_tensor(0).data, copy=True)
+
+
+@dataclass
+class OpenVINOState:
+    """What the OpenVINO backend holds for one loaded model: compiled parts, and components it gave up on."""
+
+    parts: dict[str, CompiledPart] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)  # component -> why conversion/compilation failed
+
+    @property
+    def bytes(self) -> int:
+        return sum(part.weights_bytes for part in self.parts.values())
+
+
+class _UNetForTrace(torch.nn.Module):
+    """The UNet with plain tensor inputs and outputs, in fp32 at the graph's edges (numpy has no bf16)."""
+
+    def __init__(self, unet: torch.nn.Module) -> None:
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor) -> torch.Tensor:
+        dtype = self.unet.dtype
+        out = self.unet(sample.to(dtype), timestep, encoder_hidden_states.to(dtype), return_dict=False)[0]
+        return out.float()
+
+
+class _SDXLUNetForTrace(torch.nn.Module):
+    """As _UNetForTrace, with SDXL's pooled text embeddings and size/crop time ids."""
+
+    def __init__(self, unet: torch.nn.Module) -> None:
+        super().__init__()
+        self.unet = unet
+
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        text_embeds: torch.Tensor,
+        time_ids: torch.Tensor,
+    ) -> torch.Tensor:
+        dtype = self.unet.dtype
+        added = {"text_embeds": text_embeds.to(dtype), "time_ids": time_ids.to(dtype)}
+        out = self.unet(sample.to(dtype), timestep, encoder_hidden_states.to(dtype), added_cond_kwargs=added, return_dict=False)[0]
+        return out.float()
+
+
+class _DecoderForTrace(torch.nn.Module):
+    def __init__(self, decoder: torch.nn.Module) -> None:
+        super().__init__()
+        self.decoder = decoder
+
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        dtype = next(self.decoder.parameters()).dtype
+        return self.decoder(latents.to(dtype)).float()
+
+
+class OpenVINOUNet(torch.nn.Module):
+    """Stands in for a pipeline's UNet during one run: same call, config, dtype and device; OpenVINO computes.
+
+    Every attribute it does not define is read from the torch UNet (pipelines read `config`,
+    `add_embedding`, `encoder_hid_proj`, ...); the torch UNet is held outside the module tree so its
+    weights are not this module's.
+    """
+
+    def __init__(self, original: torch.nn.Module, part: CompiledPart, run: BackendRun, sdxl: bool) -> None:
+        super().__init__()
+        object.__setattr__(self, "_original", original)
+        object.__setattr__(self, "_part", part)
+        object.__setattr__(self, "_run", run)
+        object.__setattr__(self, "_sdxl", sdxl)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(object.__getattribute__(self, "_original"), name)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._original.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self._original.device
+
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor | float | int,
+        encoder_hidden_states: torch.Tensor,
+        *args: Any,
+        added_cond_kwargs: dict[str, torch.Tensor] | None = None,
+        return_dict: bool = True,
+        **kwargs: Any,
+    ) -> Any:
+        unusual = _unusual_unet_call(args, kwargs, timestep)
+        if unusual is None and self._sdxl and not (added_cond_kwargs and {"text_embeds", "time_ids"} <= set(added_cond_kwargs)):
+            unusual = "SDXL call without text_embeds/time_ids"
+        if unusual is not None:
+            self._fall_back(unusual)
+            return self._original(
+                sample, timestep, encoder_hidden_states, *args, added_cond_kwargs=added_cond_kwargs, return_dict=return_dict, **kwargs
+            )
+        feeds = {
+            "sample": _to_numpy(sample),
+            "timestep": np.asarray([float(torch.as_tensor(timestep).reshape(-1)[0])], dtype=np.float32),
+            "encoder_hidden_states": _to_numpy(encoder_hidden_states),
+        }
+        if self._sdxl:
+            assert added_cond_kwargs is not None
+            feeds["text_embeds"] = _to_numpy(added_cond_kwargs["text_embeds"])
+            feeds["time_ids"] = _to_numpy(added_cond_kwargs["time_ids"])
+        out = torch.from_numpy(self._part(feeds)).to(device=sample.device, dtype=sample.dtype)
+        if not return_dict:
+            return (out,)
+        from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
+
+        return UNet2DConditionOutput(sample=out)
+
+    def _fall_back(self, why: str) -> None:
+        note = f"unet: a call ran on torch ({why})"
+        if note not in self._run.notes:
+            self._run.notes.append(note)
+            log.info("OpenVINO UNet passed a call to torch: %s", why)
+
+
+def _unusual_unet_call(args: tuple, kwargs: dict[str, Any], timestep: Any) -> str | None:
+    """Why a UNet call needs inputs the converted graph does not take; None for a plain call."""
+    if args:
+        return "positional arguments beyond the first three"
+    for name, value in kwargs.items():
+        if value is None or (name == "cross_attention_kwargs" and not value):
+            continue
+        return f"{name} given"
+    steps = torch.as_tensor(timestep).reshape(-1)
+    if steps.numel() > 1 and not bool((steps == steps[0]).all()):
+        return "a different timestep per sample"
+    return None
+
+
+class OpenVINODecoder(torch.nn.Module):
+    """Stands in for `vae.decoder` during one run; the VAE's own tiling and post-quant conv still apply around it."""
+
+    def __init__(self, original: torch.nn.Module, part: CompiledPart, run: BackendRun) -> None:
+        super().__init__()
+        object.__setattr__(self, "_original", original)
+        object.__setattr__(self, "_part", part)
+        object.__setattr__(self, "_run", run)
+
+    def forward(self, sample: torch.Tensor, latent_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        if latent_embeds is not None:
+            note = "vae_decoder: a call ran on torch (latent_embeds given)"
+            if note not in self._run.notes:
+                self._run.notes.append(note)
+            return self._original(sample, latent_embeds)
+        out = self._part({"latents": _to_numpy(sample)})
+        return torch.from_numpy(out).to(device=sample.device, dtype=sample.dtype)
+
+
+def _to_numpy(tensor: torch.Tensor) -> np.ndarray:
+    return tensor.detach().to("cpu", torch.float32).contiguous().numpy()
+
+
+def unet_size_multiple(unet_config: Any, vae_scale_factor: int) -> int:
+    """Image sizes the traced UNet handles: its latents must halve evenly at every down-sampling level."""
+    downsamplings = len(unet_config.block_out_channels) - 1
+    return vae_scale_factor * 2**downsamplings
+
+
+def unet_unsupported(unet_config: Any) -> str | None:
+    """Why a UNet's conditioning inputs are beyond the converted graph (which takes text and SDXL's text_time)."""
+    if getattr(unet_config, "time_cond_proj_dim", None) is not None:
+        return "the UNet takes a guidance embedding (time_cond_proj_dim, LCM-distilled)"
+    if getattr(unet_config, "class_embed_type", None) is not None or getattr(unet_config, "num_class_embeds", None):
+        return "the UNet takes class labels"
+    if getattr(unet_config, "addition_embed_type", None) not in (None, "text_time"):
+        return f"the UNet takes {unet_config.addition_embed_type} conditioning"
+    if getattr(unet_config, "encoder_hid_dim_type", None) is not None:
+        return "the UNet projects its text input (encoder_hid_dim_type)"
+    return None
+
+
+class OpenVINOBackend(Backend):
+    """Runs the UNet and VAE decoder of SD 1.x/2.x/SDXL pipelines with OpenVINO on the CPU."""
+
+    id: ClassVar[str] = "openvino"
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        device_kinds=frozenset({"cpu"}), families=OPENVINO_FAMILIES, lora=False, any_size=False
+    )
+    components: ClassVar[tuple[str, ...]] = COMPONENTS
+
+    def __init__(self, settings: Any, facts: "DeviceFacts") -> None:
+        super().__init__(settings, facts)
+        self.root = Path(settings.cache_dir).expanduser() / "openvino"
+        # bf16 only where the CPU has native bf16: elsewhere OpenVINO would emulate it, slower than fp32.
+        self.precision = "bf16" if facts.supports_bf16 else "f32"
+        self._core: Any = None
+
+    @classmethod
+    def unavailable(cls, facts: "DeviceFacts") -> str | None:
+        if importlib.util.find_spec("openvino") is None:
+            return "the openvino package is not installed (pip install 'imgtools-mcp[openvino]')"
+        if facts.kind not in cls.capabilities.device_kinds:
+            return f"this build runs OpenVINO on the CPU only, not on {facts.kind}"
+        return None
+
+    # ----- per request -----
+
+    def prepare(self, model: "LoadedModel", shape: RequestShape) -> dict[str, str]:
+        refused: dict[str, str] = {}
+        family = model.family.family.value
+        if family not in OPENVINO_FAMILIES:
+            return {c: f"openvino is not used for the {family} family" for c in self.components}
+        pipe = model.base
+        unet_config = pipe.unet.config
+        multiple = unet_size_multiple(unet_config, pipe.vae_scale_factor)
+        unsupported = unet_unsupported(unet_config)
+        if shape.loras_active:
+            refused["unet"] = "LoRA adapters are active and the converted UNet has the base weights only"
+        elif unsupported is not None:
+            refused["unet"] = unsupported
+        elif shape.width % multiple or shape.height % multiple:
+            refused["unet"] = (
+                f"{shape.width}x{shape.height} is not a multiple of {multiple}, the size the converted UNet can run"
+            )
+        state = self.state(model)
+        for component in self.components:
+            if component in refused:
+                continue
+            if component in state.failed:
+                refused[component] = state.failed[component]
+                continue
+            if component not in state.parts:
+                try:
+                    state.parts[component] = self._load_part(model, component, shape)
+                except Exception as exc:  # conversion can fail on any op the frontend lacks; torch still runs it
+                    log.warning("OpenVINO %s for %s failed; it runs on torch", component, model.source.spec, exc_info=exc)
+                    detail = (str(exc).strip().splitlines() or [""])[0][:200]
+                    state.failed[component] = f"its OpenVINO conversion failed ({type(exc).__name__}: {detail})"
+                    refused[component] = state.failed[component]
+        return refused
+
+    @contextmanager
+    def running(self, pipe: Any, model: "LoadedModel", served: list[str], run: BackendRun) -> Iterator[None]:
+        state = self.state(model)
+        original_unet = pipe.unet
+        original_decoder = pipe.vae.decoder
+        try:
+            if "unet" in served:
+                sdxl = model.family.family.value == "sdxl"
+                pipe.unet = OpenVINOUNet(original_unet, state.parts["unet"], run, sdxl)
+            if "vae_decoder" in served:
+                pipe.vae.decoder = OpenVINODecoder(original_decoder, state.parts["vae_decoder"], run)
+            yield
+        finally:
+            if pipe.unet is not original_unet:
+                pipe.unet = original_unet
+            if pipe.vae.decoder is not original_decoder:
+                pipe.vae.decoder = original_decoder
+
+    def state(self, model: "LoadedModel") -> OpenVINOState:
+        states = model.backend_state
+        if self.id not in states:
+            states[self.id] = OpenVINOState()
+        return states[self.id]
+
+    def state_bytes(self, model: "LoadedModel") -> int:
+        state = model.backend_state.get(self.id)
+        return state.bytes if state is not None else 0
+
+    def describe(self) -> dict[str, Any]:
+        return {"id": self.id, "cache_dir": str(self.root), "inference_precision": self.precision}
+
+    # ----- conversion and the disk cache -----
+
+    def core(self) -> Any:
+        if self._core is None:
+            import openvino as ov
+
+            self._core = ov.Core()
+            compiled = self.root / "compiled"
+            compiled.mkdir(parents=True, exist_ok=True)
+            # OpenVINO keys its compiled-blob cache by the model and the compile options itself.
+            self._core.set_property({"CACHE_DIR": str(compiled)})
+        return self._core
+
+    def ir_dir(self, model: "LoadedModel", component: str) -> Path:
+        return self.root / ir_key(model, component)
+
+    def _load_part(self, model: "LoadedModel", component: str, shape: RequestShape) -> CompiledPart:
+        folder = self.ir_dir(model, component)
+        xml = folder / "model.xml"
+        if not xml.is_file():
+            self._convert(model, component, folder)
+        started = time.perf_counter()
+        core = self.core()
+        compiled = core.compile_model(str(xml), "CPU", compile_options(self.precision))
+        seconds = time.perf_counter() - started
+        log.info("OpenVINO %s of %s compiled from %s in %.1f s", component, model.source.name, folder, seconds)
+        model.backend_events.append(
+            {"event": "compiled", "backend": self.id, "component": component, "seconds": round(seconds, 2), "ir": str(xml)}
+        )
+        weights = sum(f.stat().st_size for f in folder.glob("*.bin"))
+        names = tuple(port.get_any_name() for port in compiled.inputs)
+        return CompiledPart(component, compiled, xml, weights, names)
+
+    def _convert(self, model: "LoadedModel", component: str, folder: Path) -> None:
+        log.info(
+            "converting the %s of %s to OpenVINO (first use of this model: tens of seconds for SD 1.5, minutes for "
+            "SDXL; saved to %s so later loads take seconds)",
+            component, model.source.name, folder,
+        )
+        pipe = model.base
+        if component == "vae_decoder":
+            traceable = traceable_decoder(pipe.vae)
+        else:
+            traceable = traceable_unet(pipe.unet, sdxl=model.family.family.value == "sdxl")
+        meta = {"model": str(model.source.key), "component": component, "key": ir_key_material(model, component)}
+        seconds = convert_to_ir(*traceable, folder, meta=meta)
+        log.info("converted the %s of %s to OpenVINO in %.1f s", component, model.source.name, seconds)
+        model.backend_events.append(
+            {"event": "converted", "backend": self.id, "component": component, "seconds": round(seconds, 2), "ir": str(folder / "model.xml")}
+        )
+
+
+# ----- conversion, shared with benchmarks/unet_step.py so it measures what the engine runs -----
+
+
+def traceable_unet(unet: torch.nn.Module, *, sdxl: bool) -> tuple[torch.nn.Module, dict[str, torch.Tensor], list]:
+    """The UNet as a module of tensors only, an example input, and the IR's dynamic input shapes."""
+    import openvino as ov
+
+    f32 = ov.Type.f32
+    config = unet.config
+    context = config.cross_attention_dim
+    example = {
+        "sample": torch.randn(2, config.in_channels, _TRACE_LATENT, _TRACE_LATENT),
+        "timestep": torch.tensor([500.0]),
+        "encoder_hidden_states": torch.randn(2, _TRACE_TOKENS, context),
+    }
+    inputs = [
+        ("sample", ov.PartialShape([-1, config.in_channels, -1, -1]), f32),
+        ("timestep", ov.PartialShape([1]), f32),
+        ("encoder_hidden_states", ov.PartialShape([-1, -1, context]), f32),
+    ]
+    if not sdxl:
+        return _UNetForTrace(unet), example, inputs
+    pooled = unet.add_embedding.linear_1.in_features - 6 * config.addition_time_embed_dim
+    example.update(text_embeds=torch.randn(2, pooled), time_ids=torch.randn(2, 6))
+    inputs += [("text_embeds", ov.PartialShape([-1, pooled]), f32), ("time_ids", ov.PartialShape([-1, 6]), f32)]
+    return _SDXLUNetForTrace(unet), example, inputs
+
+
+def traceable_decoder(vae: torch.nn.Module) -> tuple[torch.nn.Module, dict[str, torch.Tensor], list]:
+    """`vae.decoder` (after post_quant_conv, before any tiling) as a module of tensors only, likewise."""
+    import openvino as ov
+
+    channels = vae.config.latent_channels
+    example = {"latents": torch.randn(1, channels, _TRACE_LATENT, _TRACE_LATENT)}
+    return _DecoderForTrace(vae.decoder), example, [("latents", ov.PartialShape([-1, channels, -1, -1]), ov.Type.f32)]
+
+
+def convert_to_ir(
+    module: torch.nn.Module, example: dict[str, torch.Tensor], inputs: list, folder: Path, *, meta: dict[str, Any] | None = None
+) -> float:
+    """Trace and convert `module`, write `folder/model.xml` (+ .bin) atomically; returns the seconds it took."""
+    import openvino as ov
+    from openvino.frontend.pytorch.ts_decoder import TorchScriptPythonDecoder
+
+    started = time.perf_counter()
+    with torch.inference_mode(False), torch.no_grad():
+        # check_trace would run the module twice more only to compare the outputs.
+        decoder = TorchScriptPythonDecoder(module, example_input=example, trace_kwargs={"check_trace": False})
+        ov_model = ov.convert_model(decoder, input=inputs)
+    ov_model.outputs[0].get_tensor().set_names({"out"})
+    # Write next to the final place and rename, so a crash never leaves a half-written IR that looks complete.
+    partial = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    # Keep the module's own precision: bf16 weights stay bf16 (fp16 compression would lose bf16's range).
+    ov.save_model(ov_model, str(partial / "model.xml"), compress_to_fp16=False)
+    del ov_model, decoder
+    seconds = time.perf_counter() - started
+    (partial / "meta.json").write_text(json.dumps({**(meta or {}), "convert_seconds": round(seconds, 2)}, indent=2))
+    try:
+        partial.rename(folder)
+    except OSError:
+        # Another process finished the same conversion first; its IR is as good as ours.
+        shutil.rmtree(partial, ignore_errors=True)
+    return seconds
+
+
+def compile_options(precision: str) -> dict[str, str]:
+    """bf16 where the CPU has it natively; LATENCY: one request at a time uses every core."""
+    return {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
+
+
+def ir_key_material(model: "LoadedModel", component: str) -> dict[str, Any]:
+    """Everything an IR depends on: the weights' files (path, size, mtime), dtype, and the converting software."""
+    import diffusers
+    import openvino
+
+    source_path = Path(model.source.key)
+    if source_path.is_dir():
+        folder = "vae" if component == "vae_decoder" else "unet"
+        files = sorted(p for p in (source_path / folder).glob("*") if p.is_file())
+    else:
+        files = [source_path] if source_path.exists() else []
+    return {
+        "source": model.source.key,
+        "component": component,
+        "files": [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files],
+        "dtype": str(model.dtype),
+        "converter": CONVERTER_VERSION,
+        "openvino": openvino.__version__,
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+    }
+
+
+def ir_key(model: "LoadedModel", component: str) -> str:
+    material = json.dumps(ir_key_material(model, component), sort_keys=True)
+    return f"{component}-{hashlib.sha256(material.encode()).hexdigest()[:20]}"

@@ -1,0 +1,90 @@
+"""torch: runs every pipeline diffusers loads, on every device; the fallback whenever another backend declines a request.
+
+What it sets up on a freshly loaded pipeline (every model gets this, whatever its chosen backend):
+- attention: diffusers' default processor already calls torch's scaled_dot_product_attention (flash /
+  memory-efficient kernels where the device has them), so nothing is swapped in;
+- channels-last memory format for the UNet and VAE on CUDA/ROCm/XPU, where convolutions run faster in it
+  (on the CPU it measured no better, so CPU weights keep the default layout);
+- the VAE's own dtype from `choose_vae_dtype`: an SDXL VAE in fp16 overflows (black images), so it is kept
+  in bf16 or fp32 and its inputs are cast on the way in, instead of being moved up and down every call;
+- with IMGTOOLS_TORCH_COMPILE, regional `torch.compile` of the UNet's repeated transformer blocks
+  (compiles on the first request of each size: minutes on a CPU, so it is off by default).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+
+from ..choice import choose_vae_dtype
+from .base import Backend, Capabilities
+
+if TYPE_CHECKING:
+    from ..device import DeviceFacts
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+_CHANNELS_LAST_KINDS = frozenset({"cuda", "rocm", "xpu"})
+
+
+class TorchBackend(Backend):
+    id: ClassVar[str] = "torch"
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        device_kinds=frozenset({"cuda", "rocm", "xpu", "mps", "cpu"}), families=None, lora=True, any_size=True
+    )
+    components: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def unavailable(cls, facts: "DeviceFacts") -> str | None:
+        return None
+
+    def prepare(self, model: Any, shape: Any) -> dict[str, str]:
+        return {}
+
+    def setup_pipeline(self, pipe: Any, family: str, dtype: str, *, compile_unet: bool) -> list[str]:
+        """Per-pipeline settings made once after loading; returns what was done, for the load log."""
+        done: list[str] = []
+        vae = getattr(pipe, "vae", None)
+        if vae is not None and isinstance(vae, torch.nn.Module):
+            done += keep_vae_in_safe_dtype(vae, self.facts, dtype, family)
+        if self.facts.kind in _CHANNELS_LAST_KINDS:
+            for name in ("unet", "vae"):
+                module = getattr(pipe, name, None)
+                if isinstance(module, torch.nn.Module):
+                    module.to(memory_format=torch.channels_last)
+            done.append("UNet and VAE in channels-last memory format")
+        unet = getattr(pipe, "unet", None)
+        if compile_unet and unet is not None and getattr(unet, "_repeated_blocks", None):
+            # Regional: each repeated block compiles once and is reused, minutes less than compiling the whole UNet.
+            unet.compile_repeated_blocks(fullgraph=True)
+            done.append("UNet transformer blocks compiled with torch.compile (regional)")
+        return done
+
+
+def keep_vae_in_safe_dtype(vae: torch.nn.Module, facts: "DeviceFacts", dtype: str, family: str) -> list[str]:
+    """Give the VAE the dtype `choose_vae_dtype` picks and cast what enters it, so it never runs in fp16 overflow."""
+    config = getattr(vae, "config", None)
+    # A VAE whose config says it needs no upcast (e.g. the fp16-fixed SDXL VAE) is safe in fp16.
+    fp16_safe = config is not None and not getattr(config, "force_upcast", True)
+    choice = choose_vae_dtype(facts, dtype, family, vae_fp16_safe=fp16_safe)
+    if choice.value == dtype:
+        return []
+    vae.to(_DTYPES[choice.value])
+    # The VAE is now safe as it is: stop SDXL pipelines moving it to fp32 and back to fp16 around every call.
+    if config is not None and hasattr(vae, "register_to_config"):
+        vae.register_to_config(force_upcast=False)
+    # Pipelines hand the VAE tensors in the model's dtype; cast them where they enter.
+    entries = [getattr(vae, "encoder", None), getattr(vae, "post_quant_conv", None) or getattr(vae, "decoder", None)]
+    for module in entries:
+        if isinstance(module, torch.nn.Module):
+            module.register_forward_pre_hook(_cast_inputs_to_own_dtype)
+    log.info("VAE kept in %s: %s", choice.value, choice.reason)
+    return [f"VAE in {choice.value}: {choice.reason}"]
+
+
+def _cast_inputs_to_own_dtype(module: torch.nn.Module, args: tuple) -> tuple:
+    own = next(module.parameters()).dtype
+    return tuple(a.to(own) if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args)
