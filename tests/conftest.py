@@ -21,6 +21,20 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def backend_environment(tmp_path_factory: pytest.TempPathFactory):
+    """Compiled backend models go to a throwaway folder, never the user's cache; backend-neutral tests run on torch.
+
+    tests/test_backends.py picks its backends explicitly; `IMGTOOLS_BACKEND=openvino pytest` runs the rest on
+    OpenVINO too. Set here rather than at import, so subprocess servers inherit it as well.
+    """
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("IMGTOOLS_CACHE_DIR", str(tmp_path_factory.mktemp("backend-cache")))
+        if "IMGTOOLS_BACKEND" not in os.environ:
+            patch.setenv("IMGTOOLS_BACKEND", "torch")
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("models")

@@ -19,7 +19,9 @@ pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
 
 def server_env(model: Path, output: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IMGTOOLS_")}
+    # The developer's IMGTOOLS_* settings stay out, except the suite's backend and throwaway cache (conftest).
+    kept = ("IMGTOOLS_BACKEND", "IMGTOOLS_CACHE_DIR")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMGTOOLS_") or k in kept}
     env.update(IMGTOOLS_MODEL=str(model), IMGTOOLS_OUTPUT_DIR=str(output), IMGTOOLS_DEVICE="cpu", HF_HUB_OFFLINE="1", **extra)
     return env
 
