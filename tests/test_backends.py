@@ -245,3 +245,17 @@ def test_backend_ids_match_the_settings_choices() -> None:
 
     allowed = set(get_args(Settings.model_fields["backend"].annotation)) - {"auto"}
     assert set(backend_classes()) == allowed
+
+
+async def test_sdxl_vae_is_kept_out_of_fp16(tiny_sdxl: Path, tmp_path: Path) -> None:
+    """An fp16 SDXL model keeps its VAE in bf16 (fp32 where bf16 is not native) and still makes and edits images."""
+    settings = settings_for(tiny_sdxl, tmp_path, "torch", tmp_path / "cache", dtype="fp16")
+    async with Client(build_server(settings)) as client:
+        made = await client.call_tool("generate", {**REQUEST, "num_images": 1})
+        image = made.structured_content["images"][0]["id"]
+        edited = await client.call_tool("edit", {"prompt": "a blue cube", "image": image, "steps": 3, "seed": 7})
+    for result in (made, edited):
+        engine = result.structured_content["engine"]
+        assert engine["dtype"] == "fp16" and engine["vae_dtype"] in ("bfloat16", "float32"), engine
+        pixels = images_of(result)
+        assert pixels.std() > 5  # a real image, not the uniform black of a NaN decode

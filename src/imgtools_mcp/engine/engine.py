@@ -417,6 +417,9 @@ class Engine:
         if model is not None:
             info["memory_plan"] = model.plan
             info["memory_plan_reason"] = model.plan_reason
+            vae = getattr(model.base, "vae", None)
+            if isinstance(vae, torch.nn.Module):
+                info["vae_dtype"] = str(vae.dtype).removeprefix("torch.")  # differs where fp16 would overflow
         return info
 
     def planned_memory(self, spec: str | None = None) -> dict[str, Any] | None:
