@@ -165,3 +165,25 @@ class JobManager:
         if job_id in self._done:
             await self._done[job_id].wait()
         return self._jobs.get(job_id)
+
+
+class StopSwitch:
+    """How cancel_job winds a long job down: the running step stops, the rest is skipped, what was made is kept.
+
+    The job's body attaches the cancel scope of the work in progress; a stop requested before
+    that is remembered and applied on attach.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._scope: anyio.CancelScope | None = None
+
+    def attach(self, scope: anyio.CancelScope | None) -> None:
+        self._scope = scope
+        if scope is not None and self.requested:
+            scope.cancel()
+
+    def __call__(self) -> None:
+        self.requested = True
+        if self._scope is not None:
+            self._scope.cancel()

@@ -21,8 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ..app import AppContext
 from ..engine.errors import EngineError, GenerationCancelled
 from ..engine.families import FamilyInfo
-from ..jobs import ProgressSink
-from ..params import GenerationParams, one_line_error
+from ..jobs import ProgressSink, StopSwitch
+from ..params import GenerationParams, ImageInfo, one_line_error
 from ..store import StoredImage, atomic_write
 from ..vlm import Critique, CritiqueResult, Revision, VLMClient, VLMError, VLMUsage
 from .common import StepRelay, app_of, bind_tool, call_result_to_dict, image_blocks, progress_sink, result_of
@@ -98,14 +98,7 @@ class RefineRound(BaseModel):
     seconds: float = 0.0
 
 
-class RefineBest(BaseModel):
-    id: str
-    uri: str
-    metadata_uri: str
-    path: str
-    width: int
-    height: int
-    seed: int
+class RefineBest(ImageInfo):
     round: int
     score: float
     prompt: str
@@ -149,24 +142,6 @@ class RoundRelay(StepRelay):
             self._send.send_nowait((progress, self.grand_total, message))
         except (anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
             pass  # progress is advisory
-
-
-class StopSwitch:
-    """How cancel_job winds a background refine down: the running step stops and the best so far is returned."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._scope: anyio.CancelScope | None = None
-
-    def attach(self, scope: anyio.CancelScope | None) -> None:
-        self._scope = scope
-        if scope is not None and self.requested:
-            scope.cancel()
-
-    def __call__(self) -> None:
-        self.requested = True
-        if self._scope is not None:
-            self._scope.cancel()
 
 
 @dataclass

@@ -33,7 +33,7 @@ from ..engine.errors import EngineError, GenerationCancelled
 from ..images.grid import GridLayout, SheetLayout, placeholder_tile, plan_grid, plan_sheet, render_grid, render_sheet
 from ..images.refs import ResolvedImage, shorten_reference
 from ..infotext import format_infotext
-from ..jobs import ProgressSink
+from ..jobs import ProgressSink, StopSwitch
 from ..params import MAX_SEED, GenerationParams, ImageInfo, one_line_error
 from ..store import StoredImage
 from .common import StepRelay, app_of, bind_tool, call_result_to_dict, image_blocks, progress_sink, result_of
@@ -660,24 +660,6 @@ class CellRelay(StepRelay):
         progress = self.offset + self.units * min(step, total) / max(total, 1)
         self.reported = progress
         anyio.from_thread.run_sync(self.post, progress, f"{self.prefix}step {step} / {total}")
-
-
-class StopSwitch:
-    """How cancel_job winds a background sweep down: the running cell stops, the rest are skipped, the grid is kept."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._scope: anyio.CancelScope | None = None
-
-    def attach(self, scope: anyio.CancelScope | None) -> None:
-        self._scope = scope
-        if scope is not None and self.requested:
-            scope.cancel()
-
-    def __call__(self) -> None:
-        self.requested = True
-        if self._scope is not None:
-            self._scope.cancel()
 
 
 async def _run_cells(app: AppContext, plan: SweepPlan, relay: CellRelay, stop: StopSwitch) -> None:
