@@ -113,7 +113,14 @@ async def test_openvino_images_match_torch(family: str, tiny_models: dict[str, P
 @needs_openvino
 async def test_second_server_reads_the_converted_model_from_disk(tiny_sd15: Path, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
-    (first,) = await generate(settings_for(tiny_sd15, tmp_path, "openvino", cache), REQUEST)
+    first, again, other_batch = await generate(
+        settings_for(tiny_sd15, tmp_path, "openvino", cache), REQUEST, REQUEST, {**REQUEST, "num_images": 1}
+    )
+    # Within a server: the same shape reuses the compiled UNet; another batch compiles once, before its first step.
+    assert "backend_notes" not in again.structured_content["engine"]
+    batch_notes = other_batch.structured_content["engine"]["backend_notes"]
+    assert len(batch_notes) == 1, batch_notes
+    assert batch_notes[0].startswith("unet: openvino IR read from disk and compiled for sample 2x4x32x32"), batch_notes
     notes = first.structured_content["engine"]["backend_notes"]
     assert any(n.startswith("unet: converted to openvino") for n in notes), notes
     assert any(n.startswith("vae_decoder: converted to openvino") for n in notes), notes
@@ -191,10 +198,17 @@ async def test_engine_status_shows_the_backend_and_why(tiny_sd15: Path, tmp_path
     async with Client(build_server(settings_for(tiny_sd15, tmp_path, "auto", ov_cache))) as client:
         before = (await client.call_tool("engine_status", {})).structured_content
         result = await client.call_tool("generate", REQUEST)
+        after = await client.call_tool("engine_status", {})
     # On a CPU with OpenVINO installed, auto picks it for SD-family models.
     assert before["backend"] == "openvino" and "OpenVINO" in before["backend_reason"]
+    assert before["backends"]["openvino"]["available"] and not before["backends"]["onnxruntime"]["available"]
     engine = result.structured_content["engine"]
     assert engine["backend"] == "openvino" and engine["backend_reason"] == before["backend_reason"]
+    (loaded,) = after.structured_content["loaded_models"]
+    assert loaded["backend"] == "openvino"
+    # The compiled graphs count against the cache budget beside the torch weights.
+    assert loaded["memory_bytes"] > loaded["weights_bytes"] + loaded["adapter_bytes"]
+    assert "(openvino)" in after.content[0].text
 
 
 def test_explicit_backend_that_cannot_run_here_is_refused_at_start(tiny_sd15: Path, tmp_path: Path) -> None:
@@ -259,3 +273,15 @@ async def test_sdxl_vae_is_kept_out_of_fp16(tiny_sdxl: Path, tmp_path: Path) -> 
         assert engine["dtype"] == "fp16" and engine["vae_dtype"] in ("bfloat16", "float32"), engine
         pixels = images_of(result)
         assert pixels.std() > 5  # a real image, not the uniform black of a NaN decode
+
+
+@pytest.mark.parametrize(
+    ("blocks", "vae_scale", "multiple"),
+    [((320, 640, 1280, 1280), 8, 64), ((320, 640, 1280), 8, 32), ((32, 64), 2, 4)],  # SD 1.x/2.x, SDXL, tiny test UNet
+)
+def test_sizes_a_traced_unet_runs(blocks: tuple[int, ...], vae_scale: int, multiple: int) -> None:
+    from types import SimpleNamespace
+
+    from imgtools_mcp.engine.backends.openvino_backend import unet_size_multiple
+
+    assert unet_size_multiple(SimpleNamespace(block_out_channels=blocks), vae_scale) == multiple

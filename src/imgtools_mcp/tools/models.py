@@ -74,9 +74,13 @@ class LoadedModelStatus(BaseModel):
     dtype: str
     memory_plan: str
     memory_plan_reason: str
+    backend: str = Field("torch", description="The backend chosen for this model; a request it cannot serve runs on torch")
+    backend_reason: str = ""
     weights_bytes: int
     adapter_bytes: int = 0
-    memory_bytes: int = Field(description="Weights plus LoRA adapters: what counts against the cache budget")
+    memory_bytes: int = Field(
+        description="Weights, LoRA adapters and compiled backend graphs: what counts against the cache budget"
+    )
     load_seconds: float
     idle_s: float
     loras_loaded: list[str] = Field(default_factory=list)
@@ -121,6 +125,9 @@ class EngineStatus(BaseModel):
     dtype_reason: str
     backend: str
     backend_reason: str | None = None
+    backends: dict[str, Any] = Field(
+        default_factory=dict, description="Every backend: whether it can run on this device, and why not"
+    )
     device_total_bytes: int
     device_free_bytes: int
     memory_setting: str = Field(description="IMGTOOLS_MEMORY: auto or a fixed plan")
@@ -277,6 +284,7 @@ def build_status(app: AppContext) -> EngineStatus:
         dtype_reason=raw["dtype_reason"],
         backend=raw["backend"],
         backend_reason=raw.get("backend_reason"),
+        backends=raw.get("backends", {}),
         device_total_bytes=raw["device_total_bytes"],
         device_free_bytes=raw["device_free_bytes"],
         memory_setting=raw["memory_setting"],
@@ -311,7 +319,8 @@ def status_text(status: EngineStatus) -> str:
     for model in status.loaded_models:
         loras = ", ".join(f"{l['name']}:{l['weight']:g}" for l in model.loras_active)
         lines.append(
-            f"- {model.name} on {model.device}: {model.memory_plan} ({model.memory_plan_reason}); {_mib(model.memory_bytes)}"
+            f"- {model.name} on {model.device} ({model.backend}): {model.memory_plan} ({model.memory_plan_reason}); "
+            f"{_mib(model.memory_bytes)}"
             + (f"; LoRAs active {loras}" if loras else "")
         )
     if status.default_model_plan is not None:

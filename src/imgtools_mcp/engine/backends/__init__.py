@@ -128,5 +128,6 @@ def _event_text(event: dict[str, Any]) -> str:
     if event["event"] == "converted":
         return f"{event['component']}: converted to {event['backend']} in {event['seconds']:g} s (first use; saved to disk)"
     if event["event"] == "compiled":
-        return f"{event['component']}: {event['backend']} IR read from disk and compiled in {event['seconds']:g} s"
+        shape = f" for {event['shape']}" if event.get("shape") else ""
+        return f"{event['component']}: {event['backend']} IR read from disk and compiled{shape} in {event['seconds']:g} s"
     return f"{event['component']}: {event['event']}"

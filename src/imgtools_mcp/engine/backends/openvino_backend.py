@@ -1,14 +1,18 @@
 """OpenVINO on the CPU: the UNet and VAE decoder converted once, kept on disk, and called in place of the torch modules.
 
 How it works, and why:
-- Conversion (`openvino.convert_model` on a traced module) takes tens of seconds for SD 1.5 and minutes for
-  SDXL, so it happens on the first request that can use it, and the IR is saved under
+- Conversion (`openvino.convert_model` on a traced module) takes ~20 s for SD 1.5 and ~1 min for SDXL on a
+  2-core CPU (benchmarks/warm_load.py, unet_step.py), so it happens on the first request that can use it,
+  and the IR is saved under
   `<IMGTOOLS_CACHE_DIR>/openvino/<key>/`; the key hashes the model's component files (path, size, mtime),
   its torch dtype, the converter version and the openvino/torch/diffusers versions. A later process reads
   the IR and compiles it in seconds (OpenVINO's own CACHE_DIR keeps the compiled blobs as well).
-- The IR has dynamic batch and spatial dimensions and is compiled once per model, not per size: measured
-  on SD 1.5 at 512², a graph compiled for one static shape ran no faster than the dynamic one (see
-  benchmarks/unet_step.py), and one compiled graph means one copy of the weights.
+- The IR has dynamic batch and spatial dimensions, so it is converted once per model, not per size. The UNet
+  is then compiled for each request's static shape: on a quiet machine that ran SD 1.5 at 512² 7% faster
+  than the dynamic graph (2.10 vs 2.26 s/step, benchmarks/unet_step.py). Only the last shape stays in memory
+  (each compiled shape is another copy of the weights); a new shape compiles in ~4 s for SD 1.5, or ~1 s
+  when OpenVINO's CACHE_DIR has it, which costs about the weights' size on disk per shape. The VAE decoder
+  stays dynamic (its tiles come in several shapes, and static was no faster there).
 - It is compiled with bf16 inference precision where the CPU runs bf16 natively (AMX / AVX512-BF16).
 - Text encoders, the VAE encoder and the scheduler stay in torch: they are a small share of the time.
 - What a traced graph cannot do runs on torch for that request, with the reason in the result: sizes whose
@@ -28,6 +32,7 @@ import os
 import shutil
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -49,30 +54,70 @@ log = logging.getLogger(__name__)
 CONVERTER_VERSION = 1
 OPENVINO_FAMILIES = frozenset({"sd1", "sd2", "sdxl"})
 COMPONENTS = ("unet", "vae_decoder")
+MAX_STATIC_SHAPES = 1  # compiled UNet shapes kept per model: each is another copy of the weights in memory
 # Example inputs for tracing are small: tracing runs the module once, and the IR's dimensions are dynamic anyway.
 _TRACE_LATENT = 16
 _TRACE_TOKENS = 77
 
 
+ShapeKey = tuple[tuple[str, tuple[int, ...]], ...]
+
+
 @dataclass
 class CompiledPart:
-    """One component compiled for the CPU, with the request object every call reuses."""
+    """One component's IR, compiled for the CPU: once with dynamic shapes, or per input shape (static).
+
+    Static shapes ran the SD 1.5 UNet 7% faster than the dynamic graph (benchmarks/unet_step.py), so the UNet
+    is compiled for each request's shape, keeping the last MAX_STATIC_SHAPES in memory (each holds its own
+    copy of the weights); OpenVINO's CACHE_DIR makes a shape seen before compile in about a second. The VAE
+    decoder stays dynamic: the VAE's own tiling calls it with several tile shapes, and dynamic ran as fast.
+    """
 
     component: str
-    compiled: Any  # openvino.CompiledModel
+    core: Any  # openvino.Core, with CACHE_DIR set
     ir_path: Path
-    weights_bytes: int
-    input_names: tuple[str, ...]
-    _request: Any = None
+    precision: str
+    static: bool
+    weights_bytes: int  # of one compiled copy
+    on_compiled: Any  # callable(component, shape_text, seconds): reports each compilation
+    _model: Any = None
+    _compiled: OrderedDict[ShapeKey | None, tuple[Any, Any]] = field(default_factory=OrderedDict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def compile_for(self, shapes: dict[str, tuple[int, ...]] | None) -> tuple[Any, Any]:
+        """The compiled model and its infer request for these input shapes (None: the dynamic graph)."""
+        key = tuple(sorted((name, tuple(shape)) for name, shape in shapes.items())) if self.static and shapes else None
+        if key in self._compiled:
+            self._compiled.move_to_end(key)
+            return self._compiled[key]
+        started = time.perf_counter()
+        if key is None:
+            compiled = self.core.compile_model(str(self.ir_path), "CPU", compile_options(self.precision))
+        else:
+            if self._model is None:
+                self._model = self.core.read_model(str(self.ir_path))
+            self._model.reshape({name: list(shape) for name, shape in key})
+            compiled = self.core.compile_model(self._model, "CPU", compile_options(self.precision))
+        while len(self._compiled) >= MAX_STATIC_SHAPES:
+            self._compiled.popitem(last=False)
+        entry = (compiled, compiled.create_infer_request())
+        self._compiled[key] = entry
+        shapes_by_name = dict(key or ())
+        main_input = "sample" if "sample" in shapes_by_name else next(iter(shapes_by_name), None)
+        shape_text = "" if main_input is None else f"{main_input} " + "x".join(map(str, shapes_by_name[main_input]))
+        self.on_compiled(self.component, shape_text, time.perf_counter() - started)
+        return entry
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         with self._lock:
-            if self._request is None:
-                self._request = self.compiled.create_infer_request()
-            self._request.infer(feeds, share_inputs=True)
+            _, request = self.compile_for({name: array.shape for name, array in feeds.items()})
+            request.infer(feeds, share_inputs=True)
             # The request reuses its output buffer on the next call; the caller keeps a copy.
-            return np.array(self._request.get_output_tensor(0).data, copy=True)
+            return np.array(request.get_output_tensor(0).data, copy=True)
+
+    @property
+    def bytes(self) -> int:
+        return self.weights_bytes * max(1, len(self._compiled))
 
 
 @dataclass
@@ -84,7 +129,7 @@ class OpenVINOState:
 
     @property
     def bytes(self) -> int:
-        return sum(part.weights_bytes for part in self.parts.values())
+        return sum(part.bytes for part in self.parts.values())
 
 
 class _UNetForTrace(torch.nn.Module):
@@ -238,6 +283,25 @@ def _to_numpy(tensor: torch.Tensor) -> np.ndarray:
     return tensor.detach().to("cpu", torch.float32).contiguous().numpy()
 
 
+def expected_shapes(pipe: Any, component: str, shape: RequestShape) -> dict[str, tuple[int, ...]] | None:
+    """The UNet input shapes a standard SD/SDXL pipeline call will use for `shape`; None for the dynamic decoder."""
+    if component != "unet":
+        return None
+    config = pipe.unet.config
+    batch = shape.unet_batch
+    scale = pipe.vae_scale_factor
+    shapes = {
+        "sample": (batch, config.in_channels, shape.height // scale, shape.width // scale),
+        "timestep": (1,),
+        # Pipelines pad or truncate prompts to the tokenizer's 77 tokens.
+        "encoder_hidden_states": (batch, _TRACE_TOKENS, config.cross_attention_dim),
+    }
+    if getattr(config, "addition_embed_type", None) == "text_time":
+        pooled = pipe.unet.add_embedding.linear_1.in_features - 6 * config.addition_time_embed_dim
+        shapes.update(text_embeds=(batch, pooled), time_ids=(batch, 6))
+    return shapes
+
+
 def unet_size_multiple(unet_config: Any, vae_scale_factor: int) -> int:
     """Image sizes the traced UNet handles: its latents must halve evenly at every down-sampling level."""
     downsamplings = len(unet_config.block_out_channels) - 1
@@ -307,14 +371,17 @@ class OpenVINOBackend(Backend):
             if component in state.failed:
                 refused[component] = state.failed[component]
                 continue
-            if component not in state.parts:
-                try:
-                    state.parts[component] = self._load_part(model, component, shape)
-                except Exception as exc:  # conversion can fail on any op the frontend lacks; torch still runs it
-                    log.warning("OpenVINO %s for %s failed; it runs on torch", component, model.source.spec, exc_info=exc)
-                    detail = (str(exc).strip().splitlines() or [""])[0][:200]
-                    state.failed[component] = f"its OpenVINO conversion failed ({type(exc).__name__}: {detail})"
-                    refused[component] = state.failed[component]
+            try:
+                if component not in state.parts:
+                    state.parts[component] = self._load_part(model, component)
+                # Compile now for the shapes this request will use, so the first step does not pay for it.
+                state.parts[component].compile_for(expected_shapes(pipe, component, shape))
+            except Exception as exc:  # conversion can fail on any op the frontend lacks; torch still runs it
+                log.warning("OpenVINO %s for %s failed; it runs on torch", component, model.source.spec, exc_info=exc)
+                detail = (str(exc).strip().splitlines() or [""])[0][:200]
+                state.failed[component] = f"its OpenVINO conversion failed ({type(exc).__name__}: {detail})"
+                state.parts.pop(component, None)
+                refused[component] = state.failed[component]
         return refused
 
     @contextmanager
@@ -364,27 +431,25 @@ class OpenVINOBackend(Backend):
     def ir_dir(self, model: "LoadedModel", component: str) -> Path:
         return self.root / ir_key(model, component)
 
-    def _load_part(self, model: "LoadedModel", component: str, shape: RequestShape) -> CompiledPart:
+    def _load_part(self, model: "LoadedModel", component: str) -> CompiledPart:
         folder = self.ir_dir(model, component)
         xml = folder / "model.xml"
         if not xml.is_file():
             self._convert(model, component, folder)
-        started = time.perf_counter()
-        core = self.core()
-        compiled = core.compile_model(str(xml), "CPU", compile_options(self.precision))
-        seconds = time.perf_counter() - started
-        log.info("OpenVINO %s of %s compiled from %s in %.1f s", component, model.source.name, folder, seconds)
-        model.backend_events.append(
-            {"event": "compiled", "backend": self.id, "component": component, "seconds": round(seconds, 2), "ir": str(xml)}
-        )
+
+        def on_compiled(part: str, shape_text: str, seconds: float) -> None:
+            log.info("OpenVINO %s of %s compiled%s in %.1f s", part, model.source.name, f" for {shape_text}" if shape_text else "", seconds)
+            model.backend_events.append(
+                {"event": "compiled", "backend": self.id, "component": part, "seconds": round(seconds, 2), "shape": shape_text}
+            )
+
         weights = sum(f.stat().st_size for f in folder.glob("*.bin"))
-        names = tuple(port.get_any_name() for port in compiled.inputs)
-        return CompiledPart(component, compiled, xml, weights, names)
+        return CompiledPart(component, self.core(), xml, self.precision, component == "unet", weights, on_compiled)
 
     def _convert(self, model: "LoadedModel", component: str, folder: Path) -> None:
         log.info(
-            "converting the %s of %s to OpenVINO (first use of this model: tens of seconds for SD 1.5, minutes for "
-            "SDXL; saved to %s so later loads take seconds)",
+            "converting the %s of %s to OpenVINO (first use of this model: ~20 s for SD 1.5, ~1 min for SDXL on a "
+            "2-core CPU; saved to %s so later loads take seconds)",
             component, model.source.name, folder,
         )
         pipe = model.base

@@ -3,8 +3,8 @@
 What it sets up on a freshly loaded pipeline (every model gets this, whatever its chosen backend):
 - attention: diffusers' default processor already calls torch's scaled_dot_product_attention (flash /
   memory-efficient kernels where the device has them), so nothing is swapped in;
-- channels-last memory format for the UNet and VAE on CUDA/ROCm/XPU, where convolutions run faster in it
-  (on the CPU it measured no better, so CPU weights keep the default layout);
+- no channels-last memory format: on an H200 (torch 2.11, benchmarks/gpu_check.py) it made SD 1.5 and SDXL
+  8-10% slower at batch 4 and was within noise at batch 1, so weights keep the default layout;
 - the VAE's own dtype from `choose_vae_dtype`: an SDXL VAE in fp16 overflows (black images), so it is kept
   in bf16 or fp32 and its inputs are cast on the way in, instead of being moved up and down every call;
 - with IMGTOOLS_TORCH_COMPILE, regional `torch.compile` of the UNet's repeated transformer blocks
@@ -27,7 +27,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-_CHANNELS_LAST_KINDS = frozenset({"cuda", "rocm", "xpu"})
 
 
 class TorchBackend(Backend):
@@ -50,12 +49,6 @@ class TorchBackend(Backend):
         vae = getattr(pipe, "vae", None)
         if vae is not None and isinstance(vae, torch.nn.Module):
             done += keep_vae_in_safe_dtype(vae, self.facts, dtype, family)
-        if self.facts.kind in _CHANNELS_LAST_KINDS:
-            for name in ("unet", "vae"):
-                module = getattr(pipe, name, None)
-                if isinstance(module, torch.nn.Module):
-                    module.to(memory_format=torch.channels_last)
-            done.append("UNet and VAE in channels-last memory format")
         unet = getattr(pipe, "unet", None)
         if compile_unet and unet is not None and getattr(unet, "_repeated_blocks", None):
             # Regional: each repeated block compiles once and is reused, minutes less than compiling the whole UNet.
