@@ -1,0 +1,186 @@
+"""Warm start and whole generate, end to end: fresh server processes on a real-size SD 1.5 pipeline (random weights).
+
+1. Writes a diffusers folder with the real SD 1.5 architectures (UNet, VAE, CLIP ViT-L text encoder; configs in
+   unet_step.py) and random fp16 weights, like a downloaded checkpoint (once; reused with --model-dir).
+2. Fresh processes, each one `generate` call through the in-process MCP client (the product path):
+   - engine auto, empty IMGTOOLS_CACHE_DIR: the first use converts the UNet and VAE decoder to OpenVINO;
+   - engine auto again, same cache dir: the warm cached load (torch weights from disk + compiled graphs from
+     the cache), the number the ≤ 10 s target is about;
+   - torch backend, and plain diffusers (`from_pretrained(..., torch_dtype=torch.float32)`, one pipeline call) with
+     the same request, for a measured whole generate.
+Each child reports the tool's own timings (load_s, backend_prepare_s, generate_s) and its wall time from
+process start, which includes importing torch/diffusers.
+
+    .venv/bin/python benchmarks/warm_load.py [--steps 8] [--model-dir DIR]
+
+Writes benchmarks/results/warm_load.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from unet_step import CLIP_L, SD15_UNET, SD_VAE  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+PROMPT = "a lighthouse on a cliff at dusk, oil painting"
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def write_model(folder: Path) -> Path:
+    """A real-size SD 1.5 diffusers folder with random fp16 weights (~2 GB)."""
+    import torch
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from imgtools_mcp.engine.testmodel import _write_tokenizer
+
+    if (folder / "model_index.json").exists():
+        return folder
+    _write_tokenizer(folder / "tokenizer-src")
+    tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer-src")
+    ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.eos_token_id}
+    torch.manual_seed(0)
+    pipe = StableDiffusionPipeline(
+        vae=AutoencoderKL.from_config(SD_VAE),
+        text_encoder=CLIPTextModel(CLIPTextConfig(**CLIP_L, **ids)),
+        tokenizer=tokenizer,
+        unet=UNet2DConditionModel.from_config(SD15_UNET),
+        scheduler=EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                         timestep_spacing="leading", steps_offset=1),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )  # fmt: skip
+    pipe.to(torch.float16).save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+MCP_CHILD = r"""
+import json, sys, time
+started = time.perf_counter()
+import anyio
+from mcp import Client
+from imgtools_mcp.config import Settings
+from imgtools_mcp.server import build_server
+request = json.loads(sys.argv[1])
+settings = Settings(**json.loads(sys.argv[2]))
+async def main():
+    async with Client(build_server(settings)) as client:
+        result = await client.call_tool("generate", request)
+    assert not result.is_error, result.content[0].text
+    content = result.structured_content
+    print(json.dumps({"timings": content["timings"], "engine": content["engine"], "wall_s": time.perf_counter() - started}))
+anyio.run(main)
+"""
+
+PLAIN_CHILD = r"""
+import json, sys, time
+started = time.perf_counter()
+import torch
+from diffusers import AutoPipelineForText2Image, EulerDiscreteScheduler
+request = json.loads(sys.argv[1])
+load_started = time.perf_counter()
+# fp32, diffusers' documented default; said explicitly because transformers 5 would load the fp16 text encoder as fp16.
+pipe = AutoPipelineForText2Image.from_pretrained(sys.argv[2], torch_dtype=torch.float32)
+pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+pipe.set_progress_bar_config(disable=True)
+load_s = time.perf_counter() - load_started
+call_started = time.perf_counter()
+pipe(prompt=request["prompt"], width=request["width"], height=request["height"], num_inference_steps=request["steps"],
+     guidance_scale=request["guidance_scale"], generator=torch.Generator("cpu").manual_seed(request["seed"]))
+print(json.dumps({"timings": {"load_s": load_s, "generate_s": time.perf_counter() - call_started},
+                  "wall_s": time.perf_counter() - started}))
+"""
+
+
+def child(code: str, *argv: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMGTOOLS_")}
+    env.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        raise RuntimeError(f"child failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--model-dir", type=Path, help="where the real-size random-weight model goes (reused)")
+    parser.add_argument("--skip-plain", action="store_true", help="skip the plain diffusers (fp32) run")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="imgtools-warm-"))
+    model_dir = args.model_dir or work / "sd15-random"
+    log(f"writing the model to {model_dir}")
+    model = write_model(model_dir)
+    request = {"prompt": PROMPT, "width": 512, "height": 512, "steps": args.steps, "guidance_scale": 7.0,
+               "sampler": "euler", "seed": 1234}  # fmt: skip
+    cache = work / "cache"
+
+    def settings(backend: str) -> str:
+        return json.dumps({"model": str(model), "output_dir": str(work / "out"), "device": "cpu", "backend": backend,
+                           "cache_dir": str(cache), "hf_offline": True})  # fmt: skip
+
+    runs: dict[str, dict] = {}
+    for label, code, argv in (
+        ("engine auto, first use (converts)", MCP_CHILD, (json.dumps(request), settings("auto"))),
+        ("engine auto, warm cache", MCP_CHILD, (json.dumps(request), settings("auto"))),
+        ("engine, torch backend", MCP_CHILD, (json.dumps(request), settings("torch"))),
+        ("plain diffusers (fp32)", PLAIN_CHILD, (json.dumps(request), str(model))),
+    ):
+        if label.startswith("plain") and args.skip_plain:
+            continue
+        log(f"run: {label}")
+        runs[label] = child(code, *argv)
+        log(f"  {json.dumps(runs[label]['timings'])}, wall {runs[label]['wall_s']:.1f} s")
+    report = {"request": request, "model": "SD 1.5 architecture, random fp16 weights on disk", "runs": runs}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "warm_load.json").write_text(json.dumps(report, indent=2))
+    text = table(report)
+    (RESULTS / "warm_load.md").write_text(text)
+    print(text)
+
+
+def table(report: dict) -> str:
+    r = report["request"]
+    lines = [
+        "# Warm start and whole generate, fresh processes",
+        "",
+        f"{report['model']}; one `generate` per process: {r['width']}x{r['height']}, {r['steps']} {r['sampler']} steps, "
+        f"guidance {r['guidance_scale']}.",
+        "",
+        "| run | backend | load s | backend prepare s | generate s | wall s from process start |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for label, run in report["runs"].items():
+        t = run["timings"]
+        backend = run.get("engine", {}).get("backend", "torch (fp32)")
+        generate = t["generate_s"] - t.get("backend_prepare_s", 0.0)
+        lines.append(f"| {label} | {backend} | {t['load_s']:.2f} | {t.get('backend_prepare_s', 0.0):.2f} | {generate:.2f} | {run['wall_s']:.1f} |")
+    warm = report["runs"].get("engine auto, warm cache")
+    if warm:
+        t = warm["timings"]
+        lines += ["", f"Warm cached load (torch weights from disk + compiled graphs from the cache): "
+                      f"{t['load_s'] + t['backend_prepare_s']:.2f} s (target ≤ 10 s)."]  # fmt: skip
+    plain = report["runs"].get("plain diffusers (fp32)")
+    if warm and plain:
+        engine_generate = warm["timings"]["generate_s"] - warm["timings"]["backend_prepare_s"]
+        lines.append(f"Whole generate, measured: plain diffusers {plain['timings']['generate_s']:.1f} s, engine auto "
+                     f"{engine_generate:.1f} s: {plain['timings']['generate_s'] / engine_generate:.2f}× (target ≥ 4×).")
+    notes = (warm or {}).get("engine", {}).get("backend_notes", [])
+    if notes:
+        lines += ["", "Backend notes of the warm run: " + "; ".join(notes)]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
