@@ -9,7 +9,8 @@ Parts (real-size architectures with random weights, built from the configs in un
    fits, the planner's pick (choose_memory_plan on the device facts with that budget), and a run of the pick
    under torch.cuda.set_per_process_memory_fraction to show it really fits.
 
-Without CUDA it prints why and exits 0 (writing a 'skipped' result), so anyone can run it anywhere.
+Without CUDA it prints why and exits 0 (results already in benchmarks/results stay), so anyone can run it anywhere;
+--cpu-smoke runs the speed part on the CPU at a small size to check the script, writing nothing.
 
     python benchmarks/gpu_check.py [--families sd15 sdxl] [--deadline-s 420] [--no-compile]
 
@@ -273,15 +274,18 @@ def main() -> None:
     parser.add_argument("--size", type=int, help="override the families' native size (smoke runs)")
     parser.add_argument("--cpu-smoke", action="store_true", help="run the speed part on the CPU to check this script")
     args = parser.parse_args()
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    outputs = [RESULTS] + ([Path(os.environ["OUT"])] if os.environ.get("OUT") else [])
+    outputs = [Path(os.environ["OUT"])] if os.environ.get("OUT") else []
     report: dict[str, Any]
     if not torch.cuda.is_available() and not args.cpu_smoke:
+        # Printed, not written over benchmarks/results: a run on a CPU must not replace a GPU's results.
         report = {"skipped": "no CUDA device (torch.cuda.is_available() is False); nothing measured"}
         print(table(report))
         for folder in outputs:
             (folder / "gpu_check.json").write_text(json.dumps(report, indent=2))
         return
+    if not args.cpu_smoke:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        outputs.append(RESULTS)
     import diffusers
 
     from imgtools_mcp.engine.choice import choose_dtype
@@ -291,7 +295,8 @@ def main() -> None:
     facts = probe("cuda" if torch.cuda.is_available() else "cpu")
     report = {"device": facts.name, "torch": torch.__version__, "diffusers": diffusers.__version__,
               "dtype_choice": choose_dtype(facts).value, "speed": [], "plans": []}  # fmt: skip
-    tok = Path(tempfile.mkdtemp(prefix="imgtools-gpu-")) / "tokenizer"
+    scratch = tempfile.TemporaryDirectory(prefix="imgtools-gpu-")  # removed when the script ends
+    tok = Path(scratch.name) / "tokenizer"
 
     def save() -> None:
         for folder in outputs:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -34,7 +35,7 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-async def run(args: argparse.Namespace) -> dict:
+async def run(args: argparse.Namespace, work: Path) -> dict:
     import torch
     from diffusers import AutoPipelineForText2Image
     from mcp import Client, StdioServerParameters
@@ -45,7 +46,6 @@ async def run(args: argparse.Namespace) -> dict:
     from imgtools_mcp.engine.testmodel import make_test_model
     from imgtools_mcp.server import build_server
 
-    work = Path(tempfile.mkdtemp(prefix="imgtools-overhead-"))
     model = make_test_model(work / "tiny-sd15", "sd15")
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[choose_dtype(probe("cpu")).value]
     request = {
@@ -149,7 +149,11 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    report = anyio.run(run, args)
+    work = Path(tempfile.mkdtemp(prefix="imgtools-overhead-"))
+    try:
+        report = anyio.run(run, args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "mcp_overhead.json").write_text(json.dumps(report, indent=2))
     text = table(report)

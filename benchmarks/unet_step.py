@@ -27,6 +27,7 @@ import gc
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -490,13 +491,20 @@ def main() -> None:
     parser.add_argument("--dynamic", action=argparse.BooleanOptionalAction, default=True,
                         help="also time the dynamic-shape OpenVINO graph (what the static choice is measured against)")
     parser.add_argument("--skip-fp32", action="store_true", help="skip the fp32 (plain diffusers) rows: SDXL fp32 is slow")
-    parser.add_argument("--cache-dir", help="where IRs go (reused when present); default: a new temporary folder")
+    parser.add_argument("--cache-dir", help="where IRs go (reused when present, kept); default: a temporary folder, removed")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    report = run(args)
+    made_workdir = args.cache_dir is None
+    if made_workdir:
+        args.cache_dir = tempfile.mkdtemp(prefix="imgtools-bench-")
+    try:
+        report = run(args)
+    finally:
+        if made_workdir:
+            shutil.rmtree(args.cache_dir, ignore_errors=True)  # IRs and compiled blobs: gigabytes
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = f"unet_step-{args.family}" + (f"-{args.size}" if args.size else "")
     (RESULTS / f"{stem}.json").write_text(json.dumps(report, indent=2, default=str))

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -119,6 +120,13 @@ def main() -> None:
     parser.add_argument("--skip-plain", action="store_true", help="skip the plain diffusers (fp32) run")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="imgtools-warm-"))
+    try:
+        measure(args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # the model (unless --model-dir), IRs and compiled blobs: gigabytes
+
+
+def measure(args: argparse.Namespace, work: Path) -> None:
     model_dir = args.model_dir or work / "sd15-random"
     log(f"writing the model to {model_dir}")
     model = write_model(model_dir)
