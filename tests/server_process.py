@@ -20,8 +20,17 @@ from mcp.client.streamable_http import streamable_http_client
 TOKEN = "test-token-0123456789abcdef"
 
 
+# The suite's own settings (conftest.backend_environment) that subprocess servers keep: torch, and a throwaway
+# compile cache instead of the user's.
+SUITE_SETTINGS = ("IMGTOOLS_BACKEND", "IMGTOOLS_CACHE_DIR")
+
+
 def server_env(model: Path, output: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IMGTOOLS_") and k != "OPENROUTER_API_KEY"}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if (not k.startswith("IMGTOOLS_") or k in SUITE_SETTINGS) and k != "OPENROUTER_API_KEY"
+    }
     env.update(
         IMGTOOLS_MODEL=str(model),
         IMGTOOLS_OUTPUT_DIR=str(output),

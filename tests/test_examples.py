@@ -10,13 +10,14 @@ from pathlib import Path
 import pytest
 
 from openai_loopback import OpenAILoopback
+from server_process import SUITE_SETTINGS
 
 pytestmark = pytest.mark.slow
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 def example_env(model: Path, output: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("IMGTOOLS_", "OPENROUTER_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("IMGTOOLS_", "OPENROUTER_")) or k in SUITE_SETTINGS}
     env.update(IMGTOOLS_MODEL=str(model), IMGTOOLS_OUTPUT_DIR=str(output), IMGTOOLS_DEVICE="cpu", HF_HUB_OFFLINE="1", **extra)
     return env
 

@@ -14,14 +14,14 @@ import httpx
 import pytest
 from mcp import Client, StdioServerParameters
 from PIL import Image
+from server_process import SUITE_SETTINGS
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
 
 def server_env(model: Path, output: Path, **extra: str) -> dict[str, str]:
     # The developer's IMGTOOLS_* settings stay out, except the suite's backend and throwaway cache (conftest).
-    kept = ("IMGTOOLS_BACKEND", "IMGTOOLS_CACHE_DIR")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IMGTOOLS_") or k in kept}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMGTOOLS_") or k in SUITE_SETTINGS}
     env.update(IMGTOOLS_MODEL=str(model), IMGTOOLS_OUTPUT_DIR=str(output), IMGTOOLS_DEVICE="cpu", HF_HUB_OFFLINE="1", **extra)
     return env
 
