@@ -245,7 +245,9 @@ class Engine:
 
     def _choose_plan(self, family: FamilyInfo, footprint: Any, width: int, height: int, batch: int):
         activations = estimate_activation_bytes(family.family.value, width, height, batch, self.dtype.itemsize)
-        return choose_memory_plan(self.facts, footprint, activations, requested=self.settings.memory)
+        # Free memory changes as models come and go, so it is measured again for every load.
+        current = probe(self.facts.torch_device)
+        return choose_memory_plan(current, footprint, activations, requested=self.settings.memory)
 
     def _get_loaded(self, source: ModelSource, family: FamilyInfo) -> tuple[LoadedModel, float]:
         cached = self.cache.get(source.key)
@@ -296,7 +298,7 @@ class Engine:
             try:
                 images, label, steps_run = self._denoise(model, job, on_step, cancel)
             except torch.OutOfMemoryError:
-                next_plan = escalate(MemoryPlan(model.plan))
+                next_plan = escalate(MemoryPlan(model.plan), device_kind=self.facts.kind)
                 if next_plan is None:
                     raise OutOfMemoryError(
                         f"out of memory on {self.device} even with the {model.plan} plan; lower width/height or num_images"
@@ -345,10 +347,13 @@ class Engine:
         return [lora.as_dict() for lora in applied]
 
     def _switch_plan(self, model: LoadedModel, plan: MemoryPlan) -> None:
-        reset_memory_plan(model.base)
-        if self.device.startswith("cuda"):
-            torch.cuda.empty_cache()
-        apply_memory_plan(model.base, plan, self.device)
+        # Weights that offload hooks moved during inference are inference tensors; undoing and redoing
+        # the hooks outside inference mode would try to make them trainable parameters again and fail.
+        with torch.inference_mode():
+            reset_memory_plan(model.base)
+            if self.device.startswith("cuda"):
+                torch.cuda.empty_cache()
+            apply_memory_plan(model.base, plan, self.device)
         model.plan = plan.value
 
     def _denoise(
