@@ -18,7 +18,7 @@ from ..config import Settings
 from .backends import Backends, RequestShape
 from .cache import LoadedModel, PipelineCache, default_budget, weights_bytes
 from .catalog import find_config_folder
-from .choice import Choice, choose_backend, choose_dtype
+from .choice import Choice, choose_dtype
 from .device import DeviceFacts, probe
 from .errors import EngineBusyError, EngineError, GenerationCancelled, OutOfMemoryError, PipelineError
 from .families import FamilyInfo

@@ -20,7 +20,7 @@ from ..app import AppContext
 from ..engine.errors import EngineError
 from ..images.refs import ImageRefError
 from ..images.thumbs import make_thumbnails
-from ..jobs import ProgressSink
+from ..jobs import ProgressSink, StopSwitch
 from ..params import GenerationResult, one_line_error
 from ..store import StoredImage, StoreError
 from ..vlm.errors import MediaError, VLMError
@@ -103,6 +103,27 @@ def progress_sink(ctx: Context) -> ProgressSink:
         await ctx.report_progress(progress, total, message)
 
     return report
+
+
+async def run_here_or_as_job(
+    app: AppContext,
+    ctx: Context,
+    kind: str,
+    background: bool,
+    run: Callable[[ProgressSink | None, StopSwitch], Awaitable[CallToolResult]],
+    started: Callable[[str], CallToolResult],
+) -> CallToolResult:
+    """Run a long, stoppable tool (sweep, refine) within this call, or as a background job: then `started(job_id)`
+    is the call's answer and get_job later returns what `run` returned."""
+    stop = StopSwitch()
+    if not background:
+        return await run(progress_sink(ctx), stop)
+
+    async def body(sink: ProgressSink) -> dict[str, Any]:
+        return call_result_to_dict(await run(sink, stop))
+
+    record = app.jobs.start(kind, body, stop=stop)
+    return started(record.id)
 
 
 class StepRelay:

@@ -7,6 +7,7 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Literal
 
 import anyio
@@ -25,7 +26,7 @@ from ..jobs import ProgressSink, StopSwitch
 from ..params import GenerationParams, ImageInfo, one_line_error
 from ..store import StoredImage, atomic_write
 from ..vlm import Critique, CritiqueResult, Revision, VLMClient, VLMError, VLMUsage
-from .common import StepRelay, app_of, bind_tool, call_result_to_dict, image_blocks, progress_sink, result_of
+from .common import StepRelay, app_of, bind_tool, image_blocks, result_of, run_here_or_as_job
 from .generation import ImageInputs, plan_job, run_and_save
 from .vision_common import require_vlm, usage_text, vlm_error_message
 
@@ -497,17 +498,13 @@ cancel_job keeps the best so far. Cost per round: num_images generations and cri
 async def handle(request: RefineRequest, ctx: Context) -> CallToolResult:
     app = app_of(ctx)
     plan = await plan_refine(app, request)
-    if not request.background:
-        return await run_refine(app, plan, progress_sink(ctx), StopSwitch())
-    stop = StopSwitch()
 
-    async def body(sink: ProgressSink) -> dict[str, Any]:
-        return call_result_to_dict(await run_refine(app, plan, sink, stop))
+    def started(job_id: str) -> CallToolResult:
+        ticket = RefineResult(state="started", goal=request.goal, job_id=job_id)
+        text = f"refine: started job {job_id} (up to {request.max_rounds} rounds); poll get_job for progress and the result"
+        return result_of(text, [], ticket)
 
-    record = app.jobs.start("refine", body, stop=stop)
-    ticket = RefineResult(state="started", goal=request.goal, job_id=record.id)
-    text = f"refine: started job {record.id} (up to {request.max_rounds} rounds); poll get_job for progress and the result"
-    return result_of(text, [], ticket)
+    return await run_here_or_as_job(app, ctx, "refine", request.background, partial(run_refine, app, plan), started)
 
 
 def register(server: MCPServer) -> None:

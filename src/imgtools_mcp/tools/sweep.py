@@ -13,7 +13,7 @@ import typing
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Any, Literal
 
 import anyio
@@ -36,7 +36,7 @@ from ..infotext import format_infotext
 from ..jobs import ProgressSink, StopSwitch
 from ..params import MAX_SEED, GenerationParams, ImageInfo, one_line_error
 from ..store import StoredImage
-from .common import StepRelay, app_of, bind_tool, call_result_to_dict, image_blocks, progress_sink, result_of
+from .common import StepRelay, app_of, bind_tool, image_blocks, result_of, run_here_or_as_job
 from .generation import ImageInputs, PlannedJob, plan_job, run_and_save
 
 log = logging.getLogger(__name__)
@@ -847,25 +847,21 @@ Costs one generation per cell; use background=true for long sweeps and poll get_
 async def handle(request: SweepRequest, ctx: Context) -> CallToolResult:
     app = app_of(ctx)
     plan = await plan_sweep(app, request)
-    if not request.background:
-        return await run_sweep(app, plan, progress_sink(ctx), StopSwitch())
-    stop = StopSwitch()
 
-    async def body(sink: ProgressSink) -> dict[str, Any]:
-        return call_result_to_dict(await run_sweep(app, plan, sink, stop))
+    def started(job_id: str) -> CallToolResult:
+        ticket = SweepResult(
+            tool=plan.tool.name,
+            state="started",
+            axes=[SweepAxisInfo(axis=a.name, param=a.param, values=a.values, labels=a.labels) for a in plan.axes],
+            base=plan.reported_base,
+            seed=plan.seed,
+            run_order=plan.order_params,
+            job_id=job_id,
+        )
+        text = f"sweep: started job {job_id} ({len(plan.cells)} cells); poll get_job for progress and the result"
+        return result_of(text, [], ticket)
 
-    record = app.jobs.start("sweep", body, stop=stop)
-    ticket = SweepResult(
-        tool=plan.tool.name,
-        state="started",
-        axes=[SweepAxisInfo(axis=a.name, param=a.param, values=a.values, labels=a.labels) for a in plan.axes],
-        base=plan.reported_base,
-        seed=plan.seed,
-        run_order=plan.order_params,
-        job_id=record.id,
-    )
-    text = f"sweep: started job {record.id} ({len(plan.cells)} cells); poll get_job for progress and the result"
-    return result_of(text, [], ticket)
+    return await run_here_or_as_job(app, ctx, "sweep", request.background, partial(run_sweep, app, plan), started)
 
 
 def register(server: MCPServer) -> None:
