@@ -16,7 +16,8 @@ Measurement: every variant gets one warm-up call (excluded), then the variants r
     .venv/bin/python benchmarks/unet_step.py                      # SD 1.5 at 512², batch 2 (CFG), ~6-10 min
     .venv/bin/python benchmarks/unet_step.py --family sdxl --rounds 1   # SDXL at 1024², reduced (see --help)
 
-Writes benchmarks/results/unet_step-<family>.json and .md.
+Writes benchmarks/results/unet_step-<family>.json and .md (unet_step-<family>-no-bf16.* on a CPU without native
+bf16, where the engine runs fp32 and the roofline is the fp32 matmul peak).
 """
 
 from __future__ import annotations
@@ -76,6 +77,8 @@ FAMILIES = {
     "sdxl": {"unet": SDXL_UNET, "size": 1024, "steps": 30, "text": [CLIP_L, OPENCLIP_BIGG]},
 }
 TOKENS = 77
+# The dtype whose matmul peak is the roofline: the engine's own (bf16 where the CPU runs it natively, else fp32); set in run().
+ROOFLINE_DTYPE = [torch.bfloat16]
 BATCH = 2  # one image with classifier-free guidance: the UNet sees the prompt and the negative prompt together
 
 
@@ -118,8 +121,8 @@ def interleaved(
 ) -> dict[str, list[float]]:
     """Warm every variant once, then time them turn by turn for `rounds` rounds.
 
-    With `peaks`, the bf16 matmul peak is sampled in every round too: on a shared machine the roofline moves
-    with the neighbours' load, so it is measured beside the variants rather than once.
+    With `peaks`, the matmul peak of the engine's dtype is sampled in every round too: on a shared machine the
+    roofline moves with the neighbours' load, so it is measured beside the variants rather than once.
     """
     for name, call in variants.items():
         log(f"warm-up {name}")
@@ -132,7 +135,7 @@ def interleaved(
             times[name].append(time.perf_counter() - started)
             log(f"round {r + 1}/{rounds} {name}: {times[name][-1]:.3f} s")
         if peaks is not None:
-            peaks["bf16"].append(matmul_peak(torch.bfloat16, repeats=2))
+            peaks["roofline"].append(matmul_peak(ROOFLINE_DTYPE[0], repeats=2))
     return times
 
 
@@ -233,6 +236,13 @@ def run(args: argparse.Namespace) -> dict:
     dtype_choice = choose_dtype(facts, "auto")
     backend_choice = choose_backend(facts, "auto", available=installed_backends(), family="sdxl" if sdxl else "sd1")
     precision = "bf16" if facts.supports_bf16 else "f32"
+    # The engine runs torch (and converts for OpenVINO) in its own dtype: bf16 where native, else fp32.
+    engine_dtype = torch.bfloat16 if facts.supports_bf16 else torch.float32
+    dname = "bf16" if facts.supports_bf16 else "fp32"
+    ROOFLINE_DTYPE[0] = engine_dtype
+    auto_backend = backend_choice.value
+    # In fp32 on torch the engine's call is plain diffusers' call: one row, marked as both.
+    plain = "diffusers default: torch fp32" + (" (engine auto)" if dname == "fp32" and auto_backend == "torch" else "")
     workdir = Path(args.cache_dir or tempfile.mkdtemp(prefix="imgtools-bench-"))
     report: dict = {
         "family": args.family, "size": size, "unet_batch": BATCH, "rounds": args.rounds,
@@ -247,7 +257,7 @@ def run(args: argparse.Namespace) -> dict:
     report["machine"].update(diffusers=diffusers.__version__, openvino=openvino.__version__)
 
     log("measuring matmul peaks")
-    peaks = {"bf16": [matmul_peak(torch.bfloat16)], "fp32": [matmul_peak(torch.float32)]}
+    peaks = {"roofline": [matmul_peak(engine_dtype)], "fp32": [matmul_peak(torch.float32)]}
 
     log("counting FLOPs")
     from diffusers import UNet2DConditionModel
@@ -275,12 +285,12 @@ def run(args: argparse.Namespace) -> dict:
     core.set_property({"CACHE_DIR": str(workdir / "openvino" / "compiled")})
 
     # ----- UNet -----
-    log("building the UNet (bf16 copy for torch bf16 and the OpenVINO conversion)")
-    unet_bf16 = build_unet(config, torch.bfloat16)
-    unet_ir = workdir / "openvino" / f"unet-{args.family}" / "model.xml"
+    log(f"building the UNet ({dname}, as the engine loads it, for torch and the OpenVINO conversion)")
+    unet_engine = build_unet(config, engine_dtype)
+    unet_ir = workdir / "openvino" / f"unet-{args.family}-{dname}" / "model.xml"
     if not unet_ir.is_file():
-        log("converting the UNet to OpenVINO with the engine's converter (bf16 module)")
-        convert_seconds = convert_to_ir(*traceable_unet(unet_bf16, sdxl=sdxl), unet_ir.parent)
+        log(f"converting the UNet to OpenVINO with the engine's converter ({dname} module)")
+        convert_seconds = convert_to_ir(*traceable_unet(unet_engine, sdxl=sdxl), unet_ir.parent)
         report["unet_convert_s"] = convert_seconds
         log(f"converted in {convert_seconds:.1f} s")
     started = time.perf_counter()
@@ -288,13 +298,14 @@ def run(args: argparse.Namespace) -> dict:
     report["unet_compile_s"] = time.perf_counter() - started
     variants: dict[str, Callable[[], object]] = {}
     if not args.skip_fp32:
-        unet_fp32 = build_unet(config, torch.float32)
-        variants["diffusers default: torch fp32"] = torch_unet_call(unet_fp32, inputs)
-    variants["torch bf16"] = torch_unet_call(unet_bf16, inputs)
+        unet_fp32 = unet_engine if engine_dtype == torch.float32 else build_unet(config, torch.float32)
+        variants[plain] = torch_unet_call(unet_fp32, inputs)
+    if engine_dtype != torch.float32 or args.skip_fp32:
+        variants[f"torch {dname}" + (" (engine auto)" if auto_backend == "torch" else "")] = torch_unet_call(unet_engine, inputs)
     # The engine compiles its UNet for each request's static shape (openvino_backend.CompiledPart).
     static = core.read_model(str(unet_ir))
     static.reshape({name: list(value.shape) for name, value in feeds.items()})
-    variants[f"openvino {precision} static shape (engine auto)"] = openvino_call(
+    variants[f"openvino {precision} static shape" + (" (engine auto)" if auto_backend == "openvino" else "")] = openvino_call(
         core.compile_model(static, "CPU", compile_options(precision)), feeds
     )
     if args.dynamic:
@@ -303,21 +314,22 @@ def run(args: argparse.Namespace) -> dict:
     for name, call in variants.items():
         result = call()
         outputs[name] = (result.float().numpy() if isinstance(result, torch.Tensor) else np.array(result)).copy()
-    reference = "diffusers default: torch fp32" if "diffusers default: torch fp32" in outputs else "torch bf16"
+    reference = next(name for name in outputs if name.startswith(("diffusers default", "torch")))
     for name, times in unet_times.items():
         results[f"unet/{name}"] = {**summary(times), "rel_error_vs_" + reference.split(":")[0].replace(" ", "_"): relative_error(outputs[name], outputs[reference])}
     del variants, ov_unet, outputs
     if not args.skip_fp32:
         del unet_fp32
+    del unet_engine
     gc.collect()
 
     # ----- VAE decoder -----
     log("VAE decoder")
     vae = build_vae(sdxl)
-    vae_ir = workdir / "openvino" / f"vae_decoder-{args.family}" / "model.xml"
-    vae_bf16 = copy.deepcopy(vae).to(torch.bfloat16)
+    vae_ir = workdir / "openvino" / f"vae_decoder-{args.family}-{dname}" / "model.xml"
+    vae_engine = copy.deepcopy(vae).to(engine_dtype)
     if not vae_ir.is_file():
-        report["vae_convert_s"] = convert_to_ir(*traceable_decoder(vae_bf16), vae_ir.parent)
+        report["vae_convert_s"] = convert_to_ir(*traceable_decoder(vae_engine), vae_ir.parent)
     ov_vae = core.compile_model(str(vae_ir), "CPU", compile_options(precision))
     z = torch.randn(1, 4, latent, latent, generator=torch.Generator().manual_seed(1))
 
@@ -332,18 +344,21 @@ def run(args: argparse.Namespace) -> dict:
 
     vae_variants: dict[str, Callable[[], object]] = {}
     if not args.skip_fp32:
-        vae_variants["diffusers default: torch fp32"] = torch_decode(vae)
-    vae_variants["torch bf16"] = torch_decode(vae_bf16)
-    vae_variants[f"openvino {precision} dynamic shape (engine auto)"] = openvino_call(ov_vae, {"latents": z.numpy()})
+        vae_variants[plain] = torch_decode(vae)
+    if engine_dtype != torch.float32 or args.skip_fp32:
+        vae_variants[f"torch {dname}" + (" (engine auto)" if auto_backend == "torch" else "")] = torch_decode(vae_engine)
+    vae_variants[f"openvino {precision} dynamic shape" + (" (engine auto)" if auto_backend == "openvino" else "")] = openvino_call(
+        ov_vae, {"latents": z.numpy()}
+    )
     for name, times in interleaved(vae_variants, args.vae_rounds, peaks).items():
         results[f"vae_decode/{name}"] = summary(times)
-    del vae_variants, ov_vae, vae, vae_bf16
+    del vae_variants, ov_vae, vae, vae_engine
     gc.collect()
 
     # ----- text encoder(s): torch in the engine's dtype, one call per prompt (prompt and negative prompt) -----
     log("text encoder(s)")
     encoders32 = [build_text_encoder(c) for c in family["text"]]
-    encoders16 = [copy.deepcopy(e).to(torch.bfloat16) for e in encoders32]
+    encoders_engine = [copy.deepcopy(e).to(engine_dtype) for e in encoders32]
     ids = torch.randint(0, 49000, (1, TOKENS), generator=torch.Generator().manual_seed(2))
 
     def encode(encoders: list[torch.nn.Module]) -> Callable[[], None]:
@@ -354,17 +369,20 @@ def run(args: argparse.Namespace) -> dict:
 
         return call
 
-    text_variants = {"diffusers default: torch fp32": encode(encoders32), "torch bf16 (engine auto)": encode(encoders16)}
+    # Text encoders stay in torch on every backend; in fp32 the engine's call is plain diffusers' call.
+    text_variants = {"diffusers default: torch fp32" + ("" if facts.supports_bf16 else " (engine auto)"): encode(encoders32)}
+    if facts.supports_bf16:
+        text_variants["torch bf16 (engine auto)"] = encode(encoders_engine)
     for name, times in interleaved(text_variants, args.rounds + 2).items():
         results[f"text_encode/{name}"] = summary(times)
-    del text_variants, encoders32, encoders16
+    del text_variants, encoders32, encoders_engine
     gc.collect()
     report["results"] = results
     peaks["fp32"].append(matmul_peak(torch.float32))
     # The best sample is the machine's capability; the median is what the variants competed with.
-    report["peak_flops"] = {"bf16": max(peaks["bf16"]), "fp32": max(peaks["fp32"]),
-                            "bf16_median": statistics.median(peaks["bf16"]), "samples": peaks}  # fmt: skip
-    log(f"peaks: bf16 {report['peak_flops']['bf16'] / 1e12:.3f} TFLOP/s (median {report['peak_flops']['bf16_median'] / 1e12:.3f}), "
+    report["peak_flops"] = {"roofline_dtype": dname, "roofline": max(peaks["roofline"]), "fp32": max(peaks["fp32"]),
+                            "roofline_median": statistics.median(peaks["roofline"]), "samples": peaks}  # fmt: skip
+    log(f"peaks: {dname} {report['peak_flops']['roofline'] / 1e12:.3f} TFLOP/s (median {report['peak_flops']['roofline_median'] / 1e12:.3f}), "
         f"fp32 {report['peak_flops']['fp32'] / 1e12:.3f}")
 
     # ----- warm cached load: a fresh process compiles the saved IRs with the engine's CACHE_DIR -----
@@ -413,44 +431,53 @@ def table(report: dict) -> str:
     flops = report["flops"]
     peak = report["peak_flops"]
     steps = FAMILIES[report["family"]]["steps"]
+    rdt = peak["roofline_dtype"]
+
+    def plain_row(part: str) -> dict | None:
+        return next((v for k, v in results.items() if k.startswith(part + "/diffusers default")), None)
+
+    def auto_row(part: str) -> dict:
+        return next(v for k, v in results.items() if k.startswith(part + "/") and "engine auto" in k)
     lines = [
         f"# UNet step benchmark: {report['family']} at {report['size']}², UNet batch {report['unet_batch']} (CFG)",
         "",
-        f"Machine: {report['machine']['cpu']}, {report['machine']['cores']} cores, torch {report['machine']['torch']}, "
+        f"Machine: {report['machine']['cpu']}, {report['machine']['cores']} cores, "
+        f"native bf16 {'yes' if report['machine']['bf16_native'] else 'no'}, torch {report['machine']['torch']}, "
         f"diffusers {report['machine']['diffusers']}, openvino {report['machine']['openvino']}. "
         f"Medians of {report['rounds']} interleaved rounds after one warm-up each.",
-        f"Matmul peak (best of {len(peak['samples']['bf16'])} samples taken between rounds): bf16 {peak['bf16'] / 1e12:.3f} TFLOP/s "
-        f"(median {peak['bf16_median'] / 1e12:.3f}), fp32 {peak['fp32'] / 1e12:.3f} TFLOP/s. "
+        f"Matmul peak (best of {len(peak['samples']['roofline'])} samples taken between rounds): {rdt} {peak['roofline'] / 1e12:.3f} TFLOP/s "
+        f"(median {peak['roofline_median'] / 1e12:.3f})" + (f", fp32 {peak['fp32'] / 1e12:.3f} TFLOP/s. " if rdt != "fp32" else ". ")
+        + "The matmul peak is torch's; a backend's own convolutions can run above it, so the roofline is approximate. "
         f"FLOPs (FlopCounterMode): UNet step {flops['unet_step'] / 1e12:.3f} T, VAE decode {flops['vae_decode'] / 1e12:.3f} T, "
         f"text encode {flops['text_encode'] / 1e12:.4f} T per prompt.",
         f"Engine automatic choice here: dtype {report['automatic_choice']['dtype']}, backend "
         f"{report['automatic_choice']['backend']} ({report['automatic_choice']['reason']}).",
         "",
-        "Roofline columns: FLOPs / best bf16 peak / the variant's time (median, and best round).",
+        f"Roofline columns: FLOPs / best {rdt} matmul peak (the engine's dtype here) / the variant's time (median, and best round).",
         "",
-        "| part | variant | median s | min s | × plain diffusers (median / best) | % of bf16 roofline (median / best) |",
+        f"| part | variant | median s | min s | × plain diffusers (median / best) | % of {rdt} roofline (median / best) |",
         "|---|---|---:|---:|---:|---:|",
     ]
     for part, flop_key in (("unet", "unet_step"), ("vae_decode", "vae_decode"), ("text_encode", "text_encode")):
         rows = {k.split("/", 1)[1]: v for k, v in results.items() if k.startswith(part + "/")}
-        plain = rows.get("diffusers default: torch fp32")
+        plain = plain_row(part)
         for name, row in rows.items():
             speedup = f"{plain['median_s'] / row['median_s']:.2f}× / {plain['min_s'] / row['min_s']:.2f}×" if plain else "n/a"
-            floor = flops[flop_key] / peak["bf16"]
+            floor = flops[flop_key] / peak["roofline"]
             lines.append(f"| {part} | {name} | {row['median_s']:.3f} | {row['min_s']:.3f} | {speedup} | "
                          f"{floor / row['median_s']:.0%} / {floor / row['min_s']:.0%} |")
     lines.append("")
-    auto_unet = next(v for k, v in results.items() if k.startswith("unet/") and "engine auto" in k)["median_s"]
-    auto_vae = next(v for k, v in results.items() if k.startswith("vae_decode/") and "engine auto" in k)["median_s"]
-    auto_text = results["text_encode/torch bf16 (engine auto)"]["median_s"]
-    floor = flops["unet_step"] / peak["bf16"]
-    best_unet = next(v for k, v in results.items() if k.startswith("unet/") and "engine auto" in k)["min_s"]
-    lines.append(f"UNet roofline floor (best bf16 peak): {floor:.3f} s/step; engine auto reaches {floor / auto_unet:.0%} of it "
+    auto_unet = auto_row("unet")["median_s"]
+    auto_vae = auto_row("vae_decode")["median_s"]
+    auto_text = auto_row("text_encode")["median_s"]
+    floor = flops["unet_step"] / peak["roofline"]
+    best_unet = auto_row("unet")["min_s"]
+    lines.append(f"UNet roofline floor (best {rdt} peak): {floor:.3f} s/step; engine auto reaches {floor / auto_unet:.0%} of it "
                  f"(median), {floor / best_unet:.0%} (best round).")
-    if "unet/diffusers default: torch fp32" in results:
-        plain_unet = results["unet/diffusers default: torch fp32"]["median_s"]
-        plain_vae = results["vae_decode/diffusers default: torch fp32"]["median_s"]
-        plain_text = results["text_encode/diffusers default: torch fp32"]["median_s"]
+    if plain_row("unet") is not None:
+        plain_unet = plain_row("unet")["median_s"]
+        plain_vae = plain_row("vae_decode")["median_s"]
+        plain_text = plain_row("text_encode")["median_s"]
         # Prompt and negative prompt are encoded in two calls; the scheduler's arithmetic is negligible here.
         plain_total = 2 * plain_text + steps * plain_unet + plain_vae
         auto_total = 2 * auto_text + steps * auto_unet + auto_vae
@@ -507,6 +534,8 @@ def main() -> None:
             shutil.rmtree(args.cache_dir, ignore_errors=True)  # IRs and compiled blobs: gigabytes
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = f"unet_step-{args.family}" + (f"-{args.size}" if args.size else "")
+    if not report["machine"]["bf16_native"]:
+        stem += "-no-bf16"  # a CPU without native bf16 does not replace the results of one that has it
     (RESULTS / f"{stem}.json").write_text(json.dumps(report, indent=2, default=str))
     text = table(report)
     (RESULTS / f"{stem}.md").write_text(text)
