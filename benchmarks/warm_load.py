@@ -13,7 +13,7 @@ process start, which includes importing torch/diffusers.
 
     .venv/bin/python benchmarks/warm_load.py [--steps 8] [--model-dir DIR]
 
-Writes benchmarks/results/warm_load.json and .md.
+Writes benchmarks/results/warm_load.json and .md (warm_load-no-bf16.* on a CPU without native bf16).
 """
 
 from __future__ import annotations
@@ -150,11 +150,17 @@ def measure(args: argparse.Namespace, work: Path) -> None:
         log(f"run: {label}")
         runs[label] = child(code, *argv)
         log(f"  {json.dumps(runs[label]['timings'])}, wall {runs[label]['wall_s']:.1f} s")
-    report = {"request": request, "model": "SD 1.5 architecture, random fp16 weights on disk", "runs": runs}
+    from imgtools_mcp.engine.device import probe
+
+    facts = probe("cpu")
+    report = {"request": request, "model": "SD 1.5 architecture, random fp16 weights on disk", "runs": runs,
+              "machine": {"cpu": facts.name, "cores": facts.cpu_cores, "bf16_native": facts.supports_bf16}}  # fmt: skip
+    # A CPU without native bf16 (the engine runs fp32 there) does not replace the results of one that has it.
+    stem = "warm_load" + ("" if facts.supports_bf16 else "-no-bf16")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "warm_load.json").write_text(json.dumps(report, indent=2))
+    (RESULTS / f"{stem}.json").write_text(json.dumps(report, indent=2))
     text = table(report)
-    (RESULTS / "warm_load.md").write_text(text)
+    (RESULTS / f"{stem}.md").write_text(text)
     print(text)
 
 
@@ -164,7 +170,8 @@ def table(report: dict) -> str:
         "# Warm start and whole generate, fresh processes",
         "",
         f"{report['model']}; one `generate` per process: {r['width']}x{r['height']}, {r['steps']} {r['sampler']} steps, "
-        f"guidance {r['guidance_scale']}.",
+        f"guidance {r['guidance_scale']}."
+        + (f" Machine: {m['cpu']}, {m['cores']} cores, native bf16 {'yes' if m['bf16_native'] else 'no'}." if (m := report.get("machine")) else ""),
         "",
         "| run | backend | load s | backend prepare s | generate s | wall s from process start |",
         "|---|---|---:|---:|---:|---:|",
