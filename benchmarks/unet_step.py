@@ -77,8 +77,6 @@ FAMILIES = {
     "sdxl": {"unet": SDXL_UNET, "size": 1024, "steps": 30, "text": [CLIP_L, OPENCLIP_BIGG]},
 }
 TOKENS = 77
-# The dtype whose matmul peak is the roofline: the engine's own (bf16 where the CPU runs it natively, else fp32); set in run().
-ROOFLINE_DTYPE = [torch.bfloat16]
 BATCH = 2  # one image with classifier-free guidance: the UNet sees the prompt and the negative prompt together
 
 
@@ -117,12 +115,15 @@ def count_flops(build: Callable[[], torch.nn.Module], inputs: Callable[[], dict]
 
 
 def interleaved(
-    variants: dict[str, Callable[[], object]], rounds: int, peaks: dict[str, list[float]] | None = None
+    variants: dict[str, Callable[[], object]],
+    rounds: int,
+    peaks: dict[str, list[float]] | None = None,
+    peak_dtype: torch.dtype = torch.bfloat16,
 ) -> dict[str, list[float]]:
     """Warm every variant once, then time them turn by turn for `rounds` rounds.
 
-    With `peaks`, the matmul peak of the engine's dtype is sampled in every round too: on a shared machine the
-    roofline moves with the neighbours' load, so it is measured beside the variants rather than once.
+    With `peaks`, the matmul peak of `peak_dtype` (the engine's) is sampled in every round too: on a shared machine
+    the roofline moves with the neighbours' load, so it is measured beside the variants rather than once.
     """
     for name, call in variants.items():
         log(f"warm-up {name}")
@@ -135,7 +136,7 @@ def interleaved(
             times[name].append(time.perf_counter() - started)
             log(f"round {r + 1}/{rounds} {name}: {times[name][-1]:.3f} s")
         if peaks is not None:
-            peaks["roofline"].append(matmul_peak(ROOFLINE_DTYPE[0], repeats=2))
+            peaks["roofline"].append(matmul_peak(peak_dtype, repeats=2))
     return times
 
 
@@ -235,14 +236,16 @@ def run(args: argparse.Namespace) -> dict:
     facts = probe("cpu")
     dtype_choice = choose_dtype(facts, "auto")
     backend_choice = choose_backend(facts, "auto", available=installed_backends(), family="sdxl" if sdxl else "sd1")
-    precision = "bf16" if facts.supports_bf16 else "f32"
-    # The engine runs torch (and converts for OpenVINO) in its own dtype: bf16 where native, else fp32.
-    engine_dtype = torch.bfloat16 if facts.supports_bf16 else torch.float32
-    dname = "bf16" if facts.supports_bf16 else "fp32"
-    ROOFLINE_DTYPE[0] = engine_dtype
-    auto_backend = backend_choice.value
+    # The engine runs torch (and converts for OpenVINO) in the dtype it chose: bf16 where native, else fp32.
+    dname = dtype_choice.value
+    engine_dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[dname]
+    precision = "bf16" if dname == "bf16" else "f32"  # OpenVINO's name for the inference precision
+
+    def label(name: str, backend: str) -> str:
+        return name + (" (engine auto)" if backend == backend_choice.value else "")
+
     # In fp32 on torch the engine's call is plain diffusers' call: one row, marked as both.
-    plain = "diffusers default: torch fp32" + (" (engine auto)" if dname == "fp32" and auto_backend == "torch" else "")
+    plain = label("diffusers default: torch fp32", "torch" if dname == "fp32" else "")
     workdir = Path(args.cache_dir or tempfile.mkdtemp(prefix="imgtools-bench-"))
     report: dict = {
         "family": args.family, "size": size, "unet_batch": BATCH, "rounds": args.rounds,
@@ -301,16 +304,16 @@ def run(args: argparse.Namespace) -> dict:
         unet_fp32 = unet_engine if engine_dtype == torch.float32 else build_unet(config, torch.float32)
         variants[plain] = torch_unet_call(unet_fp32, inputs)
     if engine_dtype != torch.float32 or args.skip_fp32:
-        variants[f"torch {dname}" + (" (engine auto)" if auto_backend == "torch" else "")] = torch_unet_call(unet_engine, inputs)
+        variants[label(f"torch {dname}", "torch")] = torch_unet_call(unet_engine, inputs)
     # The engine compiles its UNet for each request's static shape (openvino_backend.CompiledPart).
     static = core.read_model(str(unet_ir))
     static.reshape({name: list(value.shape) for name, value in feeds.items()})
-    variants[f"openvino {precision} static shape" + (" (engine auto)" if auto_backend == "openvino" else "")] = openvino_call(
+    variants[label(f"openvino {precision} static shape", "openvino")] = openvino_call(
         core.compile_model(static, "CPU", compile_options(precision)), feeds
     )
     if args.dynamic:
         variants[f"openvino {precision} dynamic shape"] = openvino_call(ov_unet, feeds)
-    unet_times = interleaved(variants, args.rounds, peaks)
+    unet_times = interleaved(variants, args.rounds, peaks, engine_dtype)
     for name, call in variants.items():
         result = call()
         outputs[name] = (result.float().numpy() if isinstance(result, torch.Tensor) else np.array(result)).copy()
@@ -346,11 +349,9 @@ def run(args: argparse.Namespace) -> dict:
     if not args.skip_fp32:
         vae_variants[plain] = torch_decode(vae)
     if engine_dtype != torch.float32 or args.skip_fp32:
-        vae_variants[f"torch {dname}" + (" (engine auto)" if auto_backend == "torch" else "")] = torch_decode(vae_engine)
-    vae_variants[f"openvino {precision} dynamic shape" + (" (engine auto)" if auto_backend == "openvino" else "")] = openvino_call(
-        ov_vae, {"latents": z.numpy()}
-    )
-    for name, times in interleaved(vae_variants, args.vae_rounds, peaks).items():
+        vae_variants[label(f"torch {dname}", "torch")] = torch_decode(vae_engine)
+    vae_variants[label(f"openvino {precision} dynamic shape", "openvino")] = openvino_call(ov_vae, {"latents": z.numpy()})
+    for name, times in interleaved(vae_variants, args.vae_rounds, peaks, engine_dtype).items():
         results[f"vae_decode/{name}"] = summary(times)
     del vae_variants, ov_vae, vae, vae_engine
     gc.collect()
@@ -370,9 +371,9 @@ def run(args: argparse.Namespace) -> dict:
         return call
 
     # Text encoders stay in torch on every backend; in fp32 the engine's call is plain diffusers' call.
-    text_variants = {"diffusers default: torch fp32" + ("" if facts.supports_bf16 else " (engine auto)"): encode(encoders32)}
-    if facts.supports_bf16:
-        text_variants["torch bf16 (engine auto)"] = encode(encoders_engine)
+    text_variants = {"diffusers default: torch fp32" + (" (engine auto)" if dname == "fp32" else ""): encode(encoders32)}
+    if dname != "fp32":
+        text_variants[f"torch {dname} (engine auto)"] = encode(encoders_engine)
     for name, times in interleaved(text_variants, args.rounds + 2).items():
         results[f"text_encode/{name}"] = summary(times)
     del text_variants, encoders32, encoders_engine
