@@ -60,7 +60,7 @@ def device_mib(device: str) -> float:
 async def run(args: argparse.Namespace) -> None:
     from imgtools_mcp.config import Settings
     from imgtools_mcp.engine.engine import Engine
-    from imgtools_mcp.engine.job import GenerationJob, LoraWeight
+    from imgtools_mcp.engine.request import EngineRequest, LoraWeight, ResolvedJob
     from imgtools_mcp.engine.testfiles import make_test_lora
 
     work = Path(tempfile.mkdtemp(prefix="engine-memory-"))
@@ -77,12 +77,12 @@ async def run(args: argparse.Namespace) -> None:
     print(f"device {engine.device} ({engine.facts.name}), dtype {engine.dtype_choice.value}, "
           f"budget {engine.budget.value / MIB:.0f} MiB ({engine.budget.reason})")
 
-    def job(model: Path, loras: list[LoraWeight]) -> GenerationJob:
-        return GenerationJob(
+    def job(model: Path, loras: list[LoraWeight]) -> ResolvedJob:
+        return engine.check(EngineRequest(
             mode="txt2img", model=str(model), prompt="a lighthouse at dusk", negative_prompt="",
             width=args.size, height=args.size, steps=args.steps, guidance_scale=7.0, sampler="default",
             seeds=[7], loras=loras,
-        )
+        ))
 
     print("\nphase 1: switching models under a budget that holds one")
     print(f"{'#':>2} {'model':<8} {'load_s':>7} {'gen_s':>7} {'device_MiB':>10} {'rss_MiB':>8} {'tensors':>8}  eviction")

@@ -19,7 +19,7 @@ import weakref
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import psutil
 import torch
@@ -29,10 +29,10 @@ from .device import DeviceFacts
 from .families import FamilyInfo
 from .loader import ModelSource
 from .lora import AdapterSet
+from .request import Mode, ModelInfo
 
 log = logging.getLogger(__name__)
 
-Mode = Literal["txt2img", "img2img", "inpaint"]
 # The default budget: this share of the device's memory (system RAM on a CPU); the rest is left for
 # activations, the VAE decode and other programs.
 DEFAULT_BUDGET_FRACTION = 0.6
@@ -81,20 +81,23 @@ class LoadedModel:
             self.variants[mode] = variant
         return self.variants[mode]
 
-    def describe(self) -> dict[str, Any]:
-        return {
-            "model": self.source.spec,
-            "name": self.source.name,
-            "kind": self.source.kind,
-            **self.family.as_dict(),
-            "device": self.device,
-            "dtype": str(self.dtype).removeprefix("torch."),
-            "memory_plan": self.plan,
-            "backend": self.backend,
-            "backend_reason": self.backend_reason,
-            "weights_bytes": self.weights_bytes,
-            "load_seconds": round(self.load_seconds, 3),
-        }
+    def describe(self) -> ModelInfo:
+        return ModelInfo(
+            model=self.source.spec,
+            name=self.source.name,
+            kind=self.source.kind,
+            family=self.family.family.value,
+            turbo=self.family.turbo,
+            native_size=self.family.native_size,
+            inpainting=self.family.inpainting,
+            device=self.device,
+            dtype=str(self.dtype).removeprefix("torch."),
+            memory_plan=self.plan,
+            backend=self.backend,
+            backend_reason=self.backend_reason,
+            weights_bytes=self.weights_bytes,
+            load_seconds=self.load_seconds,
+        )
 
     def lora_status(self) -> dict[str, Any]:
         adapters = self.adapters

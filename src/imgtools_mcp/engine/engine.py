@@ -6,10 +6,8 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
-from contextvars import ContextVar
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any
 
 import anyio
 import torch
@@ -20,50 +18,20 @@ from .cache import LoadedModel, PipelineCache, default_budget, weights_bytes
 from .catalog import find_config_folder
 from .choice import Choice, choose_dtype
 from .device import DeviceFacts, probe
-from .errors import EngineBusyError, EngineError, GenerationCancelled, OutOfMemoryError, PipelineError
+from .errors import EngineError, GenerationCancelled, InvalidRequestError, OutOfMemoryError, PipelineError
 from .families import FamilyInfo
-from .job import GenerationJob, LoraWeight, RunOutput, StepCallback
 from .loader import ModelSource, hf_cache_dir, inspect_family, load_pipeline, resolve_model
-from .lora import AdapterSet, LoraLoadError, LoraSource, check_fits, download_lora, resolve_lora
+from .lora import AdapterSet, AppliedLora, LoraLoadError, LoraSource, check_fits, download_lora, resolve_lora
 from .memory import MemoryPlan, apply_memory_plan, choose_memory_plan, escalate, estimate_activation_bytes, footprint_of, reset_memory_plan
+from .pipeline_call import pipeline_kwargs
+from .queue import DeviceQueue, QueueTicket
+from .request import EngineInfo, EngineRequest, LoraWeight, ProgressCallback, ResolvedJob, RunOutput, StepCallback
 from .samplers import make_scheduler, sampler_label
 from .weights import HeaderError, estimate_footprint
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-class QueueTicket:
-    """A place in the engine's queue, taken when a background job is accepted; the job's body runs inside it.
-
-    Until the job reaches the device it counts as waiting, exactly like a foreground request, so
-    accepting jobs can never overfill the queue; once accepted, the job's later runs (sweep cells,
-    refine rounds) are not refused as busy halfway through.
-    """
-
-    def __init__(self, engine: "Engine") -> None:
-        self.engine = engine
-        self.counted = True
-        self._token: Any = None
-
-    def __enter__(self) -> "QueueTicket":
-        self._token = _ADMITTED.set(self)
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        _ADMITTED.reset(self._token)
-        self.release()
-
-    def release(self) -> None:
-        """Give the place back if the job never reached the device (failed early, cancelled, never started)."""
-        if self.counted:
-            self.counted = False
-            self.engine._waiting -= 1
-
-
-_ADMITTED: ContextVar[QueueTicket | None] = ContextVar("imgtools_admitted", default=None)
 
 
 class Engine:
@@ -81,10 +49,7 @@ class Engine:
         else:
             self.budget = default_budget(self.facts)
         self.cache = PipelineCache(budget_bytes=self.budget.value)
-        self._lock = anyio.Lock()
-        self._waiting = 0
-        self._running: str | None = None
-        self._running_since = 0.0
+        self.queue = DeviceQueue(settings.max_queue, settings.request_timeout_s)
         self._sources: dict[str, tuple[ModelSource, FamilyInfo]] = {}
 
     # ----- model resolution (cheap: configs only) -----
@@ -121,79 +86,78 @@ class Engine:
             wanted.append((source, lora.weight))
         return wanted
 
+    # ----- checking a request (cheap: configs and LoRA headers only) -----
+
+    def check(self, request: EngineRequest) -> ResolvedJob:
+        """Resolve the model, its family and the LoRAs, fill the family's defaults and check every limit, once.
+
+        Like diffusers' `check_inputs()`: everything after it may assume a valid request. Raises an
+        EngineError whose message starts with the parameter at fault.
+        """
+        source, family = self.resolve(request.model)
+        label = family.family.label
+        if request.mode == "instruct":
+            raise InvalidRequestError("mode", f"instruction edits are not available for {label} models; use edit or inpaint")
+        if not request.seeds:
+            raise InvalidRequestError("num_images", "at least one image (one seed per image)")
+        if request.mode in ("img2img", "inpaint") and request.image is None:
+            raise InvalidRequestError("image", f"{request.mode} needs an input image")
+        if request.mode == "inpaint" and request.mask is None:
+            raise InvalidRequestError("mask", "inpaint needs a mask")
+        if request.reference_images:
+            raise InvalidRequestError("reference_images", f"{label} models take no reference images")
+        for key in request.extra:
+            raise InvalidRequestError(key, f"not supported for {label} models")
+        width = request.width or family.native_size
+        height = request.height or family.native_size
+        # The family registry (issue 13) declares each family's size multiple; SD latents are 1/8 of the image.
+        multiple = int(getattr(family, "size_multiple", 8))
+        if width % multiple or height % multiple:
+            raise InvalidRequestError("width/height", f"must be multiples of {multiple} (got {width}x{height})")
+        max_pixels = self.settings.max_pixels
+        if width * height > max_pixels:
+            raise InvalidRequestError(
+                "width/height", f"{width}x{height} = {width * height} pixels exceeds IMGTOOLS_MAX_PIXELS={max_pixels}"
+            )
+        steps = request.steps or family.default_steps
+        guidance = request.guidance_scale if request.guidance_scale is not None else family.default_guidance
+        if family.inpainting and request.mode == "txt2img":
+            raise InvalidRequestError(
+                "model",
+                f"{source.name} is an inpainting checkpoint (9-channel UNet); use it with inpaint or edit, "
+                "or pick a text-to-image model",
+            )
+        # diffusers runs int(steps * strength) steps and refuses zero.
+        strength = request.strength
+        if strength is not None and request.mode != "txt2img" and int(steps * strength) < 1:
+            raise InvalidRequestError(
+                "strength", f"{strength:g} x {steps} steps leaves no denoising step; use strength >= {1 / steps:.3g} or more steps"
+            )
+        # Unknown, duplicate or other-family LoRAs fail here, before a task id is handed out or a model loaded.
+        loras = self.resolve_loras(request.loras, family, source.name)
+        return ResolvedJob(request, source, family, loras, width, height, steps, guidance)
+
+    async def acheck(self, request: EngineRequest, on_progress: ProgressCallback | None = None) -> ResolvedJob:
+        """`check` off the event loop: a first use of a model may scan folders or download it from the hub."""
+        return await anyio.to_thread.run_sync(self.check, request)
+
     # ----- queue -----
 
     @property
     def queue_length(self) -> int:
-        return self._waiting
+        return self.queue.waiting
 
     @property
     def busy(self) -> bool:
-        return self._running is not None
-
-    def _refuse_if_full(self) -> None:
-        if self._waiting >= self.settings.max_queue and self._lock.locked():
-            raise EngineBusyError(
-                f"engine busy: {self._waiting} request(s) already waiting (IMGTOOLS_MAX_QUEUE={self.settings.max_queue}); retry later"
-            )
+        return self.queue.busy
 
     def admit(self) -> QueueTicket:
-        """Take a place in the queue now for work that will run later (a background job), or raise EngineBusyError."""
-        self._refuse_if_full()
-        self._waiting += 1
-        return QueueTicket(self)
+        """Take a place in the queue now for work that will run later (a background task), or raise EngineBusyError.
 
-    async def _run_exclusive(self, label: str, fn: Callable[[threading.Event], T]) -> tuple[T, float]:
-        """Wait in the FIFO for the device, then run `fn` in a worker thread; returns (result, seconds waited).
-
-        A cancelled caller sets the event `fn` polls at each step, and the device is released only
-        once the thread has really stopped, so the next job never overlaps a dying one. A caller
-        cancelled while waiting leaves the queue at once.
+        Pass the ticket to each of that work's `generate(..., ticket=)` calls; leave its `with` (or call
+        `release()`) when the work ends.
         """
-        ticket = _ADMITTED.get()
-        if ticket is None or ticket.engine is not self:
-            self._refuse_if_full()
-        queued_at = time.perf_counter()
-        if ticket is not None and ticket.engine is self and ticket.counted:
-            ticket.counted = False  # the ticket's place in the count becomes this wait's
-        else:
-            self._waiting += 1
-        try:
-            await self._lock.acquire()
-        finally:
-            self._waiting -= 1
-        try:
-            waited = time.perf_counter() - queued_at
-            self._running = label
-            self._running_since = time.monotonic()
-            cancel = threading.Event()
-            finished = threading.Event()
-
-            def work() -> T:
-                try:
-                    return fn(cancel)
-                finally:
-                    finished.set()
-
-            try:
-                with anyio.fail_after(self.settings.request_timeout_s):
-                    result = await anyio.to_thread.run_sync(work, abandon_on_cancel=True)
-            except TimeoutError:
-                cancel.set()
-                with anyio.CancelScope(shield=True):
-                    await anyio.to_thread.run_sync(finished.wait)
-                raise EngineError(
-                    f"generation timed out after {self.settings.request_timeout_s:g} s (IMGTOOLS_REQUEST_TIMEOUT_S)"
-                ) from None
-            except anyio.get_cancelled_exc_class():
-                cancel.set()
-                with anyio.CancelScope(shield=True):
-                    await anyio.to_thread.run_sync(finished.wait)
-                raise
-            return result, waited
-        finally:
-            self._running = None
-            self._lock.release()
+        return self.queue.admit()
 
     # ----- loading -----
 
@@ -258,12 +222,18 @@ class Engine:
 
     # ----- generation -----
 
-    async def generate(self, job: GenerationJob, on_step: StepCallback | None = None) -> RunOutput:
-        source, family = self.resolve(job.model)
+    async def generate(
+        self,
+        job: ResolvedJob,
+        on_step: StepCallback | None = None,
+        *,
+        ticket: QueueTicket | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> RunOutput:
+        """Run a checked job when the device is free; `ticket` is the place `admit()` took for background work."""
+        work = partial(self._generate_sync, job, on_step, on_progress)
         try:
-            result, waited = await self._run_exclusive(
-                f"{job.mode}:{source.name}", partial(self._generate_sync, source, family, job, on_step)
-            )
+            result, waited = await self.queue.run(f"{job.mode}:{job.source.name}", work, ticket=ticket)
         except EngineError:
             raise
         except Exception as exc:  # a failing pipeline fails this request only; the engine and the queue go on
@@ -282,16 +252,12 @@ class Engine:
         )
 
     def _generate_sync(
-        self,
-        source: ModelSource,
-        family: FamilyInfo,
-        job: GenerationJob,
-        on_step: StepCallback | None,
-        cancel: threading.Event,
+        self, job: ResolvedJob, on_step: StepCallback | None, on_progress: ProgressCallback | None, cancel: threading.Event
     ) -> RunOutput:
         started = time.perf_counter()
-        model, load_s = self._get_loaded(source, family)
-        applied = self._apply_loras(model, source, family, job.loras)
+        source = job.source
+        model, load_s = self._get_loaded(source, job.family)
+        applied = self._apply_loras(model, job)
         warnings: list[str] = []
         # The model's backend computes what it can of this request; torch the rest (e.g. with LoRAs active).
         with self.backends.running(model, model.pipeline(job.mode), self._request_shape(model, job)) as backend_run:
@@ -310,6 +276,9 @@ class Engine:
         if backend_run.prepare_seconds:
             self.cache.make_room(0, keep=source.key)  # compiled graphs count against the budget too
         denoise_s = time.perf_counter() - started - load_s
+        engine = self.describe_choices(model)
+        engine.backend, engine.backend_reason = backend_run.backend, backend_run.reason
+        engine.backend_components, engine.backend_notes = dict(backend_run.components), list(backend_run.notes)
         return RunOutput(
             images=images,
             seeds=list(job.seeds),
@@ -321,30 +290,27 @@ class Engine:
                 "generate_s": round(denoise_s, 4),
                 "backend_prepare_s": round(backend_run.prepare_seconds, 4),
             },
-            engine={**self.describe_choices(model), **backend_run.as_dict()},
+            engine=engine,
             warnings=warnings,
             loras=applied,
         )
 
-    def _request_shape(self, model: LoadedModel, job: GenerationJob) -> RequestShape:
+    def _request_shape(self, model: LoadedModel, job: ResolvedJob) -> RequestShape:
         unet_config = getattr(getattr(model.base, "unet", None), "config", None)
         # Pipelines skip classifier-free guidance at guidance <= 1 and for guidance-distilled (LCM) UNets.
         guided = job.guidance_scale > 1 and getattr(unet_config, "time_cond_proj_dim", None) is None
         loras_active = bool(model.adapters is not None and model.adapters.active)
         return RequestShape(job.mode, job.width, job.height, len(job.seeds), guided, loras_active)
 
-    def _apply_loras(
-        self, model: LoadedModel, source: ModelSource, family: FamilyInfo, loras: list[LoraWeight]
-    ) -> list[dict[str, Any]]:
-        """Activate exactly the requested adapters (loading each once); a request without LoRAs runs without any."""
+    def _apply_loras(self, model: LoadedModel, job: ResolvedJob) -> list[AppliedLora]:
+        """Activate exactly the job's adapters (loading each once); a job without LoRAs runs without any."""
         if model.adapters is None:
             return []
-        wanted = self.resolve_loras(loras, family, source.name)
-        wanted = [(download_lora(s, hub_cache=hf_cache_dir()), w) if s.path is None else (s, w) for s, w in wanted]
-        applied = model.adapters.apply(model.base, wanted, source.name)
+        wanted = [(download_lora(s, hub_cache=hf_cache_dir()), w) if s.path is None else (s, w) for s, w in job.loras]
+        applied = model.adapters.apply(model.base, wanted, job.source.name)
         if any(weight for _, weight in wanted):
-            self.cache.make_room(0, keep=source.key)  # new adapters count against the budget too
-        return [lora.as_dict() for lora in applied]
+            self.cache.make_room(0, keep=job.source.key)  # new adapters count against the budget too
+        return list(applied)
 
     def _switch_plan(self, model: LoadedModel, plan: MemoryPlan) -> None:
         # Weights that offload hooks moved during inference are inference tensors; undoing and redoing
@@ -357,14 +323,15 @@ class Engine:
         model.plan = plan.value
 
     def _denoise(
-        self, model: LoadedModel, job: GenerationJob, on_step: StepCallback | None, cancel: threading.Event
+        self, model: LoadedModel, job: ResolvedJob, on_step: StepCallback | None, cancel: threading.Event
     ) -> tuple[list[Any], str, int]:
         pipe = model.pipeline(job.mode)
-        scheduler = make_scheduler(job.sampler, model.scheduler_config)
+        sampler = job.request.sampler
+        scheduler = make_scheduler(sampler, model.scheduler_config)
         if scheduler is None:
             scheduler = type(model.base.scheduler).from_config(model.scheduler_config)
         pipe.scheduler = scheduler
-        label = sampler_label(job.sampler, type(scheduler).__name__)
+        label = sampler_label(sampler, type(scheduler).__name__)
         # CPU generators give the same noise on every device, so a seed means the same image everywhere.
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in job.seeds]
         steps_done = 0
@@ -378,53 +345,33 @@ class Engine:
                 on_step(steps_done, pipeline.num_timesteps)
             return {}
 
-        kwargs: dict[str, Any] = dict(
-            prompt=job.prompt,
-            negative_prompt=job.negative_prompt or None,
-            num_inference_steps=job.steps,
-            guidance_scale=job.guidance_scale,
-            num_images_per_prompt=len(job.seeds),
-            generator=generators,
-            callback_on_step_end=step_end,
-            output_type="pil",
-        )
-        if job.mode == "txt2img":
-            kwargs.update(width=job.width, height=job.height)
-        elif job.mode == "img2img":
-            assert job.image is not None
-            kwargs.update(image=job.image.resize((job.width, job.height)), strength=job.strength)
-        else:
-            assert job.image is not None and job.mask is not None
-            kwargs.update(
-                image=job.image, mask_image=job.mask, width=job.width, height=job.height, strength=job.strength
-            )
+        kwargs = pipeline_kwargs(job, model, generators, step_end)
         with torch.inference_mode():
             images = pipe(**kwargs).images
         return images, label, steps_done
 
     # ----- introspection -----
 
-    def describe_choices(self, model: LoadedModel | None = None) -> dict[str, Any]:
-        info: dict[str, Any] = {
-            "device": self.device,
-            "device_name": self.facts.name,
-            "dtype": self.dtype_choice.value,
-            "dtype_reason": self.dtype_choice.reason,
-        }
+    def describe_choices(self, model: LoadedModel | None = None) -> EngineInfo:
+        """Device, dtype, backend and (with a model) memory plan, each with the reason it was chosen."""
+        info = EngineInfo(
+            device=self.device,
+            device_name=self.facts.name,
+            dtype=self.dtype_choice.value,
+            dtype_reason=self.dtype_choice.reason,
+            backend="torch",
+        )
         if model is not None:
-            info["backend"] = model.backend
-            info["backend_reason"] = model.backend_reason
+            info.backend, info.backend_reason = model.backend, model.backend_reason
+            info.memory_plan, info.memory_plan_reason = model.plan, model.plan_reason
+            vae = getattr(model.base, "vae", None)
+            if isinstance(vae, torch.nn.Module):
+                info.vae_dtype = str(vae.dtype).removeprefix("torch.")  # differs where fp16 would overflow
         else:
             family = self._default_family()
             choice = self.backends.choose(family or "sd1")
-            info["backend"] = choice.value
-            info["backend_reason"] = choice.reason if family else f"for SD-family models: {choice.reason}"
-        if model is not None:
-            info["memory_plan"] = model.plan
-            info["memory_plan_reason"] = model.plan_reason
-            vae = getattr(model.base, "vae", None)
-            if isinstance(vae, torch.nn.Module):
-                info["vae_dtype"] = str(vae.dtype).removeprefix("torch.")  # differs where fp16 would overflow
+            info.backend = choice.value
+            info.backend_reason = choice.reason if family else f"for SD-family models: {choice.reason}"
         return info
 
     def planned_memory(self, spec: str | None = None) -> dict[str, Any] | None:
@@ -471,7 +418,7 @@ class Engine:
         for model in self.cache.loaded():
             loaded.append(
                 {
-                    **model.describe(),
+                    **model.describe().as_dict(),
                     "memory_plan_reason": model.plan_reason,
                     "memory_bytes": model.memory_bytes,
                     "idle_s": round(time.monotonic() - model.last_used, 1),
@@ -479,7 +426,7 @@ class Engine:
                 }
             )
         return {
-            **self.describe_choices(),
+            **self.describe_choices().as_dict(),
             "device_total_bytes": facts.total_memory_bytes,
             "device_free_bytes": facts.free_memory_bytes,
             "memory_setting": self.settings.memory,
@@ -489,9 +436,9 @@ class Engine:
             "cache_used_bytes": self.cache.used_bytes(),
             "evictions": [e.as_dict() for e in self.cache.evictions],
             "loaded_models": loaded,
-            "queue_length": self._waiting,
-            "running": self._running,
-            "running_s": round(time.monotonic() - self._running_since, 1) if self._running else None,
+            "queue_length": self.queue.waiting,
+            "running": self.queue.running,
+            "running_s": self.queue.running_seconds(),
             "max_queue": self.settings.max_queue,
             "backends": self.backends.status(),
         }

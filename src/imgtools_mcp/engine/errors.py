@@ -33,3 +33,11 @@ class OutOfMemoryError(EngineError):
 
 class PipelineError(EngineError):
     """The pipeline itself raised (a broken model, a diffusers bug); the request failed, the engine goes on."""
+
+
+class InvalidRequestError(EngineError):
+    """A request the engine cannot run as asked (size, steps, strength, mode); the message starts with the parameter."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(f"{param}: {message}")
+        self.param = param
