@@ -12,7 +12,7 @@ from typing import Any, Literal
 import torch
 
 from .errors import ModelLoadError, ModelNotFoundError
-from .families import Family, FamilyInfo, family_from_folder, family_from_state_dict_keys
+from .families import FamilyInfo, family_from_folder, family_from_state_dict_keys
 
 log = logging.getLogger(__name__)
 
@@ -123,16 +123,15 @@ def load_pipeline(
     is refused here with what to do instead.
     """
     offline = _offline() if offline is None else offline
-    from diffusers import (
-        AutoPipelineForText2Image,
-        StableDiffusionPipeline,
-        StableDiffusionXLPipeline,
-    )
+    import diffusers
+    from diffusers import AutoPipelineForText2Image
 
     assert source.path is not None
     try:
         if source.kind == "file":
-            cls = StableDiffusionXLPipeline if family.family is Family.SDXL else StableDiffusionPipeline
+            if family.family.single_file_class is None:
+                raise ModelLoadError(f"model: {source.name!r}: single-file {family.family.label} checkpoints are not supported")
+            cls = getattr(diffusers, family.family.single_file_class)
             if config is None and offline:
                 raise ModelLoadError(single_file_config_missing(source, family))
             extra = {"config": str(config)} if config is not None else {}

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .errors import EngineError
-from .families import Family, FamilyInfo
+from . import families as _families
+from .families import FamilyInfo, FamilySpec
 from .weights import HeaderError, SafetensorsHeader, read_header, tensor_data_sha256
 
 log = logging.getLogger(__name__)
@@ -24,8 +25,6 @@ MAX_LOADED_ADAPTERS = 12
 # kohya/A1111 (lora_down/up).
 _LORA_MARKERS = (".lora_A.", ".lora_B.", ".lora.down.", ".lora.up.", ".lora_down.", ".lora_up.", ".lora_linear_layer.")
 _DOWN_MARKERS = (".lora_A.", ".lora.down.", ".lora_down.", ".lora_linear_layer.down.")
-# The text width a LoRA's cross-attention key projection reads tells its family apart.
-_CONTEXT_DIM_FAMILY = {768: Family.SD1, 1024: Family.SD2, 2048: Family.SDXL}
 _HUB_LORA = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.\-]*/[\w.\-]+)(?:/(?P<file>[\w.\-/]+\.safetensors))?$")
 _PREFERRED_HUB_FILE = "pytorch_lora_weights.safetensors"
 
@@ -42,7 +41,7 @@ class LoraLoadError(EngineError):
 class LoraInfo:
     """What a LoRA file's tensor names say about it."""
 
-    family: Family | None  # None when its shapes match no known family (e.g. the tiny test models)
+    family: FamilySpec | None  # None when its shapes match no known family (e.g. the tiny test models)
     rank: int | None
     components: tuple[str, ...]  # unet, text_encoder, text_encoder_2
 
@@ -61,7 +60,12 @@ def lora_info(header: SafetensorsHeader) -> LoraInfo | None:
         else:
             components.add("unet")
     rank = None
-    family = Family.SDXL if "text_encoder_2" in components else None
+    # A family whose LoRAs carry names no other family's have (e.g. SDXL's second text encoder) says so itself.
+    family = next(
+        (spec for spec in _families.all_families() if any(m in n for m in spec.lora_markers for n in names)), None
+    )
+    # The text width a LoRA's cross-attention key projection reads tells the UNet families apart.
+    context_dims = {spec.lora_context_dim: spec for spec in _families.all_families() if spec.lora_context_dim}
     for name in names:
         if not any(marker in name for marker in _DOWN_MARKERS):
             continue
@@ -70,7 +74,7 @@ def lora_info(header: SafetensorsHeader) -> LoraInfo | None:
             rank = shape[0]
         # attn2 is cross-attention: its key projection reads the text encoder's width.
         if family is None and "attn2" in name and ("to_k" in name) and len(shape) >= 2:
-            family = _CONTEXT_DIM_FAMILY.get(shape[1])
+            family = context_dims.get(shape[1])
     return LoraInfo(family=family, rank=rank, components=tuple(sorted(components)))
 
 
