@@ -383,7 +383,9 @@ def image_server() -> Iterator[str]:
 
 async def test_url_inputs_are_fetched_within_the_size_cap(tmp_path: Path, tiny_sd15: Path, image_server: str) -> None:
     assert 1024 < len(_Images.big) and len(_Images.small) < 1024
-    settings = Settings(model=str(tiny_sd15), output_dir=tmp_path / "out", device="cpu", hf_offline=True, max_input_bytes=1024)
+    # The image server is on loopback, which URLs reach only when IMGTOOLS_ALLOW_PRIVATE_URLS names it.
+    settings = Settings(model=str(tiny_sd15), output_dir=tmp_path / "out", device="cpu", hf_offline=True, max_input_bytes=1024,
+                        allow_private_urls=["127.0.0.1"])
     async with Client(build_server(settings)) as client:
         small = await client.call_tool("edit", {"prompt": "x", "image": f"{image_server}/small.png", **FAST})
         big = await client.call_tool("edit", {"prompt": "x", "image": f"{image_server}/big.png", **FAST})

@@ -4,67 +4,81 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import typing
+import warnings
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from pydantic import ValidationError
 
-# CLI flag -> Settings field; every flag mirrors an IMGTOOLS_* variable.
-SETTING_FLAGS: dict[str, dict[str, Any]] = {
-    "model": {"help": "default model: HF id, diffusers folder or .safetensors (IMGTOOLS_MODEL)"},
-    "output_dir": {"help": "output folder (IMGTOOLS_OUTPUT_DIR)"},
-    "input_roots": {"help": "comma-separated folders image inputs may be read from (IMGTOOLS_INPUT_ROOTS)"},
-    "model_dirs": {"help": "comma-separated folders scanned for models (IMGTOOLS_MODEL_DIRS)"},
-    "lora_dirs": {"help": "comma-separated folders scanned for LoRAs (IMGTOOLS_LORA_DIRS)"},
-    "device": {"help": "auto | cpu | cuda[:N] | xpu | mps (IMGTOOLS_DEVICE)"},
-    "dtype": {"choices": ["auto", "fp32", "fp16", "bf16"], "help": "(IMGTOOLS_DTYPE)"},
-    "backend": {"choices": ["auto", "torch", "openvino", "onnxruntime"], "help": "(IMGTOOLS_BACKEND)"},
-    "memory": {
-        "choices": ["auto", "resident", "vae_tiling", "model_offload", "group_offload", "sequential_offload"],
-        "help": "memory plan (IMGTOOLS_MEMORY)",
-    },
-    "max_pixels": {"type": int, "help": "largest width*height (IMGTOOLS_MAX_PIXELS)"},
-    "max_input_bytes": {"type": int, "help": "largest image input, file, base64 or URL download (IMGTOOLS_MAX_INPUT_BYTES)"},
-    "max_queue": {"type": int, "help": "requests that may wait for the engine (IMGTOOLS_MAX_QUEUE)"},
-    "model_cache_bytes": {
-        "help": "memory budget for loaded models, e.g. 12GiB; least recently used are evicted (IMGTOOLS_MODEL_CACHE_BYTES)"
-    },
-    "vlm_base_url": {"help": "OpenAI-compatible VLM endpoint (IMGTOOLS_VLM_BASE_URL)"},
-    "vlm_model": {"help": "VLM model id (IMGTOOLS_VLM_MODEL)"},
-    "vlm_api_key": {"help": "VLM key (IMGTOOLS_VLM_API_KEY / OPENROUTER_API_KEY)"},
-    "auth_token": {"help": "bearer token required over HTTP (IMGTOOLS_AUTH_TOKEN)"},
-    "allowed_hosts": {"help": "comma-separated extra Host values accepted over HTTP (IMGTOOLS_ALLOWED_HOSTS)"},
-    "allowed_origins": {"help": "comma-separated extra browser Origins accepted over HTTP (IMGTOOLS_ALLOWED_ORIGINS)"},
-    "max_request_bytes": {"type": int, "help": "largest HTTP request body in bytes (IMGTOOLS_MAX_REQUEST_BYTES)"},
-    "request_timeout_s": {"type": float, "help": "longest a single generation may run, seconds (IMGTOOLS_REQUEST_TIMEOUT_S)"},
-    "cache_dir": {"help": "folder for compiled backend models, e.g. OpenVINO IR (IMGTOOLS_CACHE_DIR)"},
-}
+from . import __version__
+from .config import config_errors
+
+
+def _flag_options(name: str) -> dict[str, Any]:
+    """argparse options for one Settings field, derived from the field itself so no setting lacks a flag.
+
+    Values stay strings (booleans aside) and go through Settings, so a flag is validated exactly like
+    its environment variable and a bad one is reported the same way.
+    """
+    from .config import Settings, env_names
+
+    info = Settings.model_fields[name]
+    variables = " / ".join(env_names(name))
+    description = (info.description or "").rstrip(".").replace("%", "%%")  # argparse formats help with %
+    options: dict[str, Any] = {"help": f"{description} ({variables})" if description else f"({variables})"}
+    annotation = info.annotation
+    choices = [arg for arg in typing.get_args(annotation)] if typing.get_origin(annotation) is typing.Literal else []
+    if annotation is bool:
+        options["action"] = argparse.BooleanOptionalAction
+    elif choices:
+        options["choices"] = choices
+    elif typing.get_origin(annotation) is list or "list" in str(annotation):
+        options["metavar"] = "A,B"
+    elif annotation in (int, float) or str(annotation) in ("int | None", "float | None"):
+        options["metavar"] = "N"
+    return options
+
+
+def setting_fields() -> list[str]:
+    from .config import Settings
+
+    return list(Settings.model_fields)
 
 
 def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    from .config import flag_name
+
     group = parser.add_argument_group("configuration (flags override IMGTOOLS_* variables)")
-    for name, options in SETTING_FLAGS.items():
-        group.add_argument("--" + name.replace("_", "-"), dest=name, default=None, **options)
+    for name in setting_fields():
+        group.add_argument(flag_name(name), dest=name, default=None, **_flag_options(name))
 
 
 def settings_from(args: argparse.Namespace):
     from .config import Settings
 
-    overrides = {name: getattr(args, name) for name in SETTING_FLAGS if getattr(args, name, None) is not None}
+    overrides = {name: getattr(args, name) for name in setting_fields() if getattr(args, name, None) is not None}
     return Settings(**overrides)
+
+
+def _verbose_flag(parser: argparse.ArgumentParser, *, default: Any) -> None:
+    parser.add_argument("-v", "--verbose", action="store_true", default=default,
+                        help="log detail (library warnings, timings, debug lines) to stderr")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imgtools-mcp", description="MCP server of image tools on a local diffusers engine")
     parser.add_argument("--version", action="version", version=f"imgtools-mcp {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug detail to stderr")
+    _verbose_flag(parser, default=False)
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="serve MCP over stdio (default) or Streamable HTTP")
     serve.add_argument("--transport", choices=["stdio", "http"], default="stdio")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8765)
+    _verbose_flag(serve, default=argparse.SUPPRESS)
     _add_setting_flags(serve)
 
     gen = sub.add_parser("generate", help="generate an image from a shell with the same engine")
@@ -78,32 +92,65 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--sampler", default="default")
     gen.add_argument("--seed", type=int)
     gen.add_argument("--num-images", type=int, default=1)
+    _verbose_flag(gen, default=argparse.SUPPRESS)
     _add_setting_flags(gen)
 
     doctor = sub.add_parser("doctor", help="show what the engine detected and would choose, and the VLM status")
     doctor.add_argument("--json", action="store_true", help="print JSON")
+    _verbose_flag(doctor, default=argparse.SUPPRESS)
     _add_setting_flags(doctor)
 
     make = sub.add_parser("make-test-model", help="write a tiny random-weight pipeline for offline tests and demos")
     make.add_argument("dir", type=Path)
     make.add_argument("--family", choices=["sd15", "sdxl", "sd15-inpaint"], default="sd15")
     make.add_argument("--seed", type=int, default=0)
+    _verbose_flag(make, default=argparse.SUPPRESS)
     return parser
+
+
+def configure_output(command: str, verbose: bool) -> None:
+    """Quiet unless -v: our own progress lines, warnings and errors; no library chatter.
+
+    stdout is the MCP channel under stdio, so every log line goes to stderr. Without -v, library warnings
+    (torch tracer, deprecations, torchvision fallbacks) and download/load progress bars are off; those
+    libraries read these variables when they are imported, which happens after this.
+    """
+    if verbose:
+        logging.basicConfig(level=logging.DEBUG, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        return
+    for variable, value in (
+        ("TRANSFORMERS_VERBOSITY", "error"),
+        ("DIFFUSERS_VERBOSITY", "error"),
+        ("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
+        ("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1"),
+    ):
+        os.environ.setdefault(variable, value)
+    warnings.simplefilter("ignore")
+    if command == "serve":
+        # A server's log: its own INFO lines with times, everything else from WARNING up.
+        logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    else:
+        # A command in a terminal: one plain line per thing worth knowing (loading, converting, problems).
+        logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="imgtools-mcp: %(message)s")
+    logging.getLogger("imgtools_mcp").setLevel(logging.INFO)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    # stdout is the MCP channel under stdio: every log line goes to stderr.
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_output(args.command, args.verbose)
     try:
         if args.command == "make-test-model":
-            from .engine.testmodel import make_test_model
+            from .testing import make_test_model
 
             path = make_test_model(args.dir, args.family, seed=args.seed)
             print(f"wrote tiny {args.family} pipeline to {path}")
             return 0
-        settings = settings_from(args)
+        try:
+            settings = settings_from(args)
+        except ValidationError as exc:
+            for line in config_errors(exc):
+                print(f"imgtools-mcp: {line}", file=sys.stderr)
+            return 2
         if args.command == "serve":
             from .serve import serve
 
@@ -118,8 +165,8 @@ def main(argv: list[str] | None = None) -> int:
             return doctor(settings, as_json=args.json)
     except KeyboardInterrupt:
         return 130
-    except ValueError as exc:  # configuration errors from pydantic-settings and the engine's choices
-        print(f"imgtools-mcp: {exc}", file=sys.stderr)
+    except ValueError as exc:  # the engine's refusals of a configuration (e.g. a backend this machine lacks)
+        print(f"imgtools-mcp: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
         return 2
     return 1
 

@@ -7,12 +7,16 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from typing_extensions import Annotated
 
 DEFAULT_OUTPUT_DIR = Path("~/.local/share/imgtools-mcp/outputs")
 DEFAULT_CACHE_DIR = Path("~/.cache/imgtools-mcp")
+# Sent to OpenRouter as HTTP-Referer and X-Title so its dashboards name the app making the calls.
+PROJECT_URL = "https://pypi.org/project/imgtools-mcp/"
+PROJECT_TITLE = "imgtools-mcp"
+ENV_PREFIX = "IMGTOOLS_"
 
 
 def _split_paths(value: object) -> object:
@@ -54,10 +58,18 @@ class Settings(BaseSettings):
     )
     model_dirs: PathList = Field(default_factory=list, description="Folders scanned for local models.")
     lora_dirs: PathList = Field(default_factory=list, description="Folders scanned for LoRA files.")
+    upscaler_dirs: PathList = Field(
+        default_factory=list, description="Folders scanned for upscaler weights (.pth/.safetensors: ESRGAN, RealPLKSR, ...)."
+    )
+    controlnet_dirs: PathList = Field(default_factory=list, description="Folders scanned for ControlNet models.")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N | xpu | mps")
-    dtype: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
-    backend: Literal["auto", "torch", "openvino", "onnxruntime"] = "auto"
-    memory: Literal["auto", "resident", "vae_tiling", "model_offload", "group_offload", "sequential_offload"] = "auto"
+    dtype: Literal["auto", "fp32", "fp16", "bf16"] = Field("auto", description="Weights' precision; auto picks by device.")
+    backend: Literal["auto", "torch", "openvino", "onnxruntime"] = Field(
+        "auto", description="What runs the denoiser and VAE; auto picks per model and device."
+    )
+    memory: Literal["auto", "resident", "vae_tiling", "model_offload", "group_offload", "sequential_offload"] = Field(
+        "auto", description="Memory plan; auto picks from the model's footprint and free memory."
+    )
     max_pixels: int = Field(2048 * 2048, ge=64 * 64, description="Largest width*height a request may ask for.")
     max_input_bytes: int = Field(
         32 * 1024 * 1024, ge=1024, description="Largest image input (file, base64 or URL download) in bytes."
@@ -84,12 +96,27 @@ class Settings(BaseSettings):
         description="torch backend: compile the UNet's repeated blocks with torch.compile (slow first run per size).",
     )
 
-    vlm_base_url: str = "https://openrouter.ai/api/v1"
-    vlm_model: str = "qwen/qwen3.5-35b-a3b"
-    vlm_api_key: SecretStr | None = Field(
-        None, validation_alias=AliasChoices("IMGTOOLS_VLM_API_KEY", "OPENROUTER_API_KEY", "vlm_api_key")
+    allow_private_urls: StrList = Field(
+        default_factory=list,
+        description="Comma-separated hosts and CIDRs (e.g. 127.0.0.1, 10.0.0.0/8, nas.lan) that http(s) image and "
+        "video URLs may reach although they are loopback, private, link-local or otherwise not public.",
     )
-    auth_token: SecretStr | None = None
+
+    vlm_base_url: str = Field("https://openrouter.ai/api/v1", description="OpenAI-compatible VLM endpoint.")
+    vlm_model: str = Field("qwen/qwen3.5-35b-a3b", description="The describing and critiquing model.")
+    vlm_api_key: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("IMGTOOLS_VLM_API_KEY", "OPENROUTER_API_KEY", "vlm_api_key"),
+        description="The VLM key (also read from OPENROUTER_API_KEY); never shown by any tool.",
+    )
+    vlm_timeout_s: float = Field(
+        120.0, gt=0, description="Longest one VLM call may take in all, its retries included, in seconds."
+    )
+    vlm_app_url: str = Field(
+        PROJECT_URL, description="HTTP-Referer sent to OpenRouter for app attribution (empty: not sent)."
+    )
+    vlm_app_title: str = Field(PROJECT_TITLE, description="X-Title sent to OpenRouter for app attribution (empty: not sent).")
+    auth_token: SecretStr | None = Field(None, description="Bearer token required over HTTP (16+ characters).")
     allowed_hosts: StrList = Field(
         default_factory=list,
         description="Comma-separated Host values accepted over HTTP besides the bound address and loopback names "
@@ -106,7 +133,7 @@ class Settings(BaseSettings):
         description="Largest HTTP request body: room for one IMGTOOLS_MAX_INPUT_BYTES image sent inline as base64.",
     )
 
-    @field_validator("input_roots", "model_dirs", "lora_dirs", mode="before")
+    @field_validator("input_roots", "model_dirs", "lora_dirs", "upscaler_dirs", "controlnet_dirs", mode="before")
     @classmethod
     def _paths(cls, value: object) -> object:
         return _split_paths(value)
@@ -122,10 +149,13 @@ class Settings(BaseSettings):
         if value is None or not value.get_secret_value():
             return None  # an empty IMGTOOLS_AUTH_TOKEN means no token, not a token anyone can send
         if len(value.get_secret_value()) < 16:
-            raise ValueError("auth_token: use at least 16 characters (e.g. `python -c 'import secrets; print(secrets.token_urlsafe())'`)")
+            # The message never repeats the value: it is a secret, and errors end up in logs and terminals.
+            raise ValueError(
+                "too short; use at least 16 characters (e.g. `python -c 'import secrets; print(secrets.token_urlsafe())'`)"
+            )
         return value
 
-    @field_validator("allowed_hosts", "allowed_origins", mode="before")
+    @field_validator("allowed_hosts", "allowed_origins", "allow_private_urls", mode="before")
     @classmethod
     def _comma_list(cls, value: object) -> object:
         # Host and origin values contain ':' (ports), so only commas separate them.
@@ -142,3 +172,37 @@ class Settings(BaseSettings):
     def allowed_input_roots(self) -> list[Path]:
         roots = self.input_roots or [self.output_dir]
         return [Path(r).expanduser().resolve() for r in roots]
+
+
+def env_names(field: str) -> list[str]:
+    """The environment variable(s) a Settings field is read from, in the order they are tried."""
+    info = Settings.model_fields[field]
+    alias = info.validation_alias
+    if isinstance(alias, AliasChoices):
+        return [choice for choice in alias.choices if isinstance(choice, str) and choice.isupper()]
+    return [ENV_PREFIX + field.upper()]
+
+
+def flag_name(field: str) -> str:
+    """The CLI flag of a Settings field: `max_sweep_cells` -> `--max-sweep-cells`."""
+    return "--" + field.replace("_", "-")
+
+
+def config_errors(error: ValidationError) -> list[str]:
+    """One line per bad setting, naming its variable and flag and what is allowed; never the value given.
+
+    pydantic's own text repeats each input (`input_value=...`), which would print a secret such as a
+    too-short IMGTOOLS_AUTH_TOKEN back to the terminal and into logs.
+    """
+    lines: list[str] = []
+    for item in error.errors(include_input=False, include_url=False):
+        field = str(item["loc"][0]) if item["loc"] else ""
+        if field not in Settings.model_fields:
+            field = next((name for name in Settings.model_fields if field in env_names(name)), field)
+        if field in Settings.model_fields:
+            where = " / ".join(env_names(field)) + f" ({flag_name(field)})"
+        else:
+            where = field or "configuration"
+        message = str(item["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
+        lines.append(f"{where}: {message}")
+    return lines

@@ -6,12 +6,14 @@ import base64
 import binascii
 import hashlib
 import io
+import ipaddress
 import re
-from collections.abc import Callable
+import socket
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit, urlunsplit
 from urllib.request import url2pathname
 
 import anyio
@@ -102,6 +104,174 @@ def _to_8bit(image: Image.Image) -> Image.Image:
     return Image.fromarray(scaled, mode="L")
 
 
+# ----- http(s) URLs: who may be fetched, and fetching only what was checked -----
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+# (host, port) -> the addresses it resolves to; injectable so tests can make any name resolve anywhere.
+HostResolver = Callable[[str, int], Awaitable[list[str]]]
+MAX_REDIRECTS = 5
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+def redacted_url(url: str) -> str:
+    """The URL without user:password@ and without its query or fragment, which is where signed URLs keep their
+    secrets (X-Amz-Signature, token=, sig=): what results, sidecars and infotext may record."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return shorten_reference(url.split("?", 1)[0].split("#", 1)[0])
+    if parts.scheme.lower() not in ("http", "https"):
+        return url
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    netloc = f"{host}:{port}" if port is not None else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def is_public_address(address: IPAddress) -> bool:
+    """Whether an address is on the public internet: not loopback, private, link-local (cloud metadata
+    services), CGNAT, multicast, reserved or unspecified, also when hidden in an IPv6 form of an IPv4 one."""
+    if isinstance(address, ipaddress.IPv6Address):
+        embedded = address.ipv4_mapped or address.sixtofour
+        if embedded is None and address.teredo is not None:
+            embedded = address.teredo[1]
+        if embedded is None and address in _NAT64:
+            embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+        if embedded is not None:
+            return is_public_address(embedded)
+    return address.is_global and not (address.is_multicast or address.is_reserved or address.is_unspecified)
+
+
+async def _system_resolve(host: str, port: int) -> list[str]:
+    infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return [str(info[4][0]).split("%")[0] for info in infos]  # drop an IPv6 zone id
+
+
+class UrlPolicy:
+    """Which hosts an http(s) URL may reach: public addresses only, plus the hosts and networks the
+    operator names in IMGTOOLS_ALLOW_PRIVATE_URLS (a LAN image server, a test server on loopback)."""
+
+    def __init__(self, allowed: Sequence[str] = (), *, resolve: HostResolver | None = None) -> None:
+        self.allowed_names: set[str] = set()
+        self.allowed_networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+        for entry in allowed:
+            entry = entry.strip().lower().strip("[]")
+            if not entry:
+                continue
+            try:
+                self.allowed_networks.append(ipaddress.ip_network(entry, strict=False))
+            except ValueError:
+                self.allowed_names.add(entry.rstrip("."))
+        self._resolve = resolve or _system_resolve
+
+    def address_allowed(self, address: IPAddress) -> bool:
+        if is_public_address(address):
+            return True
+        mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
+        return any(candidate in network for candidate in (address, mapped) if candidate is not None
+                   for network in self.allowed_networks if candidate.version == network.version)
+
+    async def pinned_address(self, host: str, port: int) -> str | None:
+        """The address to connect to for `host`, or None when the host may not be reached (or does not resolve).
+
+        Every address the name resolves to must be allowed, so a name that resolves both to a public and to
+        a private address cannot be used to reach the private one; the caller connects to the address checked
+        here, never resolving the name again (a DNS-rebinding answer has no second chance).
+        """
+        name = host.lower().strip("[]").rstrip(".")
+        try:
+            literal = ipaddress.ip_address(name)
+        except ValueError:
+            literal = None
+        if literal is not None:
+            return str(literal) if name in self.allowed_names or self.address_allowed(literal) else None
+        try:
+            addresses = [ipaddress.ip_address(value) for value in await self._resolve(name, port)]
+        except (OSError, ValueError, UnicodeError):
+            return None
+        if not addresses:
+            return None
+        if name not in self.allowed_names and not all(self.address_allowed(address) for address in addresses):
+            return None
+        return str(addresses[0])
+
+
+class UrlFetchRefused(Exception):
+    """Any fetch that did not produce a body: refused host, DNS failure, closed port, timeout, HTTP error."""
+
+
+class UrlTooLarge(Exception):
+    """An allowed host sent (or announced) more than the size limit; the message says how much."""
+
+
+async def fetch_url(
+    url: str, *, policy: UrlPolicy, max_bytes: int, timeout_s: float, accept: str
+) -> bytes:
+    """GET `url` within `timeout_s` in all, at most `max_bytes`, following up to 5 redirects, each hop's host
+    checked by `policy` and connected to at the address checked (Host header and TLS name stay the URL's).
+
+    Raises UrlFetchRefused for every failure that is about reaching the URL, with no detail: a closed port, a
+    refused host and an HTTP 404 must read the same, or the server becomes a port scanner for its network.
+    A body over the limit (which only an allowed host can send) raises UrlTooLarge, saying so.
+    """
+    chunks: list[bytes] = []
+    received = 0
+    current = url
+    try:
+        with anyio.fail_after(timeout_s):
+            # trust_env=False: a proxy from the environment would resolve the name itself, undoing the pinning.
+            async with httpx.AsyncClient(timeout=timeout_s, follow_redirects=False, trust_env=False) as client:
+                for _hop in range(MAX_REDIRECTS + 1):
+                    target = httpx.URL(current)
+                    if target.scheme not in ("http", "https") or not target.host:
+                        raise UrlFetchRefused()
+                    port = target.port or (443 if target.scheme == "https" else 80)
+                    address = await policy.pinned_address(target.host, port)
+                    if address is None:
+                        raise UrlFetchRefused()
+                    host_header = target.netloc.decode("ascii").rsplit("@", 1)[-1]
+                    request = client.build_request(
+                        "GET",
+                        target.copy_with(host=address),
+                        headers={"Accept": accept, "Host": host_header},
+                        extensions={"sni_hostname": target.host} if target.scheme == "https" else {},
+                    )
+                    response = await client.send(request, stream=True)
+                    try:
+                        if response.is_redirect and "location" in response.headers:
+                            current = urljoin(current, response.headers["location"])
+                            continue
+                        if response.status_code != 200:
+                            raise UrlFetchRefused()
+                        declared = response.headers.get("content-length", "")
+                        if declared.isdigit() and int(declared) > max_bytes:
+                            raise UrlTooLarge(f"download of {declared} bytes exceeds the {_mib(max_bytes)} limit")
+                        async for chunk in response.aiter_bytes():
+                            received += len(chunk)
+                            if received > max_bytes:
+                                raise UrlTooLarge(f"download exceeds the {_mib(max_bytes)} limit")
+                            chunks.append(chunk)
+                        return b"".join(chunks)
+                    finally:
+                        await response.aclose()
+                raise UrlFetchRefused()  # too many redirects
+    except (TimeoutError, httpx.HTTPError, ValueError, UnicodeError) as exc:
+        raise UrlFetchRefused() from exc
+
+
+def url_refused_reason(timeout_s: float) -> str:
+    """The one text for every URL that could not be fetched."""
+    return (
+        f"could not download it: the URL must be a public http(s) address that answers 200 within {timeout_s:g} s "
+        "(loopback, private and link-local hosts are refused unless IMGTOOLS_ALLOW_PRIVATE_URLS names them)"
+    )
+
+
 class ImageResolver:
     """Turns one reference string into a `ResolvedImage`, or raises `ImageRefError`."""
 
@@ -114,6 +284,7 @@ class ImageResolver:
         max_pixels: int = 4096 * 4096,
         url_timeout_s: float = 15.0,
         allow_urls: bool = True,
+        url_policy: UrlPolicy | None = None,
     ) -> None:
         self._lookup_output = lookup_output
         # Resolve once so containment checks compare real paths with real paths.
@@ -122,6 +293,7 @@ class ImageResolver:
         self.max_pixels = max_pixels
         self.url_timeout_s = url_timeout_s
         self.allow_urls = allow_urls
+        self.url_policy = url_policy or UrlPolicy()
 
     async def resolve(self, ref: str, *, param: str, mode: ImageMode = "RGB") -> ResolvedImage:
         if not isinstance(ref, str) or not ref.strip():
@@ -132,7 +304,7 @@ class ImageResolver:
         ref = ref.strip()
         source, data, output_id = await self._load_bytes(ref, param)
         image = await anyio.to_thread.run_sync(self._decode, data, mode, ref, param)
-        shown = shorten_reference(ref) if source == "data" else ref
+        shown = shorten_reference(ref) if source == "data" else redacted_url(ref) if source == "url" else ref
         return ResolvedImage(image, source, shown, hashlib.sha256(data).hexdigest(), output_id)
 
     async def _load_bytes(self, ref: str, param: str) -> tuple[SourceKind, bytes, str | None]:
@@ -230,33 +402,21 @@ class ImageResolver:
             raise ImageRefError(param, ref, f"corrupt base64 ({exc})") from exc
 
     async def _fetch(self, url: str, param: str) -> bytes:
+        shown = redacted_url(url)
         if not self.allow_urls:
-            raise ImageRefError(param, url, "http(s) URLs are disabled on this server")
-        chunks: list[bytes] = []
-        received = 0
+            raise ImageRefError(param, shown, "http(s) URLs are disabled on this server")
         try:
-            # httpx's timeout is per read; fail_after bounds the whole download so a
-            # server that drips one byte at a time cannot hold the request open.
-            with anyio.fail_after(self.url_timeout_s):
-                async with httpx.AsyncClient(timeout=self.url_timeout_s, follow_redirects=True,
-                                             max_redirects=5) as client:
-                    async with client.stream("GET", url, headers={"Accept": "image/*"}) as response:
-                        if response.status_code >= 400:
-                            raise ImageRefError(param, url, f"server answered HTTP {response.status_code}")
-                        declared = response.headers.get("content-length", "")
-                        if declared.isdigit() and int(declared) > self.max_bytes:
-                            raise ImageRefError(param, url, f"download of {declared} bytes exceeds the "
-                                                f"{_mib(self.max_bytes)} limit")
-                        async for chunk in response.aiter_bytes():
-                            received += len(chunk)
-                            if received > self.max_bytes:
-                                raise ImageRefError(param, url, f"download exceeds the {_mib(self.max_bytes)} limit")
-                            chunks.append(chunk)
-        except (TimeoutError, httpx.TimeoutException) as exc:
-            raise ImageRefError(param, url, f"download timed out after {self.url_timeout_s:g} s") from exc
-        except httpx.HTTPError as exc:
-            raise ImageRefError(param, url, f"download failed ({type(exc).__name__}: {exc})") from exc
-        return b"".join(chunks)
+            return await fetch_url(
+                url,
+                policy=self.url_policy,
+                max_bytes=self.max_bytes,
+                timeout_s=self.url_timeout_s,
+                accept="image/*",
+            )
+        except UrlTooLarge as exc:
+            raise ImageRefError(param, shown, str(exc)) from exc
+        except UrlFetchRefused as exc:
+            raise ImageRefError(param, shown, url_refused_reason(self.url_timeout_s)) from exc
 
     def _decode(self, data: bytes, mode: ImageMode, ref: str, param: str) -> Image.Image:
         Image.init()

@@ -11,10 +11,18 @@ from typing import Literal
 from urllib.parse import urlsplit
 from urllib.request import url2pathname
 
-import anyio
-import httpx
-
-from .refs import OUTPUT_ID_RE, OUTPUT_URI_PREFIX, ImageRefError, ImageResolver, shorten_reference
+from .refs import (
+    OUTPUT_ID_RE,
+    OUTPUT_URI_PREFIX,
+    ImageRefError,
+    ImageResolver,
+    UrlFetchRefused,
+    UrlTooLarge,
+    fetch_url,
+    redacted_url,
+    shorten_reference,
+    url_refused_reason,
+)
 
 VIDEO_FORMS = (
     "a video file path under the allowed input roots (default: the output folder), a data:video/...;base64 URL "
@@ -53,7 +61,7 @@ async def resolve_video(
     scheme = _SCHEME_RE.match(ref)
     if scheme and scheme["scheme"].lower() in ("http", "https"):
         data = await _download(ref, param, resolver, max_download_bytes)
-        return ResolvedVideo(data, "url", shown, len(data))
+        return ResolvedVideo(data, "url", shorten_reference(redacted_url(ref), limit=160), len(data))
     if scheme and scheme["scheme"].lower() == "file":
         parts = urlsplit(ref)
         if parts.netloc not in ("", "localhost"):
@@ -119,31 +127,19 @@ def _decode_base64(compact: str, ref: str, param: str, max_bytes: int) -> bytes:
 
 
 async def _download(url: str, param: str, resolver: ImageResolver, max_bytes: int) -> bytes:
+    """The same URL policy as images (public hosts only unless allowed, every hop checked, one refusal text)."""
+    shown = redacted_url(url)
     if not resolver.allow_urls:
-        raise ImageRefError(param, url, "http(s) URLs are disabled on this server")
+        raise ImageRefError(param, shown, "http(s) URLs are disabled on this server")
     timeout = resolver.url_timeout_s * 4  # videos are bigger than images; still bounded as a whole
-    chunks: list[bytes] = []
-    received = 0
     try:
-        # httpx's timeout is per read; fail_after bounds the whole download.
-        with anyio.fail_after(timeout):
-            async with httpx.AsyncClient(timeout=timeout, follow_redirects=True, max_redirects=5) as client:
-                async with client.stream("GET", url, headers={"Accept": "video/*, image/gif"}) as response:
-                    if response.status_code >= 400:
-                        raise ImageRefError(param, url, f"server answered HTTP {response.status_code}")
-                    declared = response.headers.get("content-length", "")
-                    if declared.isdigit() and int(declared) > max_bytes:
-                        raise ImageRefError(param, url, f"download of {_mb(int(declared))} exceeds the {_mb(max_bytes)} limit")
-                    async for chunk in response.aiter_bytes():
-                        received += len(chunk)
-                        if received > max_bytes:
-                            raise ImageRefError(param, url, f"download exceeds the {_mb(max_bytes)} limit")
-                        chunks.append(chunk)
-    except (TimeoutError, httpx.TimeoutException) as exc:
-        raise ImageRefError(param, url, f"download timed out after {timeout:g} s") from exc
-    except httpx.HTTPError as exc:
-        raise ImageRefError(param, url, f"download failed ({type(exc).__name__}: {exc})") from exc
-    return b"".join(chunks)
+        return await fetch_url(
+            url, policy=resolver.url_policy, max_bytes=max_bytes, timeout_s=timeout, accept="video/*, image/gif"
+        )
+    except UrlTooLarge as exc:
+        raise ImageRefError(param, shown, str(exc).replace(" bytes exceeds", " bytes exceed")) from exc
+    except UrlFetchRefused as exc:
+        raise ImageRefError(param, shown, url_refused_reason(timeout)) from exc
 
 
 def _mb(size: int) -> str:
