@@ -31,7 +31,8 @@ MIB = 2**20
 def make_models(work: Path, unet: str) -> tuple[Path, Path]:
     from diffusers import UNet2DConditionModel
 
-    from imgtools_mcp.engine.testmodel import TEXT_HIDDEN, make_test_model
+    from imgtools_mcp.testing import make_test_model
+    from imgtools_mcp.testing.tiny_sd import TEXT_HIDDEN
 
     folders = (make_test_model(work / "model-a", "sd15", seed=1), make_test_model(work / "model-b", "sd15", seed=2))
     if unet == "sd":
@@ -61,7 +62,7 @@ async def run(args: argparse.Namespace) -> None:
     from imgtools_mcp.config import Settings
     from imgtools_mcp.engine.engine import Engine
     from imgtools_mcp.engine.request import EngineRequest, LoraWeight, ResolvedJob
-    from imgtools_mcp.engine.testfiles import make_test_lora
+    from imgtools_mcp.testing.files import make_test_lora
 
     work = Path(tempfile.mkdtemp(prefix="engine-memory-"))
     started = time.perf_counter()

@@ -65,10 +65,10 @@ def build_pipeline(family: str, dtype: torch.dtype, device: str, tokenizer_dir: 
     )
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-    from imgtools_mcp.engine.testmodel import _write_tokenizer
+    from imgtools_mcp.testing.tiny_sd import write_clip_tokenizer
 
     if not (tokenizer_dir / "vocab.json").exists():
-        _write_tokenizer(tokenizer_dir)
+        write_clip_tokenizer(tokenizer_dir)
     tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir)
     ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.eos_token_id}
     scheduler = EulerDiscreteScheduler(

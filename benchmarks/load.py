@@ -92,7 +92,7 @@ async def run_load(args: argparse.Namespace) -> dict[str, Any]:
     output = Path(args.output_dir) if args.output_dir else work / "out"
     model = args.model
     if model is None:
-        from imgtools_mcp.engine.testmodel import make_test_model
+        from imgtools_mcp.testing import make_test_model
 
         model = str(make_test_model(work / "tiny-sd15", "sd15"))
     port = free_port()

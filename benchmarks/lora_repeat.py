@@ -41,8 +41,8 @@ async def run(args: argparse.Namespace) -> None:
     from mcp import Client
 
     from imgtools_mcp.config import Settings
-    from imgtools_mcp.engine.testfiles import make_test_lora
-    from imgtools_mcp.engine.testmodel import make_test_model
+    from imgtools_mcp.testing.files import make_test_lora
+    from imgtools_mcp.testing import make_test_model
     from imgtools_mcp.server import build_server
 
     work = Path(tempfile.mkdtemp(prefix="lora-repeat-"))

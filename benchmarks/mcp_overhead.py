@@ -43,7 +43,7 @@ async def run(args: argparse.Namespace, work: Path) -> dict:
     from imgtools_mcp.config import Settings
     from imgtools_mcp.engine.choice import choose_dtype
     from imgtools_mcp.engine.device import probe
-    from imgtools_mcp.engine.testmodel import make_test_model
+    from imgtools_mcp.testing import make_test_model
     from imgtools_mcp.server import build_server
 
     model = make_test_model(work / "tiny-sd15", "sd15")
@@ -99,7 +99,7 @@ async def run(args: argparse.Namespace, work: Path) -> dict:
     base = medians["direct pipeline call"]
     return {
         "request": request,
-        "model": "tiny random-weight SD 1.5 test pipeline (imgtools_mcp.engine.testmodel)",
+        "model": "tiny random-weight SD 1.5 test pipeline (imgtools_mcp.testing.tiny_sd)",
         "dtype": str(dtype),
         "rounds": args.rounds,
         "times_s": times,

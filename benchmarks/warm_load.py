@@ -45,11 +45,11 @@ def write_model(folder: Path) -> Path:
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    from imgtools_mcp.engine.testmodel import _write_tokenizer
+    from imgtools_mcp.testing.tiny_sd import write_clip_tokenizer
 
     if (folder / "model_index.json").exists():
         return folder
-    _write_tokenizer(folder / "tokenizer-src")
+    write_clip_tokenizer(folder / "tokenizer-src")
     tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer-src")
     ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.eos_token_id}
     torch.manual_seed(0)

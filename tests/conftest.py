@@ -13,7 +13,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from imgtools_mcp.config import Settings  # noqa: E402
-from imgtools_mcp.engine.testmodel import make_test_model  # noqa: E402
+from imgtools_mcp.testing import make_test_model  # noqa: E402
 
 
 @pytest.fixture

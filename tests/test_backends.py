@@ -16,7 +16,7 @@ from imgtools_mcp.config import Settings
 from imgtools_mcp.engine.backends import backend_classes
 from imgtools_mcp.engine.backends.onnxruntime_backend import refusal_for
 from imgtools_mcp.engine.engine import Engine
-from imgtools_mcp.engine.testfiles import make_test_lora
+from imgtools_mcp.testing.files import make_test_lora
 from imgtools_mcp.server import build_server
 
 pytestmark = pytest.mark.anyio

@@ -15,7 +15,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from imgtools_mcp.config import Settings
-from imgtools_mcp.engine.testfiles import make_test_lora
+from imgtools_mcp.testing.files import make_test_lora
 from imgtools_mcp.engine.weights import tensor_data_sha256
 from imgtools_mcp.infotext import parse_infotext, split_lora_tags
 from imgtools_mcp.server import build_server

@@ -17,7 +17,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from imgtools_mcp.config import Settings
-from imgtools_mcp.engine.testfiles import make_test_checkpoint, make_test_lora
+from imgtools_mcp.testing.files import make_test_checkpoint, make_test_lora
 from imgtools_mcp.server import build_server
 
 pytestmark = pytest.mark.anyio

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 
 import torch
 
+from . import register_builder
+
 TEXT_HIDDEN = 32
-TEST_FAMILIES = ("sd15", "sdxl", "sd15-inpaint")
+SD_BUILDS = ("sd15", "sdxl", "sd15-inpaint")
 
 
 def _byte_symbols() -> list[str]:
@@ -24,7 +27,7 @@ def _byte_symbols() -> list[str]:
     return [chr(code) for code in codes]
 
 
-def _write_tokenizer(folder: Path) -> None:
+def write_clip_tokenizer(folder: Path) -> None:
     """A byte-level CLIP BPE vocabulary with no merges: every character is one token, built locally."""
     folder.mkdir(parents=True, exist_ok=True)
     symbols = _byte_symbols()
@@ -79,7 +82,7 @@ def _make_vae_like_a_trained_one(vae) -> None:
     vae.register_to_config(scaling_factor=round(1.0 / float(mean.std()), 5))
 
 
-def make_test_model(folder: Path | str, family: str = "sd15", seed: int = 0) -> Path:
+def make_tiny_sd(folder: Path | str, family: str = "sd15", seed: int = 0) -> Path:
     """Write a tiny pipeline (64x64 native size) that loads through the same code path as a real model."""
     from diffusers import (
         AutoencoderKL,
@@ -92,8 +95,8 @@ def make_test_model(folder: Path | str, family: str = "sd15", seed: int = 0) -> 
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     folder = Path(folder)
-    if family not in TEST_FAMILIES:
-        raise ValueError(f"family: unknown {family!r}; allowed: {', '.join(TEST_FAMILIES)}")
+    if family not in SD_BUILDS:
+        raise ValueError(f"family: unknown {family!r}; allowed: {', '.join(SD_BUILDS)}")
     torch.manual_seed(seed)
     scheduler = EulerDiscreteScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", timestep_spacing="leading", steps_offset=1
@@ -110,7 +113,7 @@ def make_test_model(folder: Path | str, family: str = "sd15", seed: int = 0) -> 
     )
     _make_vae_like_a_trained_one(vae)
     tok_dir = folder / "tokenizer"
-    _write_tokenizer(tok_dir)
+    write_clip_tokenizer(tok_dir)
     tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
     vocab_size = len(tokenizer)
     common_unet = dict(
@@ -151,3 +154,7 @@ def make_test_model(folder: Path | str, family: str = "sd15", seed: int = 0) -> 
         )
     pipe.save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+for _build in SD_BUILDS:
+    register_builder(_build, partial(make_tiny_sd, family=_build))
