@@ -90,11 +90,18 @@ class FamilySpec:
     lora: bool = True
     lora_context_dim: int | None = None  # the text width a LoRA's cross-attention key reads (UNet families)
     lora_markers: tuple[str, ...] = ()  # LoRA tensor-name fragments only this family's LoRAs have
+    # Families whose denoisers share one layout take each other's LoRAs (FLUX.1 dev, Kontext, Fill);
+    # None: the family's own id.
+    lora_layout: str | None = None
     backends: frozenset[str] = frozenset({"torch"})
     components: tuple[Component, ...] = ()
     max_reference_images: int = 0  # extra images an instruction edit takes besides `image`
     # Key into engine/memory.py's activation shapes; None: the planner uses a transformer estimate.
     activation_shape: str | None = None
+    # Extra `from_pretrained` arguments for a folder (e.g. a processor loaded image-only): (folder, dtype) -> kwargs.
+    load_overrides: Callable[[Any, Any], dict[str, Any]] | None = None
+    # Family-specific call arguments: (job, kwargs built by engine/pipeline_call.py) -> the kwargs to call with.
+    call_kwargs: Callable[[Any, dict[str, Any]], dict[str, Any]] | None = None
 
     @property
     def value(self) -> str:
@@ -103,6 +110,10 @@ class FamilySpec:
 
     def pipeline_for(self, mode: str) -> str | None:
         return self.pipelines.get(mode)
+
+    @property
+    def lora_layout_id(self) -> str:
+        return self.lora_layout or self.id
 
     @property
     def guidance_kwarg(self) -> str | None:
