@@ -62,6 +62,10 @@ class Settings(BaseSettings):
         default_factory=list, description="Folders scanned for upscaler weights (.pth/.safetensors: ESRGAN, RealPLKSR, ...)."
     )
     controlnet_dirs: PathList = Field(default_factory=list, description="Folders scanned for ControlNet models.")
+    upscaler_dirs: PathList = Field(
+        default_factory=list, description="Folders scanned for upscaler weights (.pth/.safetensors: ESRGAN, RealPLKSR, ...)."
+    )
+    controlnet_dirs: PathList = Field(default_factory=list, description="Folders scanned for ControlNet models.")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N | xpu | mps")
     dtype: Literal["auto", "fp32", "fp16", "bf16"] = Field("auto", description="Weights' precision; auto picks by device.")
     backend: Literal["auto", "torch", "openvino", "onnxruntime"] = Field(
