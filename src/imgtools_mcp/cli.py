@@ -1,4 +1,4 @@
-"""The `imgtools-mcp` command: serve, generate, doctor, make-test-model."""
+"""The `imgtools-mcp` command: serve, generate, doctor, engine-serve, make-test-model."""
 
 from __future__ import annotations
 
@@ -100,6 +100,15 @@ def build_parser() -> argparse.ArgumentParser:
     _verbose_flag(doctor, default=argparse.SUPPRESS)
     _add_setting_flags(doctor)
 
+    engine_serve = sub.add_parser(
+        "engine-serve", help="deploy the engine as Ray Serve ImageEngine replicas (one per GPU) for IMGTOOLS_ENGINE=ray"
+    )
+    from .engine.ray_cli import add_engine_serve_flags
+
+    add_engine_serve_flags(engine_serve)
+    _verbose_flag(engine_serve, default=argparse.SUPPRESS)
+    _add_setting_flags(engine_serve)
+
     make = sub.add_parser("make-test-model", help="write a tiny random-weight pipeline for offline tests and demos")
     make.add_argument("dir", type=Path)
     make.add_argument("--family", choices=["sd15", "sdxl", "sd15-inpaint"], default="sd15")
@@ -151,8 +160,15 @@ def main(argv: list[str] | None = None) -> int:
             for line in config_errors(exc):
                 print(f"imgtools-mcp: {line}", file=sys.stderr)
             return 2
+        if args.command == "engine-serve":
+            from .engine.ray_cli import engine_serve
+
+            return engine_serve(settings, args)
         if args.command == "serve":
+            from .engine.ray_cli import require_engine
             from .serve import serve
+
+            require_engine(settings)  # IMGTOOLS_ENGINE=ray without Ray Serve installed: one line, before serving
 
             return serve(settings, args.transport, args.host, args.port)
         if args.command == "generate":

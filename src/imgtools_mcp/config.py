@@ -99,6 +99,17 @@ class Settings(BaseSettings):
         False,
         description="torch backend: compile the UNet's repeated blocks with torch.compile (slow first run per size).",
     )
+    engine: Literal["local", "ray"] = Field(
+        "local",
+        description="Where images are made: local (in this process) or ray (Ray Serve ImageEngine replicas; "
+        "the `ray` extra; deploy them with `imgtools-mcp engine-serve`).",
+    )
+    ray_address: str | None = Field(
+        None,
+        description="The Ray cluster for engine=ray and engine-serve: auto (the one `ray start` runs here), "
+        "host:port or ray://host:10001. engine-serve without it starts a local Ray instance.",
+    )
+    ray_app: str = Field("imgtools", min_length=1, description="The Ray Serve application name of the engine replicas.")
 
     allow_private_urls: StrList = Field(
         default_factory=list,

@@ -1,0 +1,280 @@
+"""The Ray Serve engine client: the MCP front's engine when IMGTOOLS_ENGINE=ray, talking to `ImageEngine` replicas.
+
+`check()` runs here, on the front, by reading the model's configs and LoRA headers with the same code
+as the local engine (a config-only Engine that never loads weights): the tool layer checks a request
+synchronously before it hands out a task id, a check then costs no round trip and never waits behind
+generations for a replica slot, and its error messages are exactly the local engine's. The replica
+checks the request again against its own files before running it (the authoritative check), so a
+front that sees the same model folders / HF cache as the replicas (one box, or a shared volume on a
+cluster) is all this needs.
+
+`generate()` streams the replica's events back: steps go to `on_step` (from a worker thread, as the
+local engine calls it), cancellation cancels the Serve request (the replica's engine stops at the next
+step), Ray's `max_queued_requests` becomes the usual "engine busy" error, and a replica that dies
+before producing anything is retried once; after that the request fails with a clear error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from typing import Any
+
+import anyio
+
+from .errors import EngineBusyError, EngineError
+
+log = logging.getLogger(__name__)
+
+RAY_MISSING = "IMGTOOLS_ENGINE=ray needs Ray Serve, which is not installed: pip install 'imgtools-mcp[ray]'"
+STALE_AFTER_S = 8.0  # a replica silent this long (4 heartbeats) is shown as lost
+BUSY_RETRY_S = 0.25
+
+
+class RayTicket:
+    """A place taken on the front for background work accepted now and run later (sweeps, refine loops).
+
+    Counted among the front's waiting requests until the work's first run is sent to Ray; the work's
+    later runs are never refused as busy halfway through (they wait for room instead).
+    """
+
+    def __init__(self, engine: "RayEngine") -> None:
+        self.engine = engine
+        self.counted = True
+
+    def __enter__(self) -> "RayTicket":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+    def release(self) -> None:
+        if self.counted:
+            self.counted = False
+            self.engine._waiting -= 1
+
+
+class RayEngine:
+    """Sends checked jobs to the Serve app IMGTOOLS_RAY_APP on the Ray cluster at IMGTOOLS_RAY_ADDRESS."""
+
+    def __init__(self, settings: Any, *, handle: Any = None) -> None:
+        try:
+            import ray
+            from ray import serve
+
+            from . import ray_deployment
+        except ImportError:
+            raise ValueError(RAY_MISSING) from None
+        from .engine import Engine
+
+        self.settings = settings
+        self._ray, self._serve, self._wire = ray, serve, ray_deployment
+        # Reads configs and LoRA headers only; on CPU so the front never opens a GPU the replicas need.
+        self.checker = Engine(settings.model_copy(update={"device": "cpu", "backend": "auto"}))
+        self._connect()
+        self.handle = handle if handle is not None else self._app_handle()
+        self._waiting = 0  # sent (or admitted) but not yet on a replica
+        self._running = 0
+        self._board: Any = None
+
+    # ----- connection -----
+
+    def _connect(self) -> None:
+        ray, address = self._ray, self.settings.ray_address
+        if ray.is_initialized():
+            return  # this process is already a driver (tests, or `engine-serve` and the front in one process)
+        try:
+            ray.init(address=address or "auto", log_to_driver=False, namespace=self._wire.BOARD_NAMESPACE)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            where = address or "auto (the cluster `ray start` started on this machine)"
+            detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise ValueError(
+                f"ray_address: no Ray cluster at {where} ({detail}); start one with `ray start --head` and "
+                "deploy the engine with `imgtools-mcp engine-serve` (IMGTOOLS_RAY_ADDRESS)"
+            ) from None
+
+    def _app_handle(self) -> Any:
+        try:
+            return self._serve.get_app_handle(self.settings.ray_app)
+        except Exception as exc:  # Serve raises its own exception types for a missing app or controller
+            raise ValueError(
+                f"ray_app: no Serve application {self.settings.ray_app!r} on the Ray cluster ({type(exc).__name__}); "
+                "deploy it with `imgtools-mcp engine-serve` (IMGTOOLS_RAY_APP)"
+            ) from None
+
+    # ----- what the tools look up before a request exists: the front's own config reading -----
+
+    def resolve(self, spec: str | None):
+        return self.checker.resolve(spec)
+
+    async def aresolve(self, spec: str | None):
+        return await self.checker.aresolve(spec)
+
+    def resolve_loras(self, loras, family, model_name):
+        return self.checker.resolve_loras(loras, family, model_name)
+
+    @property
+    def offline(self) -> bool:
+        return self.checker.offline
+
+    @property
+    def cache(self) -> Any:
+        # The front holds no pipelines; engine_status lists what each replica has loaded.
+        return self.checker.cache
+
+    def check(self, request):
+        return self.checker.check(request)
+
+    async def acheck(self, request, on_progress=None):
+        return await self.checker.acheck(request, on_progress)
+
+    # ----- queue -----
+
+    @property
+    def queue_length(self) -> int:
+        return self._waiting
+
+    @property
+    def busy(self) -> bool:
+        return self._running > 0
+
+    def admit(self) -> RayTicket:
+        """Take a place for background work now, or raise EngineBusyError when IMGTOOLS_MAX_QUEUE already wait."""
+        if self._waiting >= self.settings.max_queue:
+            raise EngineBusyError(
+                f"engine busy: {self._waiting} request(s) already waiting (IMGTOOLS_MAX_QUEUE={self.settings.max_queue}); retry later"
+            )
+        self._waiting += 1
+        return RayTicket(self)
+
+    # ----- generation -----
+
+    async def generate(self, job, on_step=None, *, ticket=None, on_progress=None):
+        """Run a checked job on a replica that holds its model (or any, which then loads it); returns a RunOutput."""
+        from ray.exceptions import ActorUnavailableError, RayActorError
+        from ray.serve.exceptions import BackPressureError, ReplicaUnavailableError
+
+        if ticket is not None and ticket.counted:
+            ticket.counted = False  # the ticket's place among the waiting becomes this run's
+        else:
+            self._waiting += 1
+        waiting = True
+        model_id = job.source.spec
+        sent_at = time.perf_counter()
+        attempt = 0
+        try:
+            while True:
+                attempt += 1
+                response = self.handle.options(stream=True, multiplexed_model_id=model_id).generate.remote(job.request)
+                started: dict[str, Any] | None = None
+                steps_seen = 0
+                try:
+                    async for event in response:
+                        kind = event["type"]
+                        if kind == "started":
+                            started = event
+                            if waiting:
+                                waiting = False
+                                self._waiting -= 1
+                                self._running += 1
+                        elif kind == "step":
+                            steps_seen += 1
+                            if on_step is not None:
+                                await anyio.to_thread.run_sync(on_step, event["step"], event["total"])
+                        elif kind == "progress":
+                            if on_progress is not None:
+                                await anyio.to_thread.run_sync(on_progress, event["message"], event["done"], event["total"])
+                        elif kind == "error":
+                            raise self._wire.rebuild_error(event)
+                        elif kind == "result":
+                            return await self._output(event, started, time.perf_counter() - sent_at)
+                    raise EngineError("engine replica ended the request without a result; retry")
+                except BackPressureError as exc:
+                    if ticket is not None and time.perf_counter() - sent_at < self.settings.request_timeout_s:
+                        await anyio.sleep(BUSY_RETRY_S)  # admitted work waits for room rather than failing halfway
+                        continue
+                    queued, limit = (list(exc.args) + [None, None])[:2]
+                    raise EngineBusyError(
+                        f"engine busy: {queued} request(s) already waiting for the Ray Serve replicas "
+                        f"(max_queued_requests={limit}, IMGTOOLS_MAX_QUEUE at deploy); retry later"
+                    ) from None
+                except (RayActorError, ActorUnavailableError, ReplicaUnavailableError) as exc:
+                    where = f"engine replica {started['replica']}" if started else "an engine replica"
+                    if steps_seen == 0 and attempt == 1:
+                        log.warning("%s failed before producing anything (%s); retrying once", where, type(exc).__name__)
+                        continue
+                    raise EngineError(
+                        f"{where} stopped during the request after {steps_seen} step(s) ({type(exc).__name__}); "
+                        "Ray Serve restarts it; retry the request"
+                    ) from None
+                except BaseException:
+                    # Cancelled (or anything else): cancel the Serve request, which stops the replica's run at
+                    # its next step and frees the replica for the next request.
+                    response.cancel()
+                    raise
+        finally:
+            if waiting:
+                self._waiting -= 1
+            elif self._running:
+                self._running -= 1
+
+    async def _output(self, event: dict[str, Any], started: dict[str, Any] | None, seconds: float):
+        images = await anyio.to_thread.run_sync(self._wire.decode_pngs, event["pngs"])
+        output = event["output"]
+        timings = dict(output.timings)
+        # What the Ray path added to the replica's own time: routing, transfer, PNG encode/decode.
+        replica_s = sum(timings.get(k, 0.0) for k in ("queue_s", "load_s", "generate_s"))
+        timings["ray_overhead_s"] = round(max(seconds - replica_s, 0.0), 4)
+        engine = output.engine
+        if started is not None and dataclasses.is_dataclass(engine) and hasattr(engine, "backend_notes"):
+            engine = dataclasses.replace(engine, backend_notes=[*engine.backend_notes, f"ran on Ray Serve replica {started['replica']}"])
+        return dataclasses.replace(output, images=images, timings=timings, engine=engine)
+
+    # ----- introspection -----
+
+    def replicas(self) -> list[dict[str, Any]]:
+        """Each replica's latest report: id, device, models held (Serve's multiplexing) and loaded, running, waiting."""
+        ray = self._ray
+        if self._board is None:
+            try:
+                self._board = ray.get_actor(self._wire.board_name(self.settings.ray_app), namespace=self._wire.BOARD_NAMESPACE)
+            except ValueError:
+                return []  # no replica has started yet
+        try:
+            entries = ray.get(self._board.snapshot.remote(), timeout=5)
+        except Exception as exc:  # the board may be restarting with its node; status is advisory
+            log.warning("replica board unreachable: %s", exc)
+            self._board = None
+            return []
+        for entry in entries:
+            entry["state"] = "running" if entry["seen_s_ago"] <= STALE_AFTER_S else "lost"
+        return sorted(entries, key=lambda e: (e["state"] != "running", e["replica"]))
+
+    def status(self) -> dict[str, Any]:
+        """engine_status in the local engine's shape, summed over live replicas, plus `replicas` (one entry each)."""
+        replicas = self.replicas()
+        live = [r for r in replicas if r["state"] == "running"]
+        base = dict(live[0]["engine"]) if live else dict(self.checker.status())
+        devices = ", ".join(f"{r['device']}@{r['replica']}" for r in live) or "none yet"
+        loaded = [{**m, "device": f"{m['device']}@{r['replica']}"} for r in live for m in r["engine"].get("loaded_models", [])]
+        running = [f"{r['running']} on {r['replica']}" for r in live if r["running"]]
+        base.update(
+            device=f"ray: {len(live)} replica(s) ({devices})",
+            device_total_bytes=sum(r["engine"].get("device_total_bytes") or 0 for r in live),
+            device_free_bytes=sum(r["engine"].get("device_free_bytes") or 0 for r in live),
+            cache_used_bytes=sum(r["engine"].get("cache_used_bytes") or 0 for r in live),
+            evictions=[e for r in live for e in r["engine"].get("evictions", [])],
+            loaded_models=loaded,
+            default_model_plan=None if loaded else base.get("default_model_plan"),
+            queue_length=self._waiting + sum(r["waiting"] for r in live),
+            running="; ".join(running) or None,
+            running_s=max((r["running_s"] or 0 for r in live if r["running"]), default=None),
+            max_queue=self.settings.max_queue,
+            replicas=[{k: v for k, v in r.items() if k != "engine"} for r in replicas],
+        )
+        return base
+
+    async def aclose(self) -> None:
+        # Replicas are the cluster's: they keep running (and keep their models) when this front stops.
+        await self.checker.aclose()
