@@ -14,7 +14,6 @@ from PIL import Image
 from imgtools_mcp.cli import main as cli_main
 from imgtools_mcp.config import Settings
 from imgtools_mcp.engine.backends import backend_classes
-from imgtools_mcp.engine.backends.onnxruntime_backend import refusal_for
 from imgtools_mcp.engine.engine import Engine
 from imgtools_mcp.testing.files import make_test_lora
 from imgtools_mcp.server import build_server
@@ -201,7 +200,7 @@ async def test_engine_status_shows_the_backend_and_why(tiny_sd15: Path, tmp_path
         after = await client.call_tool("engine_status", {})
     # On a CPU with OpenVINO installed, auto picks it for SD-family models.
     assert before["backend"] == "openvino" and "OpenVINO" in before["backend_reason"]
-    assert before["backends"]["openvino"]["available"] and not before["backends"]["onnxruntime"]["available"]
+    assert before["backends"]["openvino"]["available"] and set(before["backends"]) == set(backend_classes())
     engine = result.structured_content["engine"]
     assert engine["backend"] == "openvino" and engine["backend_reason"] == before["backend_reason"]
     (loaded,) = after.structured_content["loaded_models"]
@@ -212,12 +211,18 @@ async def test_engine_status_shows_the_backend_and_why(tiny_sd15: Path, tmp_path
 
 
 def test_explicit_backend_that_cannot_run_here_is_refused_at_start(tiny_sd15: Path, tmp_path: Path) -> None:
-    settings = settings_for(tiny_sd15, tmp_path, "onnxruntime", tmp_path / "cache")
-    with pytest.raises(ValueError, match=r"backend 'onnxruntime'"):
-        Engine(settings)
+    from imgtools_mcp.engine.device import DeviceFacts
+
+    gpu = DeviceFacts(
+        kind="cuda", name="a CUDA GPU", index=0, total_memory_bytes=8 * 2**30, free_memory_bytes=8 * 2**30,
+        supports_bf16=True, supports_fp16=True, compute_capability=(9, 0),
+    )
+    settings = settings_for(tiny_sd15, tmp_path, "openvino", tmp_path / "cache")
+    with pytest.raises(ValueError, match=r"backend 'openvino' runs on cpu in this build, not on cuda"):
+        Engine(settings, facts=gpu)
 
 
-def test_doctor_reports_backends_and_refuses_impossible_ones(
+def test_doctor_reports_backends_and_refuses_unknown_ones(
     tiny_sd15: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     common = ["--model", str(tiny_sd15), "--device", "cpu", "--output-dir", str(tmp_path / "out")]
@@ -225,33 +230,14 @@ def test_doctor_reports_backends_and_refuses_impossible_ones(
     report = json.loads(capsys.readouterr().out)
     assert report["backend"]["value"] == "torch"
     assert report["backends"]["torch"]["available"] is True
-    assert set(report["backends"]) == {"torch", "openvino", "onnxruntime"}
-    assert "reason" in report["backends"]["onnxruntime"]  # never offered on a CPU
+    assert set(report["backends"]) == {"torch", "openvino"}
 
-    assert cli_main(["doctor", *common, "--backend", "onnxruntime"]) == 2
-    assert "onnxruntime" in capsys.readouterr().err
-
-
-@pytest.mark.parametrize(
-    ("kind", "installed", "providers", "expected"),
-    [
-        ("cuda", True, ["CUDAExecutionProvider", "CPUExecutionProvider"], None),
-        ("rocm", True, ["MIGraphXExecutionProvider", "CPUExecutionProvider"], None),
-        ("cpu", True, ["DmlExecutionProvider", "CPUExecutionProvider"], None),  # a Windows GPU torch cannot see
-        ("cpu", True, ["CPUExecutionProvider"], "fp32 only"),
-        ("cuda", True, ["CPUExecutionProvider"], "no ONNX Runtime provider for cuda (needs CUDAExecutionProvider"),
-        ("mps", True, ["CoreMLExecutionProvider", "CPUExecutionProvider"], "no ONNX Runtime provider for mps"),
-        ("cuda", False, [], "not installed"),
-    ],
-)
-def test_onnxruntime_is_offered_only_with_providers_it_serves_well(
-    kind: str, installed: bool, providers: list[str], expected: str | None
-) -> None:
-    refusal = refusal_for(kind, installed, providers)
-    if expected is None:
-        assert refusal is None
-    else:
-        assert refusal is not None and expected in refusal
+    # ONNX Runtime was offered while it computed nothing; it is no longer a backend at all.
+    with pytest.raises(SystemExit) as raised:
+        cli_main(["doctor", *common, "--backend", "onnxruntime"])
+    assert raised.value.code == 2
+    err = capsys.readouterr().err
+    assert "'onnxruntime'" in err and "'openvino'" in err
 
 
 def test_backend_ids_match_the_settings_choices() -> None:

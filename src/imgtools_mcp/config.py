@@ -68,7 +68,7 @@ class Settings(BaseSettings):
     controlnet_dirs: PathList = Field(default_factory=list, description="Folders scanned for ControlNet models.")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N | xpu | mps")
     dtype: Literal["auto", "fp32", "fp16", "bf16"] = Field("auto", description="Weights' precision; auto picks by device.")
-    backend: Literal["auto", "torch", "openvino", "onnxruntime"] = Field(
+    backend: Literal["auto", "torch", "openvino"] = Field(
         "auto", description="What runs the denoiser and VAE; auto picks per model and device."
     )
     memory: Literal["auto", "resident", "vae_tiling", "model_offload", "group_offload", "sequential_offload"] = Field(

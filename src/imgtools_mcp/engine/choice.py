@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from .device import DeviceFacts
+
+if TYPE_CHECKING:
+    from .backends.base import Capabilities
 
 T = TypeVar("T")
 
@@ -13,9 +17,7 @@ DTYPES = ("fp32", "fp16", "bf16")
 DTYPE_ALIASES = {"float32": "fp32", "float16": "fp16", "half": "fp16", "bfloat16": "bf16"}
 DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
 
-BACKENDS = ("torch", "openvino", "onnxruntime")
-# Families whose pipelines OpenVINO (through optimum-intel) compiles and runs well on CPU.
-OPENVINO_FAMILIES = frozenset({"sd1", "sd2", "sdxl"})
+FALLBACK_BACKEND = "torch"  # runs every model on every device; what any other backend declines runs here
 GPU_KINDS = frozenset({"cuda", "rocm", "xpu", "mps"})
 
 
@@ -81,34 +83,50 @@ def choose_vae_dtype(facts: DeviceFacts, dtype: str, family: str, *, vae_fp16_sa
 
 
 def choose_backend(
-    facts: DeviceFacts, requested: str = "auto", *, available: set[str] | frozenset[str], family: str
+    facts: DeviceFacts,
+    requested: str = "auto",
+    *,
+    available: set[str] | frozenset[str],
+    family: str,
+    capabilities: Mapping[str, "Capabilities"] | None = None,
 ) -> Choice[str]:
-    """torch on GPUs; OpenVINO on CPU for SD-family models when installed; explicit requests checked."""
+    """The backend for a model of `family` on this device, from what each backend declares (`capabilities`,
+    by default the registry's): `auto` takes a backend that prefers this device kind and runs this family
+    where it is installed, torch otherwise; an explicit request is checked against the same declarations.
+    """
+    if capabilities is None:
+        from .backends import backend_capabilities  # the registry imports this module
+
+        capabilities = backend_capabilities()
     name = requested.strip().lower()
-    if name != "auto" and name not in BACKENDS:
-        raise ValueError(f"backend must be auto, {', '.join(BACKENDS)}; got {requested!r}")
+    if name != "auto" and name not in capabilities:
+        raise ValueError(f"backend must be auto, {', '.join(capabilities)}; got {requested!r}")
     if name != "auto":
-        return _explicit_backend(facts, name, available, family)
-    if facts.kind in GPU_KINDS:
-        return Choice("torch", f"torch runs natively on {facts.kind}")
-    if "openvino" not in available:
-        return Choice("torch", "OpenVINO is not installed; torch on CPU")
-    if family not in OPENVINO_FAMILIES:
-        return Choice("torch", f"OpenVINO is not used for the {family} family; torch on CPU")
-    return Choice("openvino", "OpenVINO compiles SD-family models for this CPU and runs them faster than torch")
+        return _explicit_backend(facts, name, available, family, capabilities[name])
+    skipped: list[str] = []
+    for backend_id, caps in capabilities.items():
+        if backend_id == FALLBACK_BACKEND or facts.kind not in caps.preferred_on:
+            continue
+        if backend_id not in available:
+            skipped.append(f"{caps.label} is not installed")
+        elif caps.families is not None and family not in caps.families:
+            skipped.append(f"{caps.label} is not used for the {family} family")
+        else:
+            return Choice(backend_id, caps.why_preferred or f"{caps.label} runs {family} models on {facts.kind}")
+    if skipped:
+        return Choice(FALLBACK_BACKEND, f"{'; '.join(skipped)}; torch on {facts.kind}")
+    return Choice(FALLBACK_BACKEND, f"torch runs natively on {facts.kind}")
 
 
-def _explicit_backend(facts: DeviceFacts, name: str, available: set[str] | frozenset[str], family: str) -> Choice[str]:
+def _explicit_backend(
+    facts: DeviceFacts, name: str, available: set[str] | frozenset[str], family: str, caps: "Capabilities"
+) -> Choice[str]:
     if name not in available:
         installed = ", ".join(sorted(available)) or "none"
         raise ValueError(f"backend {name!r} is not installed; installed backends: {installed}")
-    if name == "openvino" and facts.kind not in ("cpu", "xpu"):
-        raise ValueError(f"backend 'openvino' runs on Intel CPUs and GPUs, not on {facts.kind}; use torch")
-    if name == "onnxruntime" and facts.kind not in ("cuda", "rocm"):
-        raise ValueError(
-            f"backend 'onnxruntime' is used with its CUDA/ROCm/DirectML execution providers, not on {facts.kind}; "
-            "use torch (or openvino on CPU)"
-        )
-    if name == "openvino" and family not in OPENVINO_FAMILIES:
-        return Choice(name, f"requested openvino; warning: the {family} family is untested with it")
+    if facts.kind not in caps.device_kinds:
+        kinds = ", ".join(sorted(caps.device_kinds))
+        raise ValueError(f"backend {name!r} runs on {kinds} in this build, not on {facts.kind}; use auto or torch")
+    if caps.families is not None and family not in caps.families:
+        return Choice(name, f"requested {name}; warning: the {family} family is untested with it")
     return Choice(name, f"requested {name}")

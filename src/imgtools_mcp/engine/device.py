@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import platform
 import re
@@ -102,9 +101,10 @@ def rocm_supports_bf16(arch_name: str) -> bool:
 
 
 def installed_backends() -> frozenset[str]:
-    """Backends whose packages can be imported here (torch always); does not import them."""
-    optional = {name for name in ("openvino", "onnxruntime") if importlib.util.find_spec(name) is not None}
-    return frozenset({"torch"} | optional)
+    """Backends whose packages can be imported here (torch always); does not import them. Read from the registry."""
+    from .backends import installed_backends as from_registry  # the registry imports this module
+
+    return from_registry()
 
 
 def detect_devices() -> list[DeviceFacts]:

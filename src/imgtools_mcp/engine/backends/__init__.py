@@ -1,6 +1,8 @@
-"""Backends by id (torch, OpenVINO, ONNX Runtime) and the engine's use of them: one per loaded model, torch as every request's fallback.
+"""Backends by id (torch, OpenVINO) and the engine's use of them: one per loaded model, torch as every request's fallback.
 
-A new backend is a new module with a `Backend` subclass, added to `backend_classes`.
+A new backend is a new module with a `Backend` subclass declaring its `Capabilities`, added to `backend_classes`;
+its id, device kinds, families and when `auto` prefers it are then read from that one declaration everywhere
+(choice, start-up refusal, engine_status, doctor).
 """
 
 from __future__ import annotations
@@ -11,8 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from ..choice import BACKENDS, Choice, choose_backend
-from ..device import installed_backends
+from ..choice import Choice, choose_backend
 from .base import Backend, BackendRun, Capabilities, RequestShape
 
 if TYPE_CHECKING:
@@ -20,26 +21,41 @@ if TYPE_CHECKING:
     from ..cache import LoadedModel
     from ..device import DeviceFacts
 
-__all__ = ["Backend", "BackendRun", "Backends", "Capabilities", "RequestShape", "backend_classes"]
+__all__ = [
+    "Backend",
+    "BackendRun",
+    "Backends",
+    "Capabilities",
+    "RequestShape",
+    "backend_capabilities",
+    "backend_classes",
+    "installed_backends",
+]
 
 log = logging.getLogger(__name__)
 
 
 def backend_classes() -> dict[str, type[Backend]]:
-    """Every backend by id; importing them does not import their runtimes (openvino, onnxruntime)."""
-    from .onnxruntime_backend import OnnxRuntimeBackend
+    """Every backend by id, torch first; importing them does not import their runtimes (openvino)."""
     from .openvino_backend import OpenVINOBackend
     from .torch_backend import TorchBackend
 
     registry: dict[str, type[Backend]] = {}
-    for cls in (TorchBackend, OpenVINOBackend, OnnxRuntimeBackend):
+    for cls in (TorchBackend, OpenVINOBackend):
         if cls.id in registry:
             raise ValueError(f"backend id {cls.id!r} registered twice ({registry[cls.id].__name__}, {cls.__name__})")
         registry[cls.id] = cls
-    missing = set(BACKENDS) - set(registry)
-    if missing:
-        raise ValueError(f"backends named in choice.BACKENDS without an implementation: {', '.join(sorted(missing))}")
     return registry
+
+
+def backend_capabilities() -> dict[str, Capabilities]:
+    """What each backend declares it can run, by id: the table `choose_backend` decides from."""
+    return {backend_id: cls.capabilities for backend_id, cls in backend_classes().items()}
+
+
+def installed_backends() -> frozenset[str]:
+    """Backends whose packages can be imported here (torch always); does not import them."""
+    return frozenset(backend_id for backend_id, cls in backend_classes().items() if cls.installed())
 
 
 class Backends:
@@ -49,11 +65,12 @@ class Backends:
         self.settings = settings
         self.facts = facts
         self.classes = backend_classes()
+        self.capabilities = {backend_id: cls.capabilities for backend_id, cls in self.classes.items()}
         self.installed = installed_backends()
         self._instances: dict[str, Backend] = {}
         requested = settings.backend
         # An explicit backend that cannot run here stops the server at start, saying what to do instead.
-        choose_backend(facts, requested, available=self.installed, family="sd1")
+        choose_backend(facts, requested, available=self.installed, family="sd1", capabilities=self.capabilities)
         if requested != "auto":
             why = self.classes[requested].unavailable(facts)
             if why is not None:
@@ -70,7 +87,9 @@ class Backends:
 
     def choose(self, family: str) -> Choice[str]:
         """The backend a model of `family` gets: the configured one, or the automatic choice where it can run."""
-        choice = choose_backend(self.facts, self.settings.backend, available=self.installed, family=family)
+        choice = choose_backend(
+            self.facts, self.settings.backend, available=self.installed, family=family, capabilities=self.capabilities
+        )
         if choice.value == "torch":
             return choice
         why = self.classes[choice.value].unavailable(self.facts)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,13 +17,18 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Capabilities:
-    """What a backend can run, declared on its class so choices and refusals read one place."""
+    """What a backend can run, declared once on its class; `choose_backend`, `unavailable` and `prepare` read it."""
 
+    label: str  # as people write it ("OpenVINO")
     device_kinds: frozenset[str]  # DeviceFacts.kind values it runs on
-    families: frozenset[str] | None  # Family values; None: any model torch can load
+    families: frozenset[str] | None  # family ids it computes; None: any model torch can load
     lora: bool  # runs a UNet with LoRA adapters active
-    any_size: bool  # every multiple-of-8 size; False: only sizes its converted graphs were traced for
-
+    any_size: bool  # every multiple-of-8 size; False: only sizes its converted graphs can run
+    # Device kinds where `auto` picks it over torch for its families (where it is measured faster).
+    preferred_on: frozenset[str] = frozenset()
+    why_preferred: str = ""  # the reason `auto` gives when it picks it
+    package: str | None = None  # the module it needs ("openvino"); None: always there
+    extra: str | None = None  # the pip extra that installs `package`
 
 @dataclass(frozen=True)
 class RequestShape:
@@ -71,9 +77,19 @@ class Backend(ABC):
         self.facts = facts
 
     @classmethod
-    @abstractmethod
+    def installed(cls) -> bool:
+        package = cls.capabilities.package
+        return package is None or importlib.util.find_spec(package) is not None
+
+    @classmethod
     def unavailable(cls, facts: "DeviceFacts") -> str | None:
-        """Why this backend cannot run on this machine at all (package, device, providers); None when it can."""
+        """Why this backend cannot run on this machine at all (package, device kind); None when it can."""
+        caps = cls.capabilities
+        if not cls.installed():
+            return f"the {caps.package} package is not installed (pip install 'imgtools-mcp[{caps.extra or caps.package}]')"
+        if facts.kind not in caps.device_kinds:
+            return f"this build runs {caps.label} on {', '.join(sorted(caps.device_kinds))} only, not on {facts.kind}"
+        return None
 
     @abstractmethod
     def prepare(self, model: "LoadedModel", shape: RequestShape) -> dict[str, str]:

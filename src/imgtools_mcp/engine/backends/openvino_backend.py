@@ -25,7 +25,6 @@ How it works, and why:
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import logging
 import os
@@ -326,7 +325,16 @@ class OpenVINOBackend(Backend):
 
     id: ClassVar[str] = "openvino"
     capabilities: ClassVar[Capabilities] = Capabilities(
-        device_kinds=frozenset({"cpu"}), families=OPENVINO_FAMILIES, lora=False, any_size=False
+        label="OpenVINO",
+        # OpenVINO also drives Intel GPUs, but this build compiles for the CPU device only.
+        device_kinds=frozenset({"cpu"}),
+        families=OPENVINO_FAMILIES,
+        lora=False,
+        any_size=False,
+        preferred_on=frozenset({"cpu"}),
+        why_preferred="OpenVINO compiles SD-family models for this CPU and runs them faster than torch",
+        package="openvino",
+        extra="openvino",
     )
     components: ClassVar[tuple[str, ...]] = COMPONENTS
 
@@ -337,30 +345,23 @@ class OpenVINOBackend(Backend):
         self.precision = "bf16" if facts.supports_bf16 else "f32"
         self._core: Any = None
 
-    @classmethod
-    def unavailable(cls, facts: "DeviceFacts") -> str | None:
-        if importlib.util.find_spec("openvino") is None:
-            return "the openvino package is not installed (pip install 'imgtools-mcp[openvino]')"
-        if facts.kind not in cls.capabilities.device_kinds:
-            return f"this build runs OpenVINO on the CPU only, not on {facts.kind}"
-        return None
-
     # ----- per request -----
 
     def prepare(self, model: "LoadedModel", shape: RequestShape) -> dict[str, str]:
         refused: dict[str, str] = {}
+        caps = self.capabilities
         family = model.family.family.value
-        if family not in OPENVINO_FAMILIES:
+        if caps.families is not None and family not in caps.families:
             return {c: f"openvino is not used for the {family} family" for c in self.components}
         pipe = model.base
         unet_config = pipe.unet.config
         multiple = unet_size_multiple(unet_config, pipe.vae_scale_factor)
         unsupported = unet_unsupported(unet_config)
-        if shape.loras_active:
+        if shape.loras_active and not caps.lora:
             refused["unet"] = "LoRA adapters are active and the converted UNet has the base weights only"
         elif unsupported is not None:
             refused["unet"] = unsupported
-        elif shape.width % multiple or shape.height % multiple:
+        elif not caps.any_size and (shape.width % multiple or shape.height % multiple):
             refused["unet"] = (
                 f"{shape.width}x{shape.height} is not a multiple of {multiple}, the size the converted UNet can run"
             )

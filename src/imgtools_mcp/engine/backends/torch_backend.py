@@ -14,15 +14,12 @@ What it sets up on a freshly loaded pipeline (every model gets this, whatever it
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import torch
 
 from ..choice import choose_vae_dtype
 from .base import Backend, Capabilities
-
-if TYPE_CHECKING:
-    from ..device import DeviceFacts
 
 log = logging.getLogger(__name__)
 
@@ -32,13 +29,13 @@ _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 class TorchBackend(Backend):
     id: ClassVar[str] = "torch"
     capabilities: ClassVar[Capabilities] = Capabilities(
-        device_kinds=frozenset({"cuda", "rocm", "xpu", "mps", "cpu"}), families=None, lora=True, any_size=True
+        label="torch",
+        device_kinds=frozenset({"cuda", "rocm", "xpu", "mps", "cpu"}),
+        families=None,
+        lora=True,
+        any_size=True,
     )
     components: ClassVar[tuple[str, ...]] = ()
-
-    @classmethod
-    def unavailable(cls, facts: "DeviceFacts") -> str | None:
-        return None
 
     def prepare(self, model: Any, shape: Any) -> dict[str, str]:
         return {}
