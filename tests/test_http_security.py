@@ -78,6 +78,17 @@ def test_mcp_without_the_right_token_is_401(server: HttpServer, authorization: s
     assert json.loads(response.text)["error"] == "invalid_token"
 
 
+def test_a_static_token_advertises_no_oauth(server: HttpServer) -> None:
+    """The 401 names the Bearer scheme only: no resource_metadata pointing OAuth clients at an authorization server
+    that does not exist (the MCP Inspector would start an interactive OAuth flow), and no metadata documents."""
+    response = post_initialize(server)
+    assert response.status_code == 401
+    assert "resource_metadata" not in response.headers["www-authenticate"]
+    for path in ("/.well-known/oauth-protected-resource", "/.well-known/oauth-protected-resource/mcp",
+                 "/.well-known/oauth-authorization-server"):
+        assert httpx.get(server.base + path, timeout=30).status_code == 404, path
+
+
 def test_the_right_token_is_accepted(server: HttpServer) -> None:
     response = post_initialize(server, TOKEN)
     assert response.status_code == 200, response.text
@@ -157,11 +168,17 @@ def test_non_loopback_bind_without_a_token_is_refused(tmp_path: Path, host: str,
     assert "IMGTOOLS_AUTH_TOKEN" in proc.stderr
 
 
-def test_a_short_token_is_a_configuration_error(tmp_path: Path) -> None:
+def test_a_short_token_is_a_configuration_error_that_never_shows_the_token(tmp_path: Path) -> None:
+    secret = "s3cr3t-but-short"[:15]
     proc = subprocess.run(
         [sys.executable, "-m", "imgtools_mcp.cli", "serve", "--transport", "http", "--host", "0.0.0.0", "--port", str(free_port())],
-        env=server_env(tmp_path / "no-model", tmp_path / "out", IMGTOOLS_AUTH_TOKEN="short"),
+        env=server_env(tmp_path / "no-model", tmp_path / "out", IMGTOOLS_AUTH_TOKEN=secret, IMGTOOLS_MAX_QUEUE="lots"),
         capture_output=True, text=True, timeout=60,
     )
     assert proc.returncode == 2
-    assert "auth_token" in proc.stderr and "16 characters" in proc.stderr
+    # One line per bad variable, naming it; the secret appears nowhere (pydantic's own text would echo it).
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 2, proc.stderr
+    assert any("IMGTOOLS_AUTH_TOKEN" in line and "16 characters" in line for line in lines)
+    assert any("IMGTOOLS_MAX_QUEUE" in line and "integer" in line for line in lines)
+    assert secret not in proc.stderr + proc.stdout and "input_value" not in proc.stderr

@@ -30,5 +30,11 @@ def _digest(value: str) -> bytes:
 
 
 def auth_settings(base_url: str) -> AuthSettings:
-    """The server is its own resource server; the verifier checks the token itself, so no audience check."""
-    return AuthSettings(issuer_url=base_url, resource_server_url=f"{base_url}/mcp", validate_token_resource=False)
+    """Bearer-token settings that advertise no OAuth: a static token has no authorization server to point at.
+
+    With a resource server URL the SDK would answer 401 with `resource_metadata=` and serve
+    /.well-known/oauth-protected-resource naming `issuer_url` as the authorization server, and OAuth-aware
+    clients (the MCP Inspector) would then start an interactive OAuth flow against a server that does not exist.
+    Without one, a 401 says only `Bearer`; `issuer_url` is required by the model but is published nowhere.
+    """
+    return AuthSettings(issuer_url=base_url, resource_server_url=None, validate_token_resource=False)
