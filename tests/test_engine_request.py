@@ -14,6 +14,7 @@ from imgtools_mcp.engine.engine import Engine
 from imgtools_mcp.engine.errors import EngineBusyError, EngineError, InvalidRequestError
 from imgtools_mcp.engine.queue import DeviceQueue
 from imgtools_mcp.engine.request import EngineRequest, LoraWeight, ResolvedJob
+from imgtools_mcp.engine.status import EngineStatusInfo
 
 pytestmark = pytest.mark.anyio
 
@@ -52,29 +53,29 @@ IMAGE = Image.new("RGB", (64, 64), "gray")
 
 
 @pytest.mark.parametrize(
-    ("changes", "message"),
+    ("changes", "param", "fragment"),
     [
-        ({"width": 65, "height": 64}, "width/height: must be multiples of 8 (got 65x64)"),
-        ({"width": 256, "height": 256}, "width/height: 256x256 = 65536 pixels exceeds IMGTOOLS_MAX_PIXELS=16384"),
-        ({"mode": "img2img", "image": IMAGE, "strength": 0.1, "steps": 4}, "strength: 0.1 x 4 steps leaves no denoising step"),
-        ({"mode": "img2img"}, "image: img2img needs an input image"),
-        ({"mode": "inpaint", "image": IMAGE}, "mask: inpaint needs a mask"),
-        ({"mode": "instruct", "image": IMAGE}, "mode: instruction edits are not available"),
-        ({"seeds": []}, "num_images: at least one image"),
-        ({"reference_images": [(IMAGE, 1.0)]}, "reference_images: "),
-        ({"extra": {"control": "canny"}}, "control: not supported"),
-        ({"loras": [LoraWeight("no-such-lora", 1.0)]}, "loras: "),
-        ({"model": "/no/such/model"}, "model: "),
+        ({"width": 65, "height": 64}, "width/height", "multiples of 8 (got 65x64)"),
+        ({"width": 256, "height": 256}, "width/height", "256x256 = 65536 pixels exceeds IMGTOOLS_MAX_PIXELS=16384"),
+        ({"mode": "img2img", "image": IMAGE, "strength": 0.1, "steps": 4}, "strength", "0.1 x 4 steps leaves no denoising step"),
+        ({"mode": "img2img"}, "image", "needs an input image"),
+        ({"mode": "inpaint", "image": IMAGE}, "mask", "needs a mask"),
+        ({"mode": "instruct", "image": IMAGE}, "mode", "not available for SD 1.x"),
+        ({"seeds": []}, "num_images", "at least one image"),
+        ({"reference_images": [(IMAGE, 1.0)]}, "reference_images", "take no reference images"),
+        ({"extra": {"speed": "fast"}}, "speed", "not supported"),
+        ({"loras": [LoraWeight("no-such-lora", 1.0)]}, "loras", "no-such-lora"),
+        ({"model": "/no/such/model"}, "model", "/no/such/model"),
     ],
 )
-def test_check_refuses_with_the_parameter_named(engine: Engine, changes: dict, message: str) -> None:
+def test_check_refuses_with_the_parameter_named(engine: Engine, changes: dict, param: str, fragment: str) -> None:
     with pytest.raises(EngineError) as raised:
         engine.check(request(**changes))
     text = str(raised.value)
-    assert text.startswith(message), text
+    assert text.startswith(param + ": ") and fragment in text, text
     assert "\n" not in text
     if isinstance(raised.value, InvalidRequestError):
-        assert text.startswith(raised.value.param + ": ")
+        assert raised.value.param == param
 
 
 def test_an_inpainting_checkpoint_is_refused_for_txt2img(engine: Engine, tiny_sd15_inpaint: Path) -> None:
@@ -196,3 +197,17 @@ async def test_a_run_over_its_time_limit_is_stopped_and_frees_the_device() -> No
         await queue.run("long", blocker)
     assert blocker.started.is_set() and not queue.busy and queue.waiting == 0
     assert (await queue.run("after", lambda cancel: "ok"))[0] == "ok"
+
+
+async def test_status_is_a_dataclass_with_engine_statuss_shape(engine: Engine) -> None:
+    job = await engine.acheck(request(width=64, height=64, steps=1))
+    await engine.generate(job)
+    status = engine.status()
+    assert isinstance(status, EngineStatusInfo)
+    (loaded,) = status.loaded_models
+    assert loaded.model.name == job.source.name and loaded.memory_bytes >= loaded.model.weights_bytes
+    assert status.default_model_plan is None and status.queue_length == 0 and status.running is None
+    assert status.cache.used_bytes == engine.cache.used_bytes() and status.replicas == []
+    shown = status.as_dict()
+    assert shown["loaded_models"][0]["name"] == job.source.name and shown["cache"]["budget_reason"]
+    assert set(shown["backends"]) == {"torch", "openvino"}

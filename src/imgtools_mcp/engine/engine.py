@@ -27,6 +27,7 @@ from .pipeline_call import pipeline_kwargs
 from .queue import DeviceQueue, QueueTicket
 from .request import EngineInfo, EngineRequest, LoraWeight, ProgressCallback, ResolvedJob, RunOutput, StepCallback
 from .samplers import make_scheduler, sampler_label
+from .status import CacheInfo, EngineStatusInfo, LoadedModelInfo, PlannedMemoryInfo
 from .weights import HeaderError, estimate_footprint
 
 log = logging.getLogger(__name__)
@@ -374,7 +375,7 @@ class Engine:
             info.backend_reason = choice.reason if family else f"for SD-family models: {choice.reason}"
         return info
 
-    def planned_memory(self, spec: str | None = None) -> dict[str, Any] | None:
+    def planned_memory(self, spec: str | None = None) -> PlannedMemoryInfo | None:
         """The plan a model would get, from its files' sizes, without loading it (None if it is not local)."""
         spec = spec or self.settings.model
         try:
@@ -385,13 +386,13 @@ class Engine:
         except (EngineError, HeaderError, OSError, ValueError) as exc:
             log.debug("no plan estimate for %s: %s", spec, exc)
             return None
-        return {
-            "model": spec,
-            "memory_plan": choice.value.value,
-            "reason": choice.reason,
-            "estimated_weights_bytes": footprint.total_bytes,
-            "at_size": f"{family.native_size}x{family.native_size}",
-        }
+        return PlannedMemoryInfo(
+            model=spec,
+            memory_plan=choice.value.value,
+            reason=choice.reason,
+            estimated_weights_bytes=footprint.total_bytes,
+            at_size=f"{family.native_size}x{family.native_size}",
+        )
 
     def _default_family(self) -> str | None:
         """The default model's family when it is known or local (configs only, nothing downloaded); else None."""
@@ -407,7 +408,7 @@ class Engine:
         source = resolve_model(spec, model_dirs=self.settings.model_dirs, offline=True)
         return source, inspect_family(source)
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> EngineStatusInfo:
         """What engine_status shows; reads state only, safe to call while a job runs."""
         try:
             facts = probe(self.settings.device)  # free memory now, not at start-up
@@ -416,32 +417,43 @@ class Engine:
             facts = self.facts
         loaded = []
         for model in self.cache.loaded():
+            adapters = model.lora_status()
             loaded.append(
-                {
-                    **model.describe().as_dict(),
-                    "memory_plan_reason": model.plan_reason,
-                    "memory_bytes": model.memory_bytes,
-                    "idle_s": round(time.monotonic() - model.last_used, 1),
-                    **model.lora_status(),
-                }
+                LoadedModelInfo(
+                    model=model.describe(),
+                    memory_plan_reason=model.plan_reason,
+                    memory_bytes=model.memory_bytes,
+                    idle_s=round(time.monotonic() - model.last_used, 1),
+                    adapter_bytes=adapters["adapter_bytes"],
+                    loras_loaded=adapters["loras_loaded"],
+                    loras_active=adapters["loras_active"],
+                )
             )
-        return {
-            **self.describe_choices().as_dict(),
-            "device_total_bytes": facts.total_memory_bytes,
-            "device_free_bytes": facts.free_memory_bytes,
-            "memory_setting": self.settings.memory,
-            "default_model_plan": None if loaded else self.planned_memory(),
-            "cache_budget_bytes": self.cache.budget_bytes,
-            "cache_budget_reason": self.budget.reason,
-            "cache_used_bytes": self.cache.used_bytes(),
-            "evictions": [e.as_dict() for e in self.cache.evictions],
-            "loaded_models": loaded,
-            "queue_length": self.queue.waiting,
-            "running": self.queue.running,
-            "running_s": self.queue.running_seconds(),
-            "max_queue": self.settings.max_queue,
-            "backends": self.backends.status(),
-        }
+        choices = self.describe_choices()
+        return EngineStatusInfo(
+            device=choices.device,
+            device_name=choices.device_name,
+            dtype=choices.dtype,
+            dtype_reason=choices.dtype_reason,
+            backend=choices.backend,
+            backend_reason=choices.backend_reason,
+            backends=self.backends.status(),
+            device_total_bytes=facts.total_memory_bytes,
+            device_free_bytes=facts.free_memory_bytes,
+            memory_setting=self.settings.memory,
+            default_model_plan=None if loaded else self.planned_memory(),
+            cache=CacheInfo(
+                budget_bytes=self.cache.budget_bytes,
+                budget_reason=self.budget.reason,
+                used_bytes=self.cache.used_bytes(),
+                evictions=list(self.cache.evictions),
+            ),
+            loaded_models=loaded,
+            queue_length=self.queue.waiting,
+            max_queue=self.settings.max_queue,
+            running=self.queue.running,
+            running_s=self.queue.running_seconds(),
+        )
 
     async def aclose(self) -> None:
         for model in self.cache.loaded():

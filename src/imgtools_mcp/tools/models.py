@@ -275,31 +275,10 @@ async def list_models(request: ListModelsRequest, ctx: Context) -> CallToolResul
 
 
 def build_status(app: AppContext) -> EngineStatus:
-    raw = app.engine.status()
     settings = app.settings
+    # The engine's status dataclass has engine_status's shape; the server adds its background jobs and the VLM.
     return EngineStatus(
-        device=raw["device"],
-        device_name=raw["device_name"],
-        dtype=raw["dtype"],
-        dtype_reason=raw["dtype_reason"],
-        backend=raw["backend"],
-        backend_reason=raw.get("backend_reason"),
-        backends=raw.get("backends", {}),
-        device_total_bytes=raw["device_total_bytes"],
-        device_free_bytes=raw["device_free_bytes"],
-        memory_setting=raw["memory_setting"],
-        default_model_plan=raw["default_model_plan"],
-        cache=CacheStatus(
-            budget_bytes=raw["cache_budget_bytes"],
-            budget_reason=raw["cache_budget_reason"],
-            used_bytes=raw["cache_used_bytes"],
-            evictions=raw["evictions"],
-        ),
-        loaded_models=[LoadedModelStatus.model_validate(m, from_attributes=False) for m in raw["loaded_models"]],
-        queue_length=raw["queue_length"],
-        max_queue=raw["max_queue"],
-        running=raw["running"],
-        running_s=raw["running_s"],
+        **app.engine.status().as_dict(),
         background_jobs_active=app.jobs.active_count(),
         vlm=VlmStatus(
             base_url=settings.vlm_base_url, model=settings.vlm_model, api_key_set=settings.vlm_api_key is not None
