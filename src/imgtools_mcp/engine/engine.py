@@ -108,6 +108,11 @@ class Engine:
         if request.reference_images:
             raise InvalidRequestError("reference_images", f"{label} models take no reference images")
         for key in request.extra:
+            if key == "control":  # ControlNet maps (engine/control.py): family x type checked against its registry
+                from .control import check_controls
+
+                check_controls(request.extra[key], family, dirs=self.settings.controlnet_dirs, offline=self.offline)
+                continue
             raise InvalidRequestError(key, f"not supported for {label} models")
         width = request.width or family.native_size
         height = request.height or family.native_size
@@ -347,6 +352,11 @@ class Engine:
             return {}
 
         kwargs = pipeline_kwargs(job, model, generators, step_end)
+        if job.request.extra.get("control"):
+            from .control import check_controls, control_call
+
+            sources = check_controls(job.request.extra["control"], job.family, dirs=self.settings.controlnet_dirs, offline=self.offline)
+            pipe, kwargs = control_call(model, job, pipe, kwargs, sources)
         with torch.inference_mode():
             images = pipe(**kwargs).images
         return images, label, steps_done
