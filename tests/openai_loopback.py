@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import numpy as np
 from PIL import Image, ImageStat
 
 CHAT_PATHS = ("/v1/chat/completions", "/api/v1/chat/completions")
@@ -356,6 +357,8 @@ class OpenAILoopback:
         if kind == "revision":
             revision = self.revision(record) if callable(self.revision) else self.revision
             return json.dumps(revision or _default_revision(record))
+        if kind == "grounding":
+            return json.dumps(_grounding(record))
         if kind != "describe":
             record.problems.append(f"unknown json_schema name {kind!r}")
         if not record.images:
@@ -442,6 +445,22 @@ def _check_strict(node: Any, where: str, problems: list[str]) -> None:
 def _image_facts(image: Image.Image) -> str:
     mean = ImageStat.Stat(image.convert("RGB")).mean
     return f"size={image.width}x{image.height} mean=({round(mean[0])},{round(mean[1])},{round(mean[2])})"
+
+
+def _grounding(record: RecordedRequest) -> dict[str, Any]:
+    """Boxes found from the pixels: the region that stands out from the image's background colour (its median),
+    on Qwen3-VL's 0-1000 grid; no such region, no objects."""
+    if not record.images:
+        record.problems.append("grounding request without an image")
+        return {"objects": []}
+    pixels = np.asarray(record.images[-1].convert("RGB"), dtype=np.float32)
+    background = np.median(pixels.reshape(-1, 3), axis=0)
+    ys, xs = np.nonzero(np.abs(pixels - background).sum(axis=2) > 90)
+    if len(xs) == 0:
+        return {"objects": []}
+    height, width = pixels.shape[:2]
+    box = [xs.min() / width, ys.min() / height, (xs.max() + 1) / width, (ys.max() + 1) / height]
+    return {"objects": [{"label": "object", "bbox_2d": [round(v * 1000) for v in box]}]}
 
 
 def _default_revision(record: RecordedRequest) -> dict[str, Any]:

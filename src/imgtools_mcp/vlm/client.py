@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import anyio
 import openai
@@ -18,6 +18,9 @@ from .prompts import render_prompt
 from .providers import pick_provider
 from .replies import KEY_HINT, answer_text, error_detail, error_for_status, parse_json_answer, usage_from_body
 from .schemas import Critique, CritiqueResult, Revision, RevisionResult, VLMText, VLMUsage, strict_json_schema
+
+if TYPE_CHECKING:
+    from .grounding import GroundingResult
 
 DEFAULT_BASE_URL = "https://openrouter.ai/api/v1"
 DEFAULT_MODEL = "qwen/qwen3.5-35b-a3b"
@@ -196,6 +199,17 @@ class VLMClient:
         messages = [{"role": "user", "content": [_text(prompt)]}]
         revision, model, usage = await self._ask_json(messages, Revision, name="revision", temperature=0.4)
         return RevisionResult(revision=revision, model=model, usage=usage)
+
+    async def ground(self, image: Image.Image, description: str) -> GroundingResult:
+        """Boxes (0-1000 grid, Qwen3-VL convention) of the objects in `image` that `description` names; may be empty."""
+        from .grounding import Grounding, GroundingResult
+
+        if not description or not description.strip():
+            raise ValueError("description must say what to find")
+        prompt = render_prompt("ground", description=description.strip())
+        messages = [{"role": "user", "content": [_text(prompt), *await self._image_parts([image])]}]
+        grounding, model, usage = await self._ask_json(messages, Grounding, name="grounding", temperature=0.0)
+        return GroundingResult(grounding=grounding, model=model, usage=usage)
 
     # -- request plumbing ---------------------------------------------------------------------------
 
