@@ -70,13 +70,14 @@ class LoadedModel:
 
     def pipeline(self, mode: Mode) -> Any:
         """The pipeline for a mode; `from_pipe` reuses the loaded modules, so no second copy of the weights."""
-        if mode == "txt2img":
+        # The family registry names each mode's class; the loaded base serves every mode whose class it is.
+        class_name = self.family.pipeline_for(mode)
+        if class_name is None or class_name == type(self.base).__name__:
             return self.base
         if mode not in self.variants:
-            from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting
+            import diffusers
 
-            cls = AutoPipelineForImage2Image if mode == "img2img" else AutoPipelineForInpainting
-            variant = cls.from_pipe(self.base)
+            variant = getattr(diffusers, class_name).from_pipe(self.base)
             variant.set_progress_bar_config(disable=True)
             self.variants[mode] = variant
         return self.variants[mode]

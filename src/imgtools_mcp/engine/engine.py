@@ -20,6 +20,7 @@ from .choice import Choice, choose_dtype
 from .device import DeviceFacts, probe
 from .errors import EngineError, GenerationCancelled, InvalidRequestError, OutOfMemoryError, PipelineError
 from .families import FamilyInfo
+from .families.checks import check_family_request
 from .loader import ModelSource, hf_cache_dir, inspect_family, load_pipeline, resolve_model
 from .lora import AdapterSet, AppliedLora, LoraLoadError, LoraSource, check_fits, download_lora, resolve_lora
 from .memory import MemoryPlan, apply_memory_plan, choose_memory_plan, escalate, estimate_activation_bytes, footprint_of, reset_memory_plan
@@ -97,16 +98,12 @@ class Engine:
         """
         source, family = self.resolve(request.model)
         label = family.family.label
-        if request.mode == "instruct":
-            raise InvalidRequestError("mode", f"instruction edits are not available for {label} models; use edit or inpaint")
         if not request.seeds:
             raise InvalidRequestError("num_images", "at least one image (one seed per image)")
-        if request.mode in ("img2img", "inpaint") and request.image is None:
+        if request.mode in ("img2img", "inpaint", "instruct") and request.image is None:
             raise InvalidRequestError("image", f"{request.mode} needs an input image")
         if request.mode == "inpaint" and request.mask is None:
             raise InvalidRequestError("mask", "inpaint needs a mask")
-        if request.reference_images:
-            raise InvalidRequestError("reference_images", f"{label} models take no reference images")
         for key in request.extra:
             if key == "control":  # ControlNet maps (engine/control.py): family x type checked against its registry
                 from .control import check_controls
@@ -116,10 +113,8 @@ class Engine:
             raise InvalidRequestError(key, f"not supported for {label} models")
         width = request.width or family.native_size
         height = request.height or family.native_size
-        # The family registry (issue 13) declares each family's size multiple; SD latents are 1/8 of the image.
-        multiple = int(getattr(family, "size_multiple", 8))
-        if width % multiple or height % multiple:
-            raise InvalidRequestError("width/height", f"must be multiples of {multiple} (got {width}x{height})")
+        # Modes, size multiple, sampler and reference images as the family's registry entry declares them.
+        notes = check_family_request(family, request, width, height)
         max_pixels = self.settings.max_pixels
         if width * height > max_pixels:
             raise InvalidRequestError(
@@ -135,13 +130,13 @@ class Engine:
             )
         # diffusers runs int(steps * strength) steps and refuses zero.
         strength = request.strength
-        if strength is not None and request.mode != "txt2img" and int(steps * strength) < 1:
+        if strength is not None and request.mode in ("img2img", "inpaint") and int(steps * strength) < 1:
             raise InvalidRequestError(
                 "strength", f"{strength:g} x {steps} steps leaves no denoising step; use strength >= {1 / steps:.3g} or more steps"
             )
         # Unknown, duplicate or other-family LoRAs fail here, before a task id is handed out or a model loaded.
         loras = self.resolve_loras(request.loras, family, source.name)
-        return ResolvedJob(request, source, family, loras, width, height, steps, guidance)
+        return ResolvedJob(request, source, family, loras, width, height, steps, guidance, notes=notes)
 
     async def acheck(self, request: EngineRequest, on_progress: ProgressCallback | None = None) -> ResolvedJob:
         """`check` off the event loop: a first use of a model may scan folders or download it from the hub."""
@@ -214,7 +209,11 @@ class Engine:
         return model
 
     def _choose_plan(self, family: FamilyInfo, footprint: Any, width: int, height: int, batch: int):
-        activations = estimate_activation_bytes(family.family.value, width, height, batch, self.dtype.itemsize)
+        spec = family.family
+        activations = estimate_activation_bytes(
+            spec.activation_shape or "dit", width, height, batch, self.dtype.itemsize,
+            classifier_free_guidance=spec.guidance_knob != "distilled",
+        )
         # Free memory changes as models come and go, so it is measured again for every load.
         current = probe(self.facts.torch_device)
         return choose_memory_plan(current, footprint, activations, requested=self.settings.memory)
@@ -333,9 +332,13 @@ class Engine:
     ) -> tuple[list[Any], str, int]:
         pipe = model.pipeline(job.mode)
         sampler = job.request.sampler
-        scheduler = make_scheduler(sampler, model.scheduler_config)
+        scheduler = make_scheduler(sampler, model.scheduler_config, job.family.family.sampler_kind)
         if scheduler is None:
-            scheduler = type(model.base.scheduler).from_config(model.scheduler_config)
+            # The model's own scheduler class, from its config: `base.scheduler` may hold the previous request's sampler.
+            import diffusers
+
+            own = getattr(diffusers, model.scheduler_config.get("_class_name", ""), None) or type(model.base.scheduler)
+            scheduler = own.from_config(model.scheduler_config)
         pipe.scheduler = scheduler
         label = sampler_label(sampler, type(scheduler).__name__)
         # CPU generators give the same noise on every device, so a seed means the same image everywhere.

@@ -124,8 +124,6 @@ def load_pipeline(
     """
     offline = _offline() if offline is None else offline
     import diffusers
-    from diffusers import AutoPipelineForText2Image
-
     assert source.path is not None
     try:
         if source.kind == "file":
@@ -139,7 +137,9 @@ def load_pipeline(
                 str(source.path), torch_dtype=dtype, local_files_only=offline or config is not None, **extra
             )
         else:
-            pipe = AutoPipelineForText2Image.from_pretrained(str(source.path), torch_dtype=dtype)
+            cls = getattr(diffusers, folder_pipeline_class(source.path, family))
+            extra = family.family.load_overrides(source.path, dtype) if family.family.load_overrides else {}
+            pipe = cls.from_pretrained(str(source.path), torch_dtype=dtype, **extra)
     except ModelLoadError:
         raise
     except Exception as exc:  # diffusers raises OSError/ValueError/EnvironmentError variants for bad weights
@@ -147,11 +147,28 @@ def load_pipeline(
             f"model: {source.spec!r} could not be loaded as a diffusers pipeline: {type(exc).__name__}: "
             f"{str(exc).splitlines()[0][:200] if str(exc) else 'no detail'}"
         ) from exc
+    if family.family.after_load is not None:
+        family.family.after_load(pipe)
     if getattr(pipe, "safety_checker", None) is not None:
         # The assistant's host applies its own content policy; the checker costs memory and blacks out images.
         pipe.safety_checker = None
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def folder_pipeline_class(folder: Path, family: FamilyInfo) -> str:
+    """The class to load a folder with: the one it was saved as when that is one of its family's pipelines
+    (a Fill or Kontext folder loads as itself), else the family's text-to-image pipeline; other modes
+    are built from it with `from_pipe`, sharing the weights."""
+    import json
+
+    saved = json.loads((folder / "model_index.json").read_text()).get("_class_name")
+    known = {name for name in family.family.pipelines.values() if name}
+    if family.family.inpaint_pipeline_for_inpainting_model:
+        known.add(family.family.inpaint_pipeline_for_inpainting_model)
+    if saved in known:
+        return saved
+    return family.family.pipeline_for("txt2img") or saved or "DiffusionPipeline"
 
 
 def _offline() -> bool:

@@ -133,6 +133,10 @@ _FAMILY_SHAPES = {
                         vae_tile_size=768),
     "sdxl": _FamilyShape(latent_channels=4, attention_stride=16, attention_channels=640, attention_heads=10,
                          vae_tile_size=1024),
+    # Flow-matching DiTs (FLUX.1, SD3, Chroma, Qwen-Image...): every block attends over one token per 2x2 latent
+    # patch (16 px) at the full hidden width (FLUX.1: 3072, 24 heads); the family registry picks this shape.
+    "dit": _FamilyShape(latent_channels=16, attention_stride=16, attention_channels=3072, attention_heads=24,
+                        vae_tile_size=1024),
 }  # fmt: skip
 
 # Per token at that level, a transformer block's feed-forward alone holds the residual (1) and its norm (1), the

@@ -10,6 +10,7 @@ from diffusers import (
     DPMSolverMultistepScheduler,
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler,
     LCMScheduler,
     UniPCMultistepScheduler,
 )
@@ -42,10 +43,63 @@ SAMPLER_NAMES: tuple[str, ...] = (*SAMPLERS, "default")
 _LABEL_TO_NAME = {spec.label: name for name, spec in SAMPLERS.items()}
 
 
-def make_scheduler(name: str, base_config: Any) -> SchedulerMixin | None:
+# Flow-matching models (SD3, FLUX, Chroma, Qwen-Image, ...) predict a velocity along a straight path from noise;
+# only schedulers that step such a path fit. Each is built from the model's own FlowMatch config, so its shift
+# (fixed, or resolution-dependent through the `mu` the pipeline passes) is the model's.
+FLOW_SAMPLERS: dict[str, SamplerSpec] = {
+    "euler": SamplerSpec(FlowMatchEulerDiscreteScheduler, "Euler"),
+    "unipc": SamplerSpec(UniPCMultistepScheduler, "UniPC"),
+}
+# DPM++ is left out: its set_timesteps takes no custom sigmas, which every flow img2img/inpaint pipeline passes.
+
+
+def _flow_overrides(base_config: Any) -> dict[str, Any]:
+    """UniPC/DPM++ in their flow-matching form with the model's shift."""
+    get = base_config.get if hasattr(base_config, "get") else lambda key, default=None: getattr(base_config, key, default)
+    overrides: dict[str, Any] = {
+        "prediction_type": "flow_prediction",
+        "use_flow_sigmas": True,
+        "flow_shift": get("shift", 1.0) or 1.0,
+        "use_dynamic_shifting": bool(get("use_dynamic_shifting", False)),
+    }
+    if get("time_shift_type"):
+        overrides["time_shift_type"] = get("time_shift_type")
+    return overrides
+
+
+# Flow img2img and inpaint pipelines noise the input with FlowMatchEuler's own `scale_noise`.
+FLOW_NOISING_MODES = ("img2img", "inpaint")
+
+
+def check_sampler(name: str, kind: str, family_label: str, fitting: tuple[str, ...], mode: str = "txt2img") -> None:
+    """Refuse a sampler that does not fit the family (and mode), naming those that do (one line, for the tool error)."""
+    if name == "default":
+        return
+    known: dict[str, SamplerSpec] = FLOW_SAMPLERS if kind == "flow" else SAMPLERS
+    if kind == "flow" and mode in FLOW_NOISING_MODES:
+        known = {"euler": FLOW_SAMPLERS["euler"]}
+    if name not in SAMPLERS and name not in FLOW_SAMPLERS:
+        raise ValueError(f"sampler: unknown {name!r}; allowed: {', '.join(SAMPLER_NAMES)}")
+    fitting = tuple(n for n in fitting if n in known) or tuple(known)
+    if name not in fitting:
+        what = "a flow-matching model" if kind == "flow" else "a noise-schedule model"
+        if kind == "flow" and mode in FLOW_NOISING_MODES:
+            what += f", whose {mode} pipeline noises the input the FlowMatch Euler way"
+        raise ValueError(f"sampler: {name!r} does not fit {family_label} ({what}); use one of: default, {', '.join(fitting)}")
+
+
+def make_scheduler(name: str, base_config: Any, kind: str = "discrete") -> SchedulerMixin | None:
     """A fresh scheduler for one request built from the model's own config; None for `default`."""
     if name == "default":
         return None
+    if kind == "flow":
+        try:
+            spec = FLOW_SAMPLERS[name]
+        except KeyError:
+            raise ValueError(f"sampler: {name!r} does not fit a flow-matching model; use one of: default, {', '.join(FLOW_SAMPLERS)}") from None
+        if spec.scheduler_cls is FlowMatchEulerDiscreteScheduler:
+            return spec.scheduler_cls.from_config(base_config)
+        return spec.scheduler_cls.from_config(base_config, **spec.overrides, **_flow_overrides(base_config))
     try:
         spec = SAMPLERS[name]
     except KeyError:
@@ -56,7 +110,7 @@ def make_scheduler(name: str, base_config: Any) -> SchedulerMixin | None:
 def sampler_label(name: str, default_scheduler_class: str) -> str:
     if name == "default":
         return default_scheduler_class.replace("Scheduler", "")
-    return SAMPLERS[name].label
+    return (SAMPLERS.get(name) or FLOW_SAMPLERS[name]).label
 
 
 def sampler_from_label(label: str) -> str:

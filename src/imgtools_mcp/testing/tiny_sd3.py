@@ -9,7 +9,7 @@ import torch
 from . import register_builder
 from ._flow_parts import CLIP_HIDDEN, clip_encoder, clip_tokenizer, flow_scheduler, flow_vae, t5_encoder, t5_tokenizer
 
-LATENT = 4
+LATENT = 16  # SD3's inpaint pipeline insists on the real 16 latent channels
 T5_WIDTH = 2 * CLIP_HIDDEN  # SD3 pads the two CLIPs' joined hidden states to T5's width
 
 

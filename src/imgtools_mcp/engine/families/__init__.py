@@ -25,7 +25,7 @@ from .registry import (
     supporting,
 )
 
-_NOT_FAMILIES = {"base", "registry"}
+_NOT_FAMILIES = {"base", "registry", "checks"}
 
 
 def _load_family_modules() -> None:

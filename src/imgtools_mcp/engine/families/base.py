@@ -100,6 +100,8 @@ class FamilySpec:
     activation_shape: str | None = None
     # Extra `from_pretrained` arguments for a folder (e.g. a processor loaded image-only): (folder, dtype) -> kwargs.
     load_overrides: Callable[[Any, Any], dict[str, Any]] | None = None
+    # Fix-ups once a pipeline is loaded (e.g. a config value a diffusers pipeline reads but the model lacks).
+    after_load: Callable[[Any], None] | None = None
     # Family-specific call arguments: (job, kwargs built by engine/pipeline_call.py) -> the kwargs to call with.
     call_kwargs: Callable[[Any, dict[str, Any]], dict[str, Any]] | None = None
 

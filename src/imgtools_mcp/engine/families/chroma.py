@@ -7,6 +7,13 @@ from .registry import register
 
 GB = 10**9
 
+def _after_load(pipe) -> None:
+    # diffusers' Chroma inpaint pipeline reads `guidance_embeds`, which Chroma's transformer config does not have.
+    transformer = getattr(pipe, "transformer", None)
+    if transformer is not None and "guidance_embeds" not in transformer.config:
+        transformer.register_to_config(guidance_embeds=False)
+
+
 CHROMA = register(
     FamilySpec(
         id="chroma",
@@ -29,11 +36,12 @@ CHROMA = register(
         guidance_knob="cfg",
         negative_prompt=True,
         sampler_kind="flow",
-        samplers=("euler", "unipc", "dpmpp_2m"),
+        samplers=("euler", "unipc"),
         token_limit=512,
         lora=True,
         # Chroma keeps FLUX.1's block names, and FLUX.1 LoRAs are commonly used on it.
         lora_layout="flux",
+        after_load=_after_load,
         backends=frozenset({"torch"}),
         components=(
             Component("transformer", int(17.8 * GB), "8.9B (FLUX.1 schnell pruned)"),

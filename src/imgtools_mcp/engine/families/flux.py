@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from .base import Component, Configs, FamilySpec, Variant
 from .registry import register
 
 GB = 10**9
-FLOW_SAMPLERS = ("euler", "unipc", "dpmpp_2m")
+FLOW_SAMPLERS = ("euler", "unipc")
 FLUX_CLASSES = ("FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline")
 # Tensor names of the original (BFL) layout, as single files and GGUF transformers carry them.
 FLUX_STATE_DICT = ("double_blocks.", "single_blocks.")
@@ -24,6 +26,13 @@ def _fill_shaped(configs: Configs) -> bool:
     latent = configs.get("vae", {}).get("latent_channels", 16)
     in_channels = configs.get("transformer", {}).get("in_channels", 4 * latent)
     return in_channels > 4 * latent
+
+
+def _kontext_call(job: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Kontext would rescale the output to a megapixel and the input to its preferred sizes; keep the asked size."""
+    if "image" in kwargs or job.mode == "txt2img":
+        kwargs.update(max_area=job.width * job.height, _auto_resize=False)
+    return kwargs
 
 
 def _no_guidance_embedding(configs: Configs) -> bool:
@@ -91,6 +100,7 @@ FLUX_KONTEXT = register(
         default_steps=28,
         default_guidance=2.5,
         max_reference_images=0,
+        call_kwargs=_kontext_call,
         **_COMMON,
     )
 )

@@ -48,6 +48,10 @@ def true_cfg_call(job: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
     # `guidance_scale` is only for guidance-distilled Qwen transformers (none released); leave it unset.
     if scale > 1 and not kwargs.get("negative_prompt"):
         kwargs["negative_prompt"] = " "
+    if job.mode == "img2img":
+        # Qwen-Image's img2img sizes its output by width/height (default 1024), not by the input image.
+        kwargs.setdefault("width", job.width)
+        kwargs.setdefault("height", job.height)
     return kwargs
 
 

@@ -31,7 +31,7 @@ SD3 = register(
         guidance_knob="cfg",
         negative_prompt=True,
         sampler_kind="flow",
-        samplers=("euler", "unipc", "dpmpp_2m"),
+        samplers=("euler", "unipc"),
         token_limit=256,  # T5's sequence; the CLIPs read the first 77 tokens
         variants=(
             # large-turbo is adversarially distilled: 4 steps, no guidance.

@@ -1,0 +1,60 @@
+"""Request checks every family shares, read from its spec: modes, sizes, samplers, reference images, what does not apply."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import InvalidRequestError
+from . import registry
+from .base import FamilyInfo
+
+MODE_WORDS = {
+    "txt2img": "text-to-image generation is",
+    "img2img": "img2img editing is",
+    "inpaint": "inpainting is",
+    "instruct": "instruction editing is",
+}
+
+
+def check_family_request(family: FamilyInfo, request: Any, width: int, height: int) -> list[str]:
+    """Refuse what the family cannot run (raising InvalidRequestError naming the parameter); return notes for the result."""
+    from ..samplers import check_sampler
+
+    spec = family.family
+    notes: list[str] = []
+    mode = request.mode
+    if family.pipeline_for(mode) is None:
+        can = ", ".join(s.label for s in registry.supporting(mode)) or "none"
+        hint = {"instruct": "use edit without an instruction-edit model (img2img) or inpaint"}.get(mode, "pick another model")
+        raise InvalidRequestError(
+            "model" if mode != "instruct" else "mode",
+            f"{MODE_WORDS.get(mode, mode + ' is')} not available for {spec.label} models (families that can: {can}); {hint}",
+        )
+    multiple = spec.size_multiple
+    if width % multiple or height % multiple:
+        raise InvalidRequestError(
+            "width/height", f"{spec.label} needs multiples of {multiple} (got {width}x{height})"
+        )
+    try:
+        check_sampler(request.sampler, spec.sampler_kind, spec.label, spec.samplers, mode)
+    except ValueError as exc:
+        raise InvalidRequestError("sampler", str(exc).removeprefix("sampler: ")) from None
+    references = list(getattr(request, "reference_images", []) or [])
+    if references:
+        limit = spec.max_reference_images if mode == "instruct" else 0
+        if limit == 0:
+            takers = [s.label for s in registry.all() if s.max_reference_images > 0]
+            raise InvalidRequestError(
+                "reference_images",
+                f"{spec.label} models take no reference images"
+                + (f" (instruction-edit families that do: {', '.join(takers)})" if takers else ""),
+            )
+        if len(references) > limit:
+            raise InvalidRequestError(
+                "reference_images", f"{spec.label} takes at most {limit} reference image(s) besides `image` (got {len(references)})"
+            )
+    if request.negative_prompt and not spec.negative_prompt:
+        notes.append(f"negative_prompt does not apply to {spec.label} (no classifier-free guidance); it was not used")
+    if mode == "instruct" and request.strength is not None:
+        notes.append("strength does not apply to instruction edits; the model sees the whole image and the instruction")
+    return notes
