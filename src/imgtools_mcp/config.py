@@ -147,6 +147,10 @@ class Settings(BaseSettings):
         ge=64 * 1024,
         description="Largest HTTP request body: room for one IMGTOOLS_MAX_INPUT_BYTES image sent inline as base64.",
     )
+    gallery: bool = Field(
+        True,
+        description="Over HTTP, serve GET /gallery (outputs, lineage, live jobs; same token as /mcp). Never over stdio.",
+    )
 
     @field_validator("input_roots", "model_dirs", "lora_dirs", "upscaler_dirs", "controlnet_dirs", mode="before")
     @classmethod

@@ -91,6 +91,10 @@ def run_http(server: ImgToolsServer, settings: Settings, host: str, port: int) -
         _host_literal(host), port, "bearer token required" if settings.auth_token else "no token", ", ".join(security.allowed_hosts),
     )
     add_health_route(server, settings)
+    if settings.gallery:
+        from .gallery import add_gallery_routes
+
+        add_gallery_routes(server, settings, security)  # GET /gallery: same token, same Host/Origin rules
     anyio.run(
         lambda: server.run_streamable_http_async(
             host=host,

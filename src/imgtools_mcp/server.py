@@ -24,6 +24,7 @@ from .store import OutputStore
 from .tools import edit, generate, inpaint, jobs, models, resources, sweep
 from .tools import prompts, refine, vision
 from .tools.vision_common import build_vlm
+from .ui.viewer import ViewerApp, hide_app_only_for_plain_clients
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +102,9 @@ def build_server(settings: Settings, engine: Engine | None = None, *, base_url: 
         lifespan=lifespan,
         token_verifier=StaticTokenVerifier(settings.auth_token) if settings.auth_token else None,
         auth=auth_settings(base_url) if settings.auth_token else None,
+        # The MCP Apps viewer (ui/viewer.py): its page and app-only tool, kept out of plain clients' lists.
+        extensions=[ViewerApp()],
+        middleware=[hide_app_only_for_plain_clients],
     )
     for family in TOOL_FAMILIES:
         family.register(server)
