@@ -135,6 +135,8 @@ class JobManager:
                 last_saved = time.monotonic()
                 self._save(record)
 
+        # The job's queue ticket reaches the engine with its progress sink (tasks.py passes it to the body instead).
+        sink.ticket = admission  # type: ignore[attr-defined]
         scope = self._scopes[record.id]
         try:
             # "queued" until the body reports its first progress (its first denoising step).

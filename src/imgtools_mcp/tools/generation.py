@@ -113,6 +113,7 @@ async def run_and_save(
     from ..infotext import format_infotext
 
     started = time.perf_counter()
+    ticket = ticket or getattr(relay.sink, "ticket", None)  # a background job's place in the queue (jobs.py)
     run = await app.engine.generate(planned.job, relay.on_step, ticket=ticket)
     model_info, engine_info = run.model.as_dict(), run.engine.as_dict()
     loras = [lora.as_dict() for lora in run.loras]
