@@ -16,7 +16,7 @@ from PIL import Image
 from imgtools_mcp.config import Settings
 from imgtools_mcp.infotext import parse_infotext
 from imgtools_mcp.server import build_server
-from imgtools_mcp.tools.sweep import Axis, cell_arguments
+from imgtools_mcp.runs.sweep.axes import Axis, cell_arguments
 
 pytestmark = pytest.mark.anyio
 
@@ -433,13 +433,15 @@ def counting_image_server(tmp_path: Path):
     thread.join()
 
 
-async def test_edit_sweep_resolves_the_image_once(client: Client, counting_image_server) -> None:
+async def test_edit_sweep_resolves_the_image_once(settings: Settings, counting_image_server) -> None:
     url, fetches = counting_image_server
-    result = await client.call_tool(
-        "sweep",
-        {"tool": "edit", "base": {"prompt": "a blue cube", "image": url, "steps": 4, "seed": 1},
-         "x": {"param": "strength", "values": [0.5, 1.0, 0.1]}},
-    )
+    # The image server is on loopback, which URLs reach only when IMGTOOLS_ALLOW_PRIVATE_URLS names it.
+    async with Client(build_server(settings.model_copy(update={"allow_private_urls": ["127.0.0.1"]}))) as client:
+        result = await client.call_tool(
+            "sweep",
+            {"tool": "edit", "base": {"prompt": "a blue cube", "image": url, "steps": 4, "seed": 1},
+             "x": {"param": "strength", "values": [0.5, 1.0, 0.1]}},
+        )
     assert not result.is_error, result.content[0].text
     cells = result.structured_content["cells"]
     assert [c["status"] for c in cells] == ["done", "done", "error"]

@@ -1,4 +1,4 @@
-"""The objects built once per server (engine, output store, jobs, VLM) that tools reach through their context."""
+"""The objects built once per server (engine, output store, tasks, VLM) that tools reach through their context."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ from dataclasses import dataclass
 from .config import Settings
 from .engine.engine import Engine
 from .images.refs import ImageResolver
-from .jobs import JobManager
+from .runs.context import Resolver, RunContext, StopSwitch
+from .runs.progress import ProgressSink
 from .store import OutputStore
+from .tasks import TaskManager
 from .vlm.client import VLMClient
 
 
@@ -18,5 +20,25 @@ class AppContext:
     engine: Engine
     store: OutputStore
     resolver: ImageResolver
-    jobs: JobManager
+    tasks: TaskManager
     vlm: VLMClient | None = None
+
+    def run_context(
+        self,
+        sink: ProgressSink | None = None,
+        *,
+        stop: StopSwitch | None = None,
+        ticket: object = None,
+        resolver: Resolver | None = None,
+    ) -> RunContext:
+        """What one run may use: never the task manager or the MCP session."""
+        return RunContext(
+            settings=self.settings,
+            engine=self.engine,
+            store=self.store,
+            resolver=resolver or self.resolver,
+            vlm=self.vlm,
+            sink=sink,
+            stop=stop or StopSwitch(),
+            ticket=ticket,
+        )

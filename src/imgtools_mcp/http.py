@@ -78,7 +78,7 @@ def add_health_route(server: ImgToolsServer, settings: Settings) -> None:
                 "running": app.engine.busy,
                 "max_queue": settings.max_queue,
             }
-            body["jobs_active"] = app.jobs.active_count()
+            body["jobs_active"] = app.tasks.active_count()
         return JSONResponse(body, status_code=200 if app is not None else 503, headers={"Cache-Control": "no-store"})
 
     server.custom_route("/health", methods=["GET"])(health)

@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pydantic_core import PydanticCustomError
 
 from .images.masks import MaskShape
+from .store import StoredImage
 
 SamplerName = Literal["euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "ddim", "unipc", "lcm", "default"]
 MAX_SEED = 2**32 - 1
@@ -150,14 +151,28 @@ class InpaintRequest(GenerationParams):
         return self
 
 
-class ImageInfo(BaseModel):
+class StoredImageInfo(BaseModel):
+    """An image in the output folder, as every result names it."""
+
     id: str
     uri: str
     metadata_uri: str
     path: str
     width: int
     height: int
+
+    @classmethod
+    def fields_of(cls, stored: StoredImage) -> dict[str, Any]:
+        return {"id": stored.id, "uri": stored.uri, "metadata_uri": stored.metadata_uri, "path": str(stored.path),
+                "width": stored.width, "height": stored.height}
+
+
+class ImageInfo(StoredImageInfo):
     seed: int
+
+    @classmethod
+    def of(cls, stored: StoredImage, seed: int) -> "ImageInfo":
+        return cls(**cls.fields_of(stored), seed=seed)
 
 
 class GenerationResult(BaseModel):
@@ -172,11 +187,23 @@ class GenerationResult(BaseModel):
     job_id: str | None = Field(None, description="Set when background=true: poll get_job with it")
 
 
+UNION_TAGS = {"base": ("generate", "edit", "inpaint")}
+"""Fields holding a union tagged by `tool` (sweep's base): pydantic puts the tag in an error's location."""
+
+
+def _caller_location(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    # base.edit.image names what the caller wrote as base.image
+    for index, part in enumerate(loc[:-1]):
+        if part in UNION_TAGS and loc[index + 1] in UNION_TAGS[part]:
+            return loc[: index + 1] + loc[index + 2 :]
+    return loc
+
+
 def one_line_error(exc: ValidationError) -> str:
     """A pydantic error as one line naming each bad parameter and what is allowed."""
     parts = []
     for error in exc.errors():
-        loc = ".".join(str(p) for p in error["loc"]) or "arguments"
+        loc = ".".join(str(p) for p in _caller_location(error["loc"])) or "arguments"
         message = error["msg"]
         if error["type"] == "extra_forbidden":
             message = "unknown parameter"

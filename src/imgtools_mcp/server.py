@@ -1,4 +1,4 @@
-"""Builds the MCP server from a Settings object: lifespan (engine, store, jobs, VLM) and every tool family."""
+"""Builds the MCP server from a Settings object: lifespan (engine, store, tasks, VLM) and every tool family."""
 
 from __future__ import annotations
 
@@ -18,10 +18,10 @@ from .auth import StaticTokenVerifier, auth_settings
 from .config import Settings
 from .engine.engine import Engine
 from .images.refs import ImageResolver
-from .jobs import JobManager
 from .params import one_line_error
 from .store import OutputStore
-from .tools import edit, generate, inpaint, jobs, models, resources, sweep
+from .tasks import TaskManager
+from .tools import edit, generate, inpaint, models, resources, sweep, tasks
 from .tools import prompts, refine, vision
 from .tools.vision_common import build_vlm
 from .ui.viewer import ViewerApp, hide_app_only_for_plain_clients
@@ -32,7 +32,7 @@ INSTRUCTIONS = (
     "Image tools on a local diffusers engine. Outputs are referenced by id or imgtools://images/<id>; "
     "pass them as `image` to edit/inpaint. Long calls accept background=true and return a job id for get_job."
 )
-TOOL_FAMILIES = (generate, edit, inpaint, sweep, models, vision, refine, jobs, resources, prompts)
+TOOL_FAMILIES = (generate, edit, inpaint, sweep, models, vision, refine, tasks, resources, prompts)
 
 
 class ImgToolsServer(MCPServer[AppContext]):
@@ -79,11 +79,11 @@ def build_server(settings: Settings, engine: Engine | None = None, *, base_url: 
                 max_bytes=settings.max_input_bytes,
                 max_pixels=settings.max_pixels * 4,
             ),
-            jobs=JobManager(settings.output_dir / "jobs"),
+            tasks=TaskManager(settings.output_dir / "jobs"),
             vlm=build_vlm(settings),
         )
         async with anyio.create_task_group() as task_group:
-            app.jobs.bind(task_group, admit=app.engine.admit)
+            app.tasks.bind(task_group, admit=app.engine.admit)
             server.app_context = app
             try:
                 yield app

@@ -4,13 +4,9 @@ from __future__ import annotations
 
 from mcp.server.mcpserver import Context, MCPServer
 from mcp_types import CallToolResult, ToolAnnotations
-from PIL import Image
 
-from ..app import AppContext
 from ..params import EditRequest
-from .common import bind_tool
-from .generation import ImageInputs, run_image_tool
-from .inputs import InputRecord, size_for
+from .present import bind_tool, run_image_tool
 
 DESCRIPTION = """Change a whole image under a prompt (img2img): restyle, recolour, vary or clean it up while keeping its composition.
 `image`: an output id or imgtools://images/<id> (chain results), a path under the input roots, base64/data: URL, or http(s) URL.
@@ -19,32 +15,8 @@ The output keeps the input's size (rounded to multiples of 8) unless width/heigh
 To change one region and keep every other pixel, use inpaint with mask_shapes; to extend the canvas, inpaint with expand."""
 
 
-async def prepare_inputs(app: AppContext, request: EditRequest) -> ImageInputs:
-    """The input image resolved and sized for img2img (sweep calls this once per cell; its resolver remembers the image)."""
-    resolved = await app.resolver.resolve(request.image, param="image")
-    _, family = await app.engine.aresolve(request.model)
-    record = InputRecord.of(resolved)
-    size, note = size_for(resolved.image.size, app.settings.max_pixels, width=request.width, height=request.height)
-    inputs = ImageInputs(
-        mode="img2img",
-        image=resolved.image,
-        strength=request.strength,
-        default_size=size,
-        infotext=record.infotext(),
-        metadata=record.metadata(),
-        notes=[note] if note else [],
-        parameters={"image": record.reference},
-    )
-    if family.inpainting:
-        # A 9-channel UNet cannot run img2img; inpainting all of the image is the same operation for it.
-        inputs.mode = "inpaint"
-        inputs.mask = Image.new("L", resolved.image.size, 255)
-        inputs.notes.append("inpainting checkpoint: the edit ran as an inpaint of the whole image")
-    return inputs
-
-
 async def handle(request: EditRequest, ctx: Context) -> CallToolResult:
-    return await run_image_tool(ctx, "edit", request, lambda app: prepare_inputs(app, request))
+    return await run_image_tool(ctx, request)
 
 
 def register(server: MCPServer) -> None:

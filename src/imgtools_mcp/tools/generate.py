@@ -5,10 +5,8 @@ from __future__ import annotations
 from mcp.server.mcpserver import Context, MCPServer
 from mcp_types import CallToolResult, ToolAnnotations
 
-from ..app import AppContext
 from ..params import GenerateRequest
-from .common import bind_tool
-from .generation import ImageInputs, run_image_tool
+from .present import bind_tool, run_image_tool
 
 DESCRIPTION = """Make image(s) from a text prompt with the local diffusion engine.
 Returns a thumbnail and an imgtools://images/<id> link per image; pass the id to edit/inpaint to keep working on it.
@@ -17,13 +15,8 @@ Cost: steps x the device's time per step (a fraction of a second on a GPU, secon
 the device). Use sweep to compare parameter values, refine to iterate toward a goal with critique."""
 
 
-async def prepare_inputs(app: AppContext, request: GenerateRequest) -> ImageInputs:
-    """What generate adds to the shared parameters: nothing but the mode (sweep calls this once per cell)."""
-    return ImageInputs(mode="txt2img")
-
-
 async def handle(request: GenerateRequest, ctx: Context) -> CallToolResult:
-    return await run_image_tool(ctx, "generate", request, lambda app: prepare_inputs(app, request))
+    return await run_image_tool(ctx, request)
 
 
 def register(server: MCPServer) -> None:

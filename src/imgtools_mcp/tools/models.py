@@ -14,7 +14,7 @@ from ..app import AppContext
 from ..engine.catalog import FoundModel, build_catalog
 from ..engine.errors import EngineError
 from ..engine.loader import hf_cache_dir, inspect_family, resolve_model
-from .common import app_of, bind_tool
+from .present import app_of, bind_tool
 
 READ_ONLY = dict(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
 FamilyName = Literal["sd1", "sd2", "sdxl"]
@@ -279,7 +279,7 @@ def build_status(app: AppContext) -> EngineStatus:
     # The engine's status dataclass has engine_status's shape; the server adds its background jobs and the VLM.
     return EngineStatus(
         **app.engine.status().as_dict(),
-        background_jobs_active=app.jobs.active_count(),
+        background_jobs_active=app.tasks.active_count(),
         vlm=VlmStatus(
             base_url=settings.vlm_base_url, model=settings.vlm_model, api_key_set=settings.vlm_api_key is not None
         ),

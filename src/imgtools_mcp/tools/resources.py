@@ -7,7 +7,7 @@ import json
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError
 
-from .common import app_of
+from .present import app_of
 
 
 def register(server: MCPServer) -> None:

@@ -16,7 +16,7 @@ from ..images.video_refs import VIDEO_FORMS, resolve_video
 from ..params import IMAGE_REFERENCE
 from ..vlm import Critique, MediaError, VLMUsage, probe_video, sample_frames
 from ..vlm.media import DEFAULT_VIDEO_MAX_BYTES
-from .common import app_of, bind_tool
+from .present import app_of, bind_tool
 from .vision_common import require_vlm, usage_text
 
 MAX_DESCRIBE_IMAGES = 8

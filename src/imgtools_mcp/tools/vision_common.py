@@ -6,7 +6,8 @@ from mcp.server.mcpserver.exceptions import ToolError
 
 from ..app import AppContext
 from ..config import Settings
-from ..vlm import VLMClient, VLMConfigError, VLMError, VLMUsage
+from ..runs.vlm_messages import usage_text, vlm_error_message  # noqa: F401 - the VLM tools read them from here
+from ..vlm import VLMClient
 
 SETUP_HINT = (
     "set OPENROUTER_API_KEY or IMGTOOLS_VLM_API_KEY, or point IMGTOOLS_VLM_BASE_URL at a local OpenAI-compatible server"
@@ -21,24 +22,6 @@ def require_vlm(app: AppContext) -> VLMClient:
     if not vlm.configured:
         raise ToolError(f"VLM: no API key for {vlm.base_url}; {SETUP_HINT}")
     return vlm
-
-
-def usage_text(usage: VLMUsage) -> str:
-    """'2 VLM requests, 1234 tokens, $0.0012' (cost only when the provider reports it)."""
-    text = f"{usage.requests} VLM request{'s' if usage.requests != 1 else ''}, {usage.prompt_tokens + usage.completion_tokens} tokens"
-    if usage.cost is not None:
-        text += f", ${usage.cost:.4f}"
-    return text
-
-
-def vlm_error_message(exc: VLMError) -> str:
-    """One line for a failed VLM call: what went wrong, what to set or fix, and what it had already spent."""
-    message = f"VLM: {exc.message}"
-    if isinstance(exc, VLMConfigError) and "IMGTOOLS_VLM_BASE_URL" not in message:
-        message += ", or point IMGTOOLS_VLM_BASE_URL at a local OpenAI-compatible server"
-    if exc.usage is not None and exc.usage.requests:
-        message += f" ({usage_text(exc.usage)} spent)"
-    return message.replace("\n", " ")
 
 
 def build_vlm(settings: Settings) -> VLMClient:

@@ -1,4 +1,4 @@
-"""`get_job` and `cancel_job`: progress, result and cancellation of background jobs."""
+"""`get_job` and `cancel_job`: progress, result and cancellation of background tasks (called jobs in the tools)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp_types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..jobs import FINAL_STATES, JobRecord
-from .common import app_of, bind_tool
+from ..tasks import FINAL_STATES, TaskRecord
+from .present import app_of, bind_tool
 
 
 class GetJobRequest(BaseModel):
@@ -38,7 +38,7 @@ class JobStatus(BaseModel):
     result: dict[str, Any] | None = Field(None, description="The tool's structured result once done")
 
 
-def _status(record: JobRecord) -> CallToolResult:
+def _status(record: TaskRecord) -> CallToolResult:
     structured = JobStatus(
         job_id=record.id,
         tool=record.tool,
@@ -63,8 +63,8 @@ def _status(record: JobRecord) -> CallToolResult:
     return CallToolResult(content=content, structured_content=structured.model_dump(mode="json"))
 
 
-def _record(ctx: Context, job_id: str) -> JobRecord:
-    record = app_of(ctx).jobs.get(job_id)
+def _record(ctx: Context, job_id: str) -> TaskRecord:
+    record = app_of(ctx).tasks.get(job_id)
     if record is None:
         raise ToolError(f"job_id: unknown job {job_id!r}")
     return record
@@ -74,17 +74,17 @@ async def get_job(request: GetJobRequest, ctx: Context) -> CallToolResult:
     record = _record(ctx, request.job_id)
     if request.wait_s and record.state not in FINAL_STATES:
         with anyio.move_on_after(request.wait_s):
-            await app_of(ctx).jobs.wait(request.job_id)
+            await app_of(ctx).tasks.wait(request.job_id)
     return _status(record)
 
 
 async def cancel_job(request: CancelJobRequest, ctx: Context) -> CallToolResult:
     _record(ctx, request.job_id)
-    jobs = app_of(ctx).jobs
-    jobs.cancel(request.job_id)
+    tasks = app_of(ctx).tasks
+    tasks.cancel(request.job_id)
     with anyio.move_on_after(30):
         # The job stops at its next denoising step; wait for that so the answer is the final state.
-        await jobs.wait(request.job_id)
+        await tasks.wait(request.job_id)
     return _status(_record(ctx, request.job_id))
 
 

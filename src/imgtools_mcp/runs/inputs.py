@@ -1,16 +1,37 @@
-"""What edit and inpaint share: the input image's record (hash, reference, parent) and default working sizes."""
+"""What a tool adds to the shared parameters (ImageInputs), and what edit and inpaint share: the input image's
+record (hash, reference, parent) and default working sizes."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
+from PIL import Image
+
+from ..engine.cache import Mode
 from ..images.refs import ResolvedImage, shorten_reference
 
 SIZE_MULTIPLE = 8
 MIN_SIDE = 64  # the request models' lower bound for width/height
 MAX_SIDE = 4096  # and their upper bound
+
+
+@dataclass
+class ImageInputs:
+    """What a tool adds to the shared parameters: its mode, input images, and what to record about them."""
+
+    mode: Mode = "txt2img"
+    image: Image.Image | None = None
+    mask: Image.Image | None = None
+    strength: float | None = None
+    default_size: tuple[int, int] | None = None
+    infotext: dict[str, Any] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    postprocess: Callable[[Image.Image], Image.Image] | None = None
+    notes: list[str] = field(default_factory=list)
+    parameters: dict[str, Any] = field(default_factory=dict)  # tool-specific entries of the reported `parameters`
 
 
 @dataclass(frozen=True)
