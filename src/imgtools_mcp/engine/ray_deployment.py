@@ -16,6 +16,7 @@ import dataclasses
 import io
 import logging
 import os
+import pickle
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -169,23 +170,23 @@ class ImageEngineReplica:
     # --- status ---
 
     def status(self) -> dict[str, Any]:
-        raw = self.engine.status()
-        raw = raw if isinstance(raw, dict) else dataclasses.asdict(raw)
+        info = self.engine.status()
         return {
             "replica": self.replica_id,
             "pid": os.getpid(),
             "node_ip": self.node_ip,
-            "device": raw.get("device"),
-            "device_name": raw.get("device_name"),
-            "dtype": raw.get("dtype"),
-            "backend": raw.get("backend"),
+            "device": info.device,
+            "device_name": info.device_name,
+            "dtype": info.dtype,
+            "backend": info.backend,
             "models": list(self.models),
-            "loaded_models": raw.get("loaded_models", []),
-            "running": raw.get("running"),
-            "running_s": raw.get("running_s"),
-            "waiting": raw.get("queue_length", 0),
+            "loaded": [m.model.name for m in info.loaded_models],
+            "running": info.running,
+            "running_s": info.running_s,
+            "waiting": info.queue_length,
             "served": self.served,
-            "engine": raw,
+            # The whole EngineStatusInfo, pickled here and unpickled by the front: the board stays package-free.
+            "engine": pickle.dumps(info),
         }
 
     def _heartbeat(self) -> None:

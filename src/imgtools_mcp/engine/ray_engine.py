@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import pickle
 import time
 from typing import Any
 
@@ -251,29 +252,51 @@ class RayEngine:
             entry["state"] = "running" if entry["seen_s_ago"] <= STALE_AFTER_S else "lost"
         return sorted(entries, key=lambda e: (e["state"] != "running", e["replica"]))
 
-    def status(self) -> dict[str, Any]:
-        """engine_status in the local engine's shape, summed over live replicas, plus `replicas` (one entry each)."""
+    def status(self):
+        """engine_status: the first live replica's choices, every replica's models, cache and queue summed, `replicas`."""
+        from .status import CacheInfo
+
         replicas = self.replicas()
-        live = [r for r in replicas if r["state"] == "running"]
-        base = dict(live[0]["engine"]) if live else dict(self.checker.status())
-        devices = ", ".join(f"{r['device']}@{r['replica']}" for r in live) or "none yet"
-        loaded = [{**m, "device": f"{m['device']}@{r['replica']}"} for r in live for m in r["engine"].get("loaded_models", [])]
-        running = [f"{r['running']} on {r['replica']}" for r in live if r["running"]]
-        base.update(
+        live = [(r, pickle.loads(r["engine"])) for r in replicas if r["state"] == "running"]
+        if not live:
+            base = self.checker.status()  # nothing reported yet: the front's own view of the default model
+            return dataclasses.replace(
+                base, device="ray: no replica reporting yet", loaded_models=[], queue_length=self._waiting,
+                running=None, running_s=None, max_queue=self.settings.max_queue, replicas=self._public(replicas),
+            )
+        base = live[0][1]
+        # A loaded model's device names its replica: the same model may be loaded on several.
+        loaded = [
+            dataclasses.replace(m, model=dataclasses.replace(m.model, device=f"{m.model.device}@{r['replica']}"))
+            for r, info in live
+            for m in info.loaded_models
+        ]
+        budgets = [info.cache.budget_bytes for _, info in live]
+        running = [f"{info.running} on {r['replica']}" for r, info in live if info.running]
+        devices = ", ".join(f"{info.device}@{r['replica']}" for r, info in live)
+        return dataclasses.replace(
+            base,
             device=f"ray: {len(live)} replica(s) ({devices})",
-            device_total_bytes=sum(r["engine"].get("device_total_bytes") or 0 for r in live),
-            device_free_bytes=sum(r["engine"].get("device_free_bytes") or 0 for r in live),
-            cache_used_bytes=sum(r["engine"].get("cache_used_bytes") or 0 for r in live),
-            evictions=[e for r in live for e in r["engine"].get("evictions", [])],
+            device_total_bytes=sum(info.device_total_bytes or 0 for _, info in live),
+            device_free_bytes=sum(info.device_free_bytes or 0 for _, info in live),
+            default_model_plan=None if loaded else base.default_model_plan,
+            cache=CacheInfo(
+                budget_bytes=None if None in budgets else sum(budgets),
+                budget_reason=f"per replica: {base.cache.budget_reason}",
+                used_bytes=sum(info.cache.used_bytes for _, info in live),
+                evictions=[e for _, info in live for e in info.cache.evictions],
+            ),
             loaded_models=loaded,
-            default_model_plan=None if loaded else base.get("default_model_plan"),
-            queue_length=self._waiting + sum(r["waiting"] for r in live),
-            running="; ".join(running) or None,
-            running_s=max((r["running_s"] or 0 for r in live if r["running"]), default=None),
+            queue_length=self._waiting + sum(info.queue_length for _, info in live),
             max_queue=self.settings.max_queue,
-            replicas=[{k: v for k, v in r.items() if k != "engine"} for r in replicas],
+            running="; ".join(running) or None,
+            running_s=max((info.running_s or 0.0 for _, info in live if info.running), default=None),
+            replicas=self._public(replicas),
         )
-        return base
+
+    @staticmethod
+    def _public(replicas: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{k: v for k, v in r.items() if k != "engine"} for r in replicas]
 
     async def aclose(self) -> None:
         # Replicas are the cluster's: they keep running (and keep their models) when this front stops.
