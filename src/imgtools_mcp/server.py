@@ -16,6 +16,7 @@ from . import __version__
 from .app import AppContext
 from .auth import StaticTokenVerifier, auth_settings
 from .config import Settings
+from .engine.base import build_engine
 from .engine.engine import Engine
 from .images.refs import ImageResolver
 from .params import one_line_error
@@ -71,7 +72,7 @@ def build_server(settings: Settings, engine: Engine | None = None, *, base_url: 
         own_engine = engine is None
         app = AppContext(
             settings=settings,
-            engine=engine or Engine(settings),
+            engine=engine or build_engine(settings),  # IMGTOOLS_ENGINE: local or ray
             store=store,
             resolver=ImageResolver(
                 store.lookup,

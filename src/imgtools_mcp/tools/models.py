@@ -141,6 +141,10 @@ class EngineStatus(BaseModel):
     running: str | None = Field(None, description="The job on the device now (mode:model)")
     running_s: float | None = None
     background_jobs_active: int = 0
+    replicas: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="IMGTOOLS_ENGINE=ray: each Ray Serve replica's id, device, models held and loaded, running and waiting",
+    )
     vlm: VlmStatus
 
 
@@ -307,6 +311,11 @@ def status_text(status: EngineStatus) -> str:
         lines.append(f"default model would run {plan.memory_plan}: {plan.reason}")
     running = f"running {status.running} for {status.running_s:g} s" if status.running else "idle"
     lines.append(f"{running}; {status.queue_length} waiting (max {status.max_queue}); {status.background_jobs_active} background job(s)")
+    for replica in status.replicas:  # IMGTOOLS_ENGINE=ray
+        lines.append(
+            f"- replica {replica['replica']} ({replica['state']}) on {replica['device']} at {replica['node_ip']}: "
+            f"models {', '.join(replica['models']) or 'none'}; {replica['running'] or 'idle'}, {replica['waiting']} waiting"
+        )
     lines.append(f"VLM: {status.vlm.model} at {status.vlm.base_url}, key {'set' if status.vlm.api_key_set else 'NOT set'}")
     return "\n".join(lines)
 
