@@ -85,3 +85,78 @@ def test_unsupported_pairs_and_bad_windows_name_the_parameter(tmp_path: Path, ti
     ]:
         with pytest.raises(InvalidRequestError, match=message):
             sd15.check(EngineRequest(mode="txt2img", model=None, prompt="x", steps=2, extra={"control": [control]}))
+
+
+# ----- through the MCP client -----
+
+
+def data_url(image: Image.Image) -> str:
+    import base64
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def drawing_url() -> str:
+    drawing = Image.new("RGB", (64, 64), "black")
+    ImageDraw.Draw(drawing).ellipse((12, 8, 52, 56), fill="white")
+    return data_url(drawing)
+
+
+@pytest.fixture
+async def client(tmp_path: Path, tiny_models: dict[str, Path], controlnet_dir: Path):
+    from mcp import Client
+
+    from imgtools_mcp.server import build_server
+
+    settings = Settings(
+        model=str(tiny_models["sd15"]), output_dir=tmp_path / "out", device="cpu", hf_offline=True, controlnet_dirs=[controlnet_dir]
+    )
+    async with Client(build_server(settings)) as connected:
+        yield connected
+
+
+def pixels_of(result) -> np.ndarray:
+    return np.asarray(Image.open(result.structured_content["images"][0]["path"]).convert("RGB"), dtype=np.float64)
+
+
+async def test_generate_with_control_through_the_client_saves_the_map_and_records_it(client) -> None:
+    from imgtools_mcp.infotext import parse_infotext
+
+    base = {"prompt": "a ball", "width": 64, "height": 64, "steps": 2, "seed": 11}
+    plain = await client.call_tool("generate", base)
+    controlled = await client.call_tool("generate", {**base, "control": [{"type": "canny", "image": drawing_url()}]})
+    silent = await client.call_tool("generate", {**base, "control": [{"type": "canny", "image": drawing_url(), "weight": 0}]})
+    for result in (plain, controlled, silent):
+        assert not result.is_error, result.content
+    changed = np.abs(pixels_of(controlled) - pixels_of(plain)).mean()
+    assert changed > 2
+    assert np.abs(pixels_of(silent) - pixels_of(plain)).max() <= 1
+    (used,) = controlled.structured_content["parameters"]["control"]
+    assert used["type"] == "canny" and used["weight"] == 1.0 and used["map_uri"].endswith(used["map"])
+    # The map is an output like any other: the assistant can look at it (here: the edges of the drawn ellipse).
+    output_dir = Path(controlled.structured_content["images"][0]["path"]).parent
+    made = np.asarray(Image.open(output_dir / f"{used['map']}.png").convert("L"))
+    assert made.shape == (64, 64) and 50 < (made > 127).sum() < 64 * 64 // 4
+    _, _, fields = parse_infotext(Image.open(controlled.structured_content["images"][0]["path"]).text["parameters"])
+    assert fields["ControlNet 0"].startswith("Module: canny") and used["map"] in fields["ControlNet 0"]
+
+
+async def test_edit_with_control_and_bad_control_inputs_name_the_parameter(client) -> None:
+    picture = data_url(Image.new("RGB", (64, 64), (120, 90, 60)))
+    edited = await client.call_tool(
+        "edit", {"prompt": "a ball", "image": picture, "steps": 2, "seed": 3, "control": [{"type": "canny", "image": drawing_url()}]}
+    )
+    assert not edited.is_error, edited.content
+    for control, named in [
+        ({"type": "pose", "image": drawing_url()}, "control[0].type"),
+        ({"type": "sketch", "image": drawing_url()}, "control.0.type"),
+        ({"type": "canny", "image": drawing_url(), "start": 0.9, "end": 0.1}, "control.0"),
+        ({"type": "canny", "image": "no-such-output"}, "control[0].image"),
+        ({"type": "image", "image": drawing_url()}, "control[0].model"),
+    ]:
+        result = await client.call_tool("generate", {"prompt": "x", "width": 64, "height": 64, "steps": 2, "control": [control]})
+        assert result.is_error, control
+        assert named in result.content[0].text, result.content[0].text

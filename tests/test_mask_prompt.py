@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -68,3 +69,56 @@ async def test_boxes_off_the_grid_are_refused_and_asked_again(server: OpenAILoop
     assert len(server.chat_requests) == 2 and result.usage.requests == 2
     assert "0-1000 grid" in server.chat_requests[1].texts[-1]
     assert len(result.grounding.objects) == 1
+
+
+# ----- inpaint with mask_prompt, through the MCP client -----
+
+
+def data_url(image: Image.Image) -> str:
+    import base64
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+@pytest.fixture
+async def mcp_client(server: OpenAILoopback, settings):
+    from mcp import Client
+    from pydantic import SecretStr
+
+    from imgtools_mcp.server import build_server
+
+    configured = settings.model_copy(update={"vlm_base_url": server.base_url, "vlm_api_key": SecretStr(KEY)})
+    async with Client(build_server(configured)) as connected:
+        yield connected
+
+
+async def test_inpaint_by_description_repaints_only_where_the_vlm_found_it(mcp_client) -> None:
+    picture = scene()
+    result = await mcp_client.call_tool(
+        "inpaint",
+        {"prompt": "a red cup", "image": data_url(picture), "mask_prompt": "the cup", "mask_blur": 0, "steps": 2, "seed": 1},
+    )
+    assert not result.is_error, result.content
+    data = result.structured_content
+    made_id = data["parameters"]["mask_made"]
+    assert data["parameters"]["mask_prompt"] == "the cup" and made_id
+    output = Path(data["images"][0]["path"])
+    mask = np.asarray(Image.open(output.parent / f"{made_id}.png").convert("L")) > 127
+    ys, xs = np.nonzero(mask)
+    assert (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) == pytest.approx(CUP, abs=1)
+    painted = np.asarray(Image.open(output).convert("RGB"), dtype=np.int16)
+    original = np.asarray(picture, dtype=np.int16)
+    assert np.array_equal(painted[~mask], original[~mask])  # every pixel outside the mask kept exactly
+    assert np.abs(painted[mask] - original[mask]).mean() > 5  # and the cup repainted
+    assert any("mask_prompt" in warning for warning in data["warnings"])
+
+
+async def test_a_vlm_that_finds_nothing_is_a_tool_error(mcp_client) -> None:
+    result = await mcp_client.call_tool(
+        "inpaint", {"prompt": "a red cup", "image": data_url(scene(with_cup=False)), "mask_prompt": "the cup", "steps": 2}
+    )
+    assert result.is_error
+    assert "mask_prompt: the VLM" in result.content[0].text and "found nothing" in result.content[0].text

@@ -156,3 +156,22 @@ def test_tiles_cover_every_pixel_with_the_overlap_asked_for() -> None:
         assert starts[0] == 0 and starts[-1] + min(tile, length) == length
         assert all(b - a <= tile - overlap for a, b in zip(starts, starts[1:]))
     assert len(tile_boxes(128, 96, 64, 32)) == 3 * 2
+
+
+async def test_hires_returns_the_upscaled_size_with_a1111_fields(client: Client) -> None:
+    base = {"prompt": "a yellow ball", "width": 64, "height": 64, "steps": 2, "seed": 4}
+    result = await client.call_tool("generate", {**base, "hires": {"scale": 2, "denoise": 0.5}})
+    assert not result.is_error, result.content
+    data = result.structured_content
+    image = data["images"][0]
+    assert (image["width"], image["height"]) == (128, 128)
+    assert data["parameters"]["hires"]["size"] == [128, 128] and data["parameters"]["hires"]["upscaler"] == "Lanczos"
+    assert data["parameters"]["width"] == 64  # the first pass ran at the base size
+    _, _, fields = parse_infotext(Image.open(image["path"]).text["parameters"])
+    assert fields["Hires upscale"] == "2" and fields["Hires upscaler"] == "Lanczos" and fields["Size"] == "64x64"
+    # With an upscaler model and a 1.5x scale the size is exact too; the second pass repainted the enlargement.
+    modelled = await client.call_tool("generate", {**base, "hires": {"scale": 1.5, "denoise": 0.5, "upscaler": "tiny-x4"}})
+    assert not modelled.is_error, modelled.content
+    assert (modelled.structured_content["images"][0]["width"], modelled.structured_content["images"][0]["height"]) == (96, 96)
+    bad = await client.call_tool("generate", {**base, "hires": {"scale": 2, "upscaler": "nope"}})
+    assert bad.is_error and "hires.upscaler" in bad.content[0].text
