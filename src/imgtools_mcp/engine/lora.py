@@ -219,7 +219,10 @@ def download_lora(source: LoraSource, *, hub_cache: Path) -> LoraSource:
 
 def check_fits(source: LoraSource, family: FamilyInfo, model_name: str) -> None:
     """Refuse a LoRA made for another family before any weights are touched."""
-    if source.info is not None and source.info.family is not None and source.info.family is not family.family:
+    # Families sharing a denoiser layout (FLUX.1 and Kontext, Qwen-Image and its Edit models) take each other's LoRAs.
+    if source.info is not None and source.info.family is not None and (
+        source.info.family.lora_layout_id != family.family.lora_layout_id
+    ):
         raise LoraLoadError(
             f"loras: {source.spec!r} is an {source.info.family.label} LoRA; the model {model_name!r} is {family.family.label}"
         )

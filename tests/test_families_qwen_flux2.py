@@ -1,0 +1,189 @@
+"""Qwen-Image(-Edit), Z-Image(-Turbo) and FLUX.2 (dev, klein) through the MCP client, from folders diffusers saved itself."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from mcp import Client
+from PIL import Image
+
+from imgtools_mcp.config import Settings
+from imgtools_mcp.engine import families
+from imgtools_mcp.server import build_server
+from imgtools_mcp.testing import make_test_model
+
+pytestmark = pytest.mark.anyio
+
+# Folder names as the real hub repos are named: Z-Image-Turbo is told from Z-Image by its name only.
+FOLDERS = {
+    "qwen-image": "Qwen-Image",
+    "qwen-image-edit": "Qwen-Image-Edit-2509",
+    "z-image": "Z-Image",
+    "z-image-turbo": "Z-Image-Turbo",
+    "flux2": "FLUX.2-dev",
+    "flux2-klein": "FLUX.2-klein-4B",
+}
+FAST = {"width": 64, "height": 64, "steps": 2}
+
+
+@pytest.fixture(scope="module")
+def dit_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("dit-models")
+    return {family: make_test_model(root / folder, family) for family, folder in FOLDERS.items()}
+
+
+def settings_for(tmp_path: Path, model: Path, **extra) -> Settings:
+    return Settings(model=str(model), output_dir=tmp_path / "out", device="cpu", hf_offline=True, **extra)
+
+
+def ok(result) -> dict:
+    assert not result.is_error, result.content[0].text
+    return result.structured_content
+
+
+def pixels(info: dict) -> np.ndarray:
+    return np.asarray(Image.open(info["path"]).convert("RGB"), dtype=np.int16)
+
+
+def pattern(seed: int, size: tuple[int, int] = (64, 64)) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    # Smooth colour fields rather than noise, like a photo: a VAE keeps them recognisable.
+    small = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
+    return Image.fromarray(small).resize(size, Image.Resampling.BICUBIC)
+
+
+def data_url(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+# ----- recognition: from the files diffusers wrote, nothing loaded -----
+
+EXPECTED = {
+    # family id, variant, default steps, default guidance, guidance knob, instruction edits
+    "qwen-image": ("qwen-image", None, 50, 4.0, "true_cfg", False),
+    "qwen-image-edit": ("qwen-image-edit", None, 40, 4.0, "true_cfg", True),
+    "z-image": ("z-image", None, 30, 4.0, "cfg", False),
+    "z-image-turbo": ("z-image", "turbo", 9, 0.0, "cfg", False),
+    "flux2": ("flux2", None, 50, 4.0, "distilled", True),
+    "flux2-klein": ("flux2-klein", "distilled", 4, 1.0, "cfg", True),
+}
+
+
+@pytest.mark.parametrize("family", sorted(FOLDERS))
+def test_saved_folders_are_recognised_from_their_files(dit_models: dict[str, Path], family: str) -> None:
+    info = families.detect_folder(dit_models[family])
+    variant = info.variant.id if info.variant else None
+    spec = info.family
+    assert (spec.id, variant, info.default_steps, info.default_guidance, spec.guidance_knob, spec.instruct) == EXPECTED[family]
+    assert spec.size_multiple == 16 and spec.sampler_kind == "flow" and spec.lora
+    index = json.loads((dit_models[family] / "model_index.json").read_text())
+    assert index["_class_name"] in spec.pipeline_classes
+
+
+# ----- generate: the family's defaults, seeds reproduce -----
+
+
+@pytest.mark.parametrize("family", ["qwen-image", "z-image-turbo", "flux2", "flux2-klein"])
+async def test_generate_uses_the_family_defaults_and_a_seed_gives_the_same_pixels(
+    tmp_path: Path, dit_models: dict[str, Path], family: str
+) -> None:
+    async with Client(build_server(settings_for(tmp_path, dit_models[family]))) as client:
+        # The same request twice (a batch's numerics depend on its size, so both are batches of two).
+        request = {"prompt": "a lighthouse at dusk", "seed": 5, "num_images": 2, **FAST}
+        pair = ok(await client.call_tool("generate", request))
+        again = ok(await client.call_tool("generate", request))
+    family_id, _, _, guidance, _, _ = EXPECTED[family]
+    assert pair["model"]["family"] == family_id
+    assert pair["parameters"]["guidance_scale"] == guidance
+    first, second = pair["images"]
+    assert (first["seed"], second["seed"]) == (5, 6)
+    assert pixels(first).shape == (64, 64, 3)
+    assert all(np.array_equal(pixels(a), pixels(b)) for a, b in zip(again["images"], pair["images"], strict=True))
+    assert not np.array_equal(pixels(first), pixels(second))
+
+
+# ----- inpaint: the family's inpaint pipeline, pixels outside the mask exact -----
+
+
+@pytest.mark.parametrize("family", ["qwen-image", "z-image", "flux2-klein"])
+async def test_inpaint_keeps_every_pixel_outside_the_mask(tmp_path: Path, dit_models: dict[str, Path], family: str) -> None:
+    source = pattern(1)
+    box = {"type": "rect", "x": 16, "y": 16, "width": 32, "height": 32}
+    async with Client(build_server(settings_for(tmp_path, dit_models[family]))) as client:
+        result = ok(await client.call_tool("inpaint", {
+            "prompt": "a red door", "image": data_url(source), "mask_shapes": [box], "mask_blur": 0, "seed": 3, **FAST,
+        }))
+    out = pixels(result["images"][0])
+    original = np.asarray(source, dtype=np.int16)
+    keep = np.ones((64, 64), dtype=bool)
+    keep[16:48, 16:48] = False
+    assert np.array_equal(out[keep], original[keep])
+    assert np.abs(out[~keep] - original[~keep]).max() > 0
+
+
+# ----- instruction edits: the image and references are the model's inputs, strength does not apply -----
+
+
+@pytest.mark.parametrize("family", ["qwen-image-edit", "flux2-klein"])
+async def test_instruction_edit_takes_reference_images_and_ignores_strength(
+    tmp_path: Path, dit_models: dict[str, Path], family: str
+) -> None:
+    image, reference = data_url(pattern(2)), data_url(pattern(3))
+    edit = {"prompt": "make the sky purple", "image": image, "seed": 4, "strength": 0.3, **FAST}
+    async with Client(build_server(settings_for(tmp_path, dit_models[family]))) as client:
+        alone = ok(await client.call_tool("edit", edit))
+        referenced = ok(await client.call_tool("edit", {**edit, "reference_images": [{"image": reference, "weight": 1.0}]}))
+    assert alone["model"]["family"] == EXPECTED[family][0]
+    notes = " ".join(alone.get("warnings", []) + alone.get("notes", []))
+    assert "strength does not apply" in notes
+    assert not np.array_equal(pixels(alone["images"][0]), pixels(referenced["images"][0]))
+
+
+# ----- LoRA: on changes the image, off gives the plain image back pixel for pixel -----
+
+LORA_TARGETS = {
+    # img_mlp and the refiners are names only these families' transformers have, so the file says its family.
+    "qwen-image": ["to_q", "to_k", "to_v", "img_mlp.net.2"],
+    "z-image": ["to_q", "to_k", "to_v", "w1"],
+}
+
+
+def make_transformer_lora(model: Path, out_file: Path, targets: list[str], seed: int = 1) -> Path:
+    """A LoRA on the tiny transformer, saved by the family's own pipeline class (diffusers' LoRA file layout)."""
+    import diffusers
+    from peft import LoraConfig, get_peft_model_state_dict
+
+    index = json.loads((model / "model_index.json").read_text())
+    transformer_class = getattr(diffusers, index["transformer"][1])
+    torch.manual_seed(seed)
+    transformer = transformer_class.from_pretrained(model / "transformer")
+    # init_lora_weights=False draws lora_B at random, so the adapter really changes the image.
+    transformer.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=targets, init_lora_weights=False))
+    pipeline_class = getattr(diffusers, index["_class_name"])
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    pipeline_class.save_lora_weights(
+        out_file.parent, transformer_lora_layers=get_peft_model_state_dict(transformer), weight_name=out_file.name
+    )
+    return out_file
+
+
+@pytest.mark.parametrize("family", sorted(LORA_TARGETS))
+async def test_lora_on_changes_the_image_and_off_restores_it(tmp_path: Path, dit_models: dict[str, Path], family: str) -> None:
+    lora_dir = tmp_path / "loras"
+    make_transformer_lora(dit_models[family], lora_dir / "tiny_style.safetensors", LORA_TARGETS[family])
+    request = {"prompt": "a lighthouse at dusk", "seed": 7, **FAST}
+    async with Client(build_server(settings_for(tmp_path, dit_models[family], lora_dirs=[lora_dir]))) as client:
+        plain = ok(await client.call_tool("generate", request))
+        styled = ok(await client.call_tool("generate", {**request, "loras": [{"name": "tiny_style", "weight": 1.0}]}))
+        after = ok(await client.call_tool("generate", request))
+    assert styled["parameters"]["loras"] == [{"name": "tiny_style", "weight": 1.0}]
+    assert np.abs(pixels(styled["images"][0]) - pixels(plain["images"][0])).max() > 0
+    assert np.array_equal(pixels(after["images"][0]), pixels(plain["images"][0]))
