@@ -25,6 +25,7 @@ from .loader import ModelSource, hf_cache_dir, inspect_family, load_pipeline, re
 from .lora import AdapterSet, AppliedLora, LoraLoadError, LoraSource, check_fits, download_lora, resolve_lora
 from .memory import MemoryPlan, apply_memory_plan, choose_memory_plan, escalate, estimate_activation_bytes, footprint_of, reset_memory_plan
 from .pipeline_call import pipeline_kwargs
+from .progress import Progress, pipeline_components, reporting_component_loads, watching_download
 from .queue import DeviceQueue, QueueTicket
 from .request import EngineInfo, EngineRequest, LoraWeight, ProgressCallback, ResolvedJob, RunOutput, StepCallback
 from .samplers import make_scheduler, sampler_label
@@ -56,17 +57,23 @@ class Engine:
 
     # ----- model resolution (cheap: configs only) -----
 
-    def resolve(self, spec: str | None) -> tuple[ModelSource, FamilyInfo]:
-        """Find a model and its family without loading weights; results are remembered per spec."""
+    def resolve(self, spec: str | None, on_progress: ProgressCallback | None = None) -> tuple[ModelSource, FamilyInfo]:
+        """Find a model and its family without loading weights; results are remembered per spec.
+
+        A hub model not in the cache is downloaded here; `on_progress` hears the bytes as they arrive.
+        """
         spec = spec or self.settings.model
         if spec not in self._sources:
-            source = resolve_model(spec, model_dirs=self.settings.model_dirs, offline=self.settings.hf_offline)
+            # Only a hub id has a hub folder to watch; a local path never matches one.
+            hub_folder = hf_cache_dir() / ("models--" + spec.strip().replace("/", "--"))
+            with watching_download(hub_folder, spec, Progress(on_progress)):
+                source = resolve_model(spec, model_dirs=self.settings.model_dirs, offline=self.settings.hf_offline)
             self._sources[spec] = (source, inspect_family(source))
         return self._sources[spec]
 
-    async def aresolve(self, spec: str | None) -> tuple[ModelSource, FamilyInfo]:
+    async def aresolve(self, spec: str | None, on_progress: ProgressCallback | None = None) -> tuple[ModelSource, FamilyInfo]:
         """`resolve` off the event loop: a first use may scan folders or download from the hub."""
-        return await anyio.to_thread.run_sync(self.resolve, spec)
+        return await anyio.to_thread.run_sync(self.resolve, spec, on_progress)
 
     @property
     def offline(self) -> bool:
@@ -90,13 +97,14 @@ class Engine:
 
     # ----- checking a request (cheap: configs and LoRA headers only) -----
 
-    def check(self, request: EngineRequest) -> ResolvedJob:
+    def check(self, request: EngineRequest, on_progress: ProgressCallback | None = None) -> ResolvedJob:
         """Resolve the model, its family and the LoRAs, fill the family's defaults and check every limit, once.
 
         Like diffusers' `check_inputs()`: everything after it may assume a valid request. Raises an
-        EngineError whose message starts with the parameter at fault.
+        EngineError whose message starts with the parameter at fault. A first use of a hub model
+        downloads it here, reporting to `on_progress`.
         """
-        source, family = self.resolve(request.model)
+        source, family = self.resolve(request.model, on_progress)
         label = family.family.label
         if not request.seeds:
             raise InvalidRequestError("num_images", "at least one image (one seed per image)")
@@ -140,7 +148,7 @@ class Engine:
 
     async def acheck(self, request: EngineRequest, on_progress: ProgressCallback | None = None) -> ResolvedJob:
         """`check` off the event loop: a first use of a model may scan folders or download it from the hub."""
-        return await anyio.to_thread.run_sync(self.check, request)
+        return await anyio.to_thread.run_sync(self.check, request, on_progress)
 
     # ----- queue -----
 
@@ -171,7 +179,7 @@ class Engine:
             log.warning("cannot estimate the size of %s before loading (%s); making room after", source.spec, exc)
             return 0
 
-    def _load(self, source: ModelSource, family: FamilyInfo) -> LoadedModel:
+    def _load(self, source: ModelSource, family: FamilyInfo, progress: Progress) -> LoadedModel:
         started = time.perf_counter()
         # Evict before loading, so the old and the new weights are never in memory together.
         self.cache.make_room(self._estimate_bytes(source))
@@ -179,7 +187,13 @@ class Engine:
         if source.kind == "file":
             assert source.path is not None
             config = find_config_folder(source.path, family, self.settings.model_dirs, hf_cache_dir())
-        pipe = load_pipeline(source, family, self.dtype, config=config, offline=self.offline)
+        assert source.path is not None
+        components = pipeline_components(source.path) if source.kind != "file" else []
+        total = float(len(components)) if components else None
+        progress(f"loading {source.name}: {', '.join(components) or 'single-file checkpoint'}", 0.0, total)
+        with reporting_component_loads(progress, source.name, len(components)):
+            pipe = load_pipeline(source, family, self.dtype, config=config, offline=self.offline)
+        progress(f"loaded {source.name} in {time.perf_counter() - started:.1f} s; placing it on {self.device}", total, total)
         for done in self.backends.torch.setup_pipeline(
             pipe, family.family.value, self.dtype_choice.value, compile_unet=self.settings.torch_compile
         ):
@@ -218,11 +232,11 @@ class Engine:
         current = probe(self.facts.torch_device)
         return choose_memory_plan(current, footprint, activations, requested=self.settings.memory)
 
-    def _get_loaded(self, source: ModelSource, family: FamilyInfo) -> tuple[LoadedModel, float]:
+    def _get_loaded(self, source: ModelSource, family: FamilyInfo, progress: Progress) -> tuple[LoadedModel, float]:
         cached = self.cache.get(source.key)
         if cached is not None:
             return cached, 0.0
-        model = self._load(source, family)
+        model = self._load(source, family, progress)
         return model, model.load_seconds
 
     # ----- generation -----
@@ -261,11 +275,13 @@ class Engine:
     ) -> RunOutput:
         started = time.perf_counter()
         source = job.source
-        model, load_s = self._get_loaded(source, job.family)
-        applied = self._apply_loras(model, job)
+        progress = Progress(on_progress)
+        model, load_s = self._get_loaded(source, job.family, progress)
+        applied = self._apply_loras(model, job, progress)
         warnings: list[str] = []
         # The model's backend computes what it can of this request; torch the rest (e.g. with LoRAs active).
-        with self.backends.running(model, model.pipeline(job.mode), self._request_shape(model, job)) as backend_run:
+        shape = self._request_shape(model, job)
+        with self.backends.running(model, model.pipeline(job.mode), shape, progress) as backend_run:
             try:
                 images, label, steps_run = self._denoise(model, job, on_step, cancel)
             except torch.OutOfMemoryError:
@@ -307,11 +323,17 @@ class Engine:
         loras_active = bool(model.adapters is not None and model.adapters.active)
         return RequestShape(job.mode, job.width, job.height, len(job.seeds), guided, loras_active)
 
-    def _apply_loras(self, model: LoadedModel, job: ResolvedJob) -> list[AppliedLora]:
+    def _apply_loras(self, model: LoadedModel, job: ResolvedJob, progress: Progress) -> list[AppliedLora]:
         """Activate exactly the job's adapters (loading each once); a job without LoRAs runs without any."""
         if model.adapters is None:
             return []
-        wanted = [(download_lora(s, hub_cache=hf_cache_dir()), w) if s.path is None else (s, w) for s, w in job.loras]
+        wanted = []
+        for lora, weight in job.loras:
+            if lora.path is None:  # a hub LoRA used for the first time
+                folder = hf_cache_dir() / ("models--" + str(lora.repo_id).replace("/", "--"))
+                with watching_download(folder, lora.spec, progress):
+                    lora = download_lora(lora, hub_cache=hf_cache_dir())
+            wanted.append((lora, weight))
         applied = model.adapters.apply(model.base, wanted, job.source.name)
         if any(weight for _, weight in wanted):
             self.cache.make_room(0, keep=job.source.key)  # new adapters count against the budget too

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from ...config import Settings
     from ..cache import LoadedModel
     from ..device import DeviceFacts
+    from ..progress import Progress
 
 __all__ = [
     "Backend",
@@ -111,15 +112,21 @@ class Backends:
         return report
 
     @contextmanager
-    def running(self, model: "LoadedModel", pipe: Any, shape: RequestShape) -> Iterator[BackendRun]:
-        """Run one request on the model's backend where it can, torch for whatever it declines; yields what ran."""
+    def running(
+        self, model: "LoadedModel", pipe: Any, shape: RequestShape, progress: "Progress | None" = None
+    ) -> Iterator[BackendRun]:
+        """Run one request on the model's backend where it can, torch for whatever it declines; yields what ran.
+
+        A first use converts the model's components for the backend (minutes for a large model on a CPU),
+        reported to `progress` per component.
+        """
         backend = self.get(model.backend)
         if not backend.components:
             yield BackendRun(backend.id, model.backend_reason)
             return
         seen = {id(event) for event in model.backend_events}
         started = time.perf_counter()
-        refused = backend.prepare(model, shape)
+        refused = backend.prepare(model, shape, progress)
         prepare_seconds = time.perf_counter() - started
         served = [c for c in backend.components if c not in refused]
         components = {c: (backend.id if c in served else "torch") for c in backend.components}

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from ...config import Settings
     from ..cache import LoadedModel
     from ..device import DeviceFacts
+    from ..progress import Progress
 
 
 @dataclass(frozen=True)
@@ -92,9 +93,9 @@ class Backend(ABC):
         return None
 
     @abstractmethod
-    def prepare(self, model: "LoadedModel", shape: RequestShape) -> dict[str, str]:
-        """Get ready to serve `shape` on `model` (converting on first use); returns {component: why not} for each
-        of `components` it cannot serve, which then run on torch. Empty: it serves them all.
+    def prepare(self, model: "LoadedModel", shape: RequestShape, progress: "Progress | None" = None) -> dict[str, str]:
+        """Get ready to serve `shape` on `model` (converting on first use, reported to `progress`); returns
+        {component: why not} for each of `components` it cannot serve, which then run on torch. Empty: it serves them all.
         """
 
     @contextmanager

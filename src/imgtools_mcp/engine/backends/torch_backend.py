@@ -37,7 +37,7 @@ class TorchBackend(Backend):
     )
     components: ClassVar[tuple[str, ...]] = ()
 
-    def prepare(self, model: Any, shape: Any) -> dict[str, str]:
+    def prepare(self, model: Any, shape: Any, progress: Any = None) -> dict[str, str]:
         return {}
 
     def setup_pipeline(self, pipe: Any, family: str, dtype: str, *, compile_unet: bool) -> list[str]:
