@@ -70,6 +70,11 @@ class HttpServer:
     def log_path(self) -> Path:
         return self.log_dir / f"server-{self.port}-{self.starts}.log"
 
+    @property
+    def stdout_path(self) -> Path:
+        """What the server wrote to stdout: nothing is expected there over HTTP (stdout is the stdio channel)."""
+        return self.log_dir / f"server-{self.port}-{self.starts}.stdout"
+
     def log_tail(self) -> str:
         try:
             return self.log_path.read_text(errors="replace")[-3000:]
@@ -78,11 +83,11 @@ class HttpServer:
 
     async def start(self, timeout: float = 120) -> "HttpServer":
         self.starts += 1
-        with open(self.log_path, "wb") as log:
+        with open(self.log_path, "wb") as log, open(self.stdout_path, "wb") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "imgtools_mcp.cli", "serve", "--transport", "http", "--port", str(self.port)],
                 env=self.env,
-                stdout=subprocess.DEVNULL,
+                stdout=out,
                 stderr=log,
             )
         # The subprocess imports torch first; /health answers 200 once the lifespan (engine, store, jobs) is up.

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import copy
 import ipaddress
 import logging
 import socket
+from typing import Any
 
 import anyio
+import uvicorn
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from . import __version__
 from .config import Settings
+from .http_events import RETRY_INTERVAL_MS, BoundedEventStore, SessionScope
 from .server import ImgToolsServer
 
 log = logging.getLogger(__name__)
@@ -95,12 +99,28 @@ def run_http(server: ImgToolsServer, settings: Settings, host: str, port: int) -
         from .gallery import add_gallery_routes
 
         add_gallery_routes(server, settings, security)  # GET /gallery: same token, same Host/Origin rules
-    anyio.run(
-        lambda: server.run_streamable_http_async(
-            host=host,
-            port=port,
-            streamable_http_path="/mcp",
-            max_request_body_size=settings.max_request_bytes,
-            transport_security=security,
-        )
+    app = server.streamable_http_app(
+        streamable_http_path="/mcp",
+        # Resumable streams: a client that loses its connection mid-call reconnects with Last-Event-ID and gets
+        # the progress and the result it missed (http_events.py).
+        event_store=BoundedEventStore(),
+        retry_interval=RETRY_INTERVAL_MS,
+        max_request_body_size=settings.max_request_bytes,
+        transport_security=security,
+        host=host,
     )
+    verbose = logging.getLogger().getEffectiveLevel() <= logging.DEBUG
+    config = uvicorn.Config(SessionScope(app), host=host, port=port, log_config=stderr_log_config(),
+                            log_level="debug" if verbose else "info")
+    anyio.run(uvicorn.Server(config).serve)
+
+
+def stderr_log_config() -> dict[str, Any]:
+    """uvicorn's logging with its access log on stderr too: under stdio stdout is the MCP channel, and over HTTP
+    a process manager should find every log line in one stream."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    for handler in config["handlers"].values():
+        handler["stream"] = "ext://sys.stderr"
+    return config
