@@ -136,3 +136,32 @@ def test_sheet_picks_the_squarer_arrangement() -> None:
 def test_bad_layout_requests_are_refused(columns, rows, column_labels, row_labels) -> None:
     with pytest.raises(ValueError):
         plan_grid(columns, rows, column_labels, row_labels)
+
+
+class CountingFont:
+    """A font that counts what it is asked to measure, so a test can bound the work wrapping does."""
+
+    def __init__(self) -> None:
+        self.font = label_font(12)
+        self.calls = 0
+        self.characters = 0
+
+    def getlength(self, text: str) -> float:
+        self.calls += 1
+        self.characters += len(text)
+        return self.font.getlength(text)
+
+
+@pytest.mark.parametrize("label", ["x" * 200_000, "word " * 40_000, "/" + "a" * 50_000 + " tail " * 10_000])
+def test_wrapping_a_huge_label_stops_after_the_lines_kept(label: str) -> None:
+    font = CountingFont()
+    lines = wrap_text(label, font, 60, 3)
+    assert len(lines) == 3 and lines[-1].endswith("…")
+    assert all(font.font.getlength(line) <= 60 for line in lines)
+    # Bounded work whatever the label's length: a few binary searches over at most one line's characters.
+    assert font.calls < 200 and font.characters < 20_000, (font.calls, font.characters)
+
+
+def test_a_label_cut_before_measuring_still_says_so() -> None:
+    lines = wrap_text("a" * 2000, label_font(12), 100_000, 3)
+    assert len(lines) == 1 and lines[0].endswith("…")

@@ -22,6 +22,7 @@ MIN_FONT_SIZE = 12
 MAX_FONT_SIZE = 64
 MAX_LABEL_LINES = 3
 MAX_TITLE_LINES = 2
+MAX_LABEL_CHARS = 1000  # more than any kept lines can show; a longer label is cut before it is measured
 
 
 @lru_cache(maxsize=16)
@@ -46,12 +47,17 @@ def text_width(text: str, font: Any) -> float:
 def wrap_text(text: str, font: Any, max_width: float, max_lines: int) -> list[str]:
     """Greedy word wrap into at most `max_lines` lines no wider than `max_width`; overflow ends in an ellipsis.
 
-    A word wider than a line is broken between characters, so a long model path still fits.
+    A word wider than a line is broken between characters, so a long model path still fits. Work stops
+    once a line past the last kept one is started, so a huge label costs no more than a short one.
     """
     max_width = max(max_width, text_width("W", font))
+    cut_off = len(text) > MAX_LABEL_CHARS
+    text = text[:MAX_LABEL_CHARS]
     lines: list[str] = []
     current = ""
     for word in text.split():
+        if len(lines) > max_lines:
+            break
         candidate = f"{current} {word}" if current else word
         if text_width(candidate, font) <= max_width:
             current = candidate
@@ -59,14 +65,14 @@ def wrap_text(text: str, font: Any, max_width: float, max_lines: int) -> list[st
         if current:
             lines.append(current)
             current = ""
-        while text_width(word, font) > max_width:
+        while len(lines) <= max_lines and text_width(word, font) > max_width:
             cut = _fitting_prefix(word, font, max_width)
             lines.append(word[:cut])
             word = word[cut:]
         current = word
-    if current:
+    if current and len(lines) <= max_lines:
         lines.append(current)
-    if len(lines) <= max_lines:
+    if len(lines) <= max_lines and not cut_off:
         return lines
     kept = lines[:max_lines]
     kept[-1] = _with_ellipsis(kept[-1], font, max_width)
@@ -75,7 +81,8 @@ def wrap_text(text: str, font: Any, max_width: float, max_lines: int) -> list[st
 
 def _fitting_prefix(word: str, font: Any, max_width: float) -> int:
     """Length of the longest prefix of `word` that fits (at least one character, so wrapping always advances)."""
-    low, high = 1, len(word)
+    # No glyph is narrower than a pixel, so a line never holds more characters than it is pixels wide.
+    low, high = 1, min(len(word), int(max_width) + 1)
     while low < high:
         middle = (low + high + 1) // 2
         if text_width(word[:middle], font) <= max_width:
@@ -174,7 +181,7 @@ def plan_grid(
     label_width = 0
     row_lines: tuple[tuple[str, ...], ...] = tuple(() for _ in row_labels)
     if any(label.strip() for label in row_labels):
-        natural = max(text_width(label, font) for label in row_labels) + 2 * pad
+        natural = max(text_width(label[:MAX_LABEL_CHARS], font) for label in row_labels) + 2 * pad
         # Wide enough for short labels on one line; long ones wrap rather than push the tiles off the sheet.
         cap = max(max(column_widths), 12 * size)
         label_width = int(min(natural, cap)) + 1
