@@ -48,7 +48,7 @@ def _components(seed: int):
     # Three downsamplings, as in the real VAE: 8x, so the pipeline's size multiple is the real one (16). The
     # channels are the smallest the blocks allow, because Edit-Plus encodes every reference at ~1 megapixel.
     vae = AutoencoderKLQwenImage(
-        base_dim=8, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True],
+        base_dim=4, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True],
         latents_mean=[0.0] * 4, latents_std=[1.0] * 4,
     )
     # Qwen-Image's own schedule: resolution-dependent shift (the pipeline computes mu from the image size).
