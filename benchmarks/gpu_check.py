@@ -24,7 +24,6 @@ import dataclasses
 import gc
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -33,17 +32,11 @@ from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from unet_step import CLIP_L, FAMILIES, OPENCLIP_BIGG, SD_VAE  # noqa: E402
+from common import CLIP_L, FAMILIES, OPENCLIP_BIGG, RESULTS, SD_VAE, log
 
-RESULTS = Path(__file__).resolve().parent / "results"
 GIB = 1024**3
 BUDGETS_GIB = (4, 8, 12)
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 class Deadline:

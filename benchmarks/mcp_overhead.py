@@ -17,7 +17,6 @@ Writes benchmarks/results/mcp_overhead.json and .md.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -27,12 +26,7 @@ import time
 from pathlib import Path
 
 import anyio
-
-RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+from common import log, save_results
 
 
 async def run(args: argparse.Namespace, work: Path) -> dict:
@@ -154,11 +148,7 @@ def main() -> None:
         report = anyio.run(run, args, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "mcp_overhead.json").write_text(json.dumps(report, indent=2))
-    text = table(report)
-    (RESULTS / "mcp_overhead.md").write_text(text)
-    print(text)
+    print(save_results("mcp_overhead", report, table(report)))
 
 
 if __name__ == "__main__":

@@ -39,49 +39,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import CLIP_L, FAMILIES, OPENCLIP_BIGG, SD15_UNET, SDXL_UNET, SD_VAE, log, save_results
 
-RESULTS = Path(__file__).resolve().parent / "results"
-
-# ----- real configs (diffusers config.json of runwayml/stable-diffusion-v1-5 and stabilityai/stable-diffusion-xl-base-1.0) -----
-
-SD15_UNET = {
-    "act_fn": "silu", "attention_head_dim": 8, "block_out_channels": [320, 640, 1280, 1280], "center_input_sample": False,
-    "cross_attention_dim": 768,
-    "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
-    "downsample_padding": 1, "flip_sin_to_cos": True, "freq_shift": 0, "in_channels": 4, "layers_per_block": 2,
-    "mid_block_scale_factor": 1, "norm_eps": 1e-05, "norm_num_groups": 32, "out_channels": 4, "sample_size": 64,
-    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
-}  # fmt: skip
-SDXL_UNET = {
-    "act_fn": "silu", "addition_embed_type": "text_time", "addition_time_embed_dim": 256, "attention_head_dim": [5, 10, 20],
-    "block_out_channels": [320, 640, 1280], "center_input_sample": False, "cross_attention_dim": 2048,
-    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"], "downsample_padding": 1,
-    "flip_sin_to_cos": True, "freq_shift": 0, "in_channels": 4, "layers_per_block": 2, "mid_block_scale_factor": 1,
-    "norm_eps": 1e-05, "norm_num_groups": 32, "out_channels": 4, "projection_class_embeddings_input_dim": 2816,
-    "sample_size": 128, "transformer_layers_per_block": [1, 2, 10], "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
-    "use_linear_projection": True,
-}  # fmt: skip
-SD_VAE = {
-    "act_fn": "silu", "block_out_channels": [128, 256, 512, 512],
-    "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
-    "in_channels": 3, "out_channels": 3, "latent_channels": 4, "layers_per_block": 2, "norm_num_groups": 32,
-    "sample_size": 512, "scaling_factor": 0.18215,
-}  # fmt: skip
-CLIP_L = {"hidden_size": 768, "intermediate_size": 3072, "num_attention_heads": 12, "num_hidden_layers": 12,
-          "max_position_embeddings": 77, "vocab_size": 49408, "hidden_act": "quick_gelu", "projection_dim": 768}
-OPENCLIP_BIGG = {"hidden_size": 1280, "intermediate_size": 5120, "num_attention_heads": 20, "num_hidden_layers": 32,
-                 "max_position_embeddings": 77, "vocab_size": 49408, "hidden_act": "gelu", "projection_dim": 1280}
-FAMILIES = {
-    # UNet config, image size, steps a generate runs (the engine's family default), text encoders
-    "sd15": {"unet": SD15_UNET, "size": 512, "steps": 25, "text": [CLIP_L]},
-    "sdxl": {"unet": SDXL_UNET, "size": 1024, "steps": 30, "text": [CLIP_L, OPENCLIP_BIGG]},
-}
 TOKENS = 77
 BATCH = 2  # one image with classifier-free guidance: the UNet sees the prompt and the negative prompt together
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 # ----- machine -----
@@ -533,14 +494,10 @@ def main() -> None:
     finally:
         if made_workdir:
             shutil.rmtree(args.cache_dir, ignore_errors=True)  # IRs and compiled blobs: gigabytes
-    RESULTS.mkdir(parents=True, exist_ok=True)
     stem = f"unet_step-{args.family}" + (f"-{args.size}" if args.size else "")
     if not report["machine"]["bf16_native"]:
         stem += "-no-bf16"  # a CPU without native bf16 does not replace the results of one that has it
-    (RESULTS / f"{stem}.json").write_text(json.dumps(report, indent=2, default=str))
-    text = table(report)
-    (RESULTS / f"{stem}.md").write_text(text)
-    print(text)
+    print(save_results(stem, report, table(report)))
 
 
 if __name__ == "__main__":

@@ -25,18 +25,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from unet_step import CLIP_L, SD15_UNET, SD_VAE  # noqa: E402
+from common import CLIP_L, SD15_UNET, SD_VAE, log, save_results
 
-RESULTS = Path(__file__).resolve().parent / "results"
 PROMPT = "a lighthouse on a cliff at dusk, oil painting"
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 def write_model(folder: Path) -> Path:
@@ -157,11 +150,7 @@ def measure(args: argparse.Namespace, work: Path) -> None:
               "machine": {"cpu": facts.name, "cores": facts.cpu_cores, "bf16_native": facts.supports_bf16}}  # fmt: skip
     # A CPU without native bf16 (the engine runs fp32 there) does not replace the results of one that has it.
     stem = "warm_load" + ("" if facts.supports_bf16 else "-no-bf16")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{stem}.json").write_text(json.dumps(report, indent=2))
-    text = table(report)
-    (RESULTS / f"{stem}.md").write_text(text)
-    print(text)
+    print(save_results(stem, report, table(report)))
 
 
 def table(report: dict) -> str:
