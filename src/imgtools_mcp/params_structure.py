@@ -11,21 +11,16 @@ ControlTypeName = Literal["canny", "depth", "pose", "lineart", "scribble", "tile
 
 
 class ControlRequest(BaseModel):
-    """One ControlNet: a picture to take structure from (or a ready map), how strongly, over which steps."""
+    """One ControlNet: structure taken from a picture (or a ready map), how strongly, over which steps."""
 
     model_config = ConfigDict(extra="forbid")
 
-    type: ControlTypeName = Field(
-        description="canny/lineart/scribble (edges), depth, pose, tile (the picture itself) are made from `image`; "
-        "image: `image` already is the control map"
-    )
-    image: str = Field(min_length=1, description="Picture the map is made from (or the map): an output id, path, data: URL or URL")
-    weight: float = Field(1.0, ge=0.0, le=2.0, description="ControlNet strength; 0 is off, 1 full")
-    start: float = Field(0.0, ge=0.0, le=1.0, description="Fraction of the steps where the control starts")
-    end: float = Field(1.0, ge=0.0, le=1.0, description="Fraction of the steps where it stops")
-    model: str | None = Field(
-        None, min_length=1, description="ControlNet weights (folder, name in IMGTOOLS_CONTROLNET_DIRS or hub id); default by family and type"
-    )
+    type: ControlTypeName = Field(description="Map made from image; image: it is the map")
+    image: str = Field(min_length=1, description="Image reference (as `image`)")
+    weight: float = Field(1.0, ge=0.0, le=2.0, description="Strength, 0 off")
+    start: float = Field(0.0, ge=0.0, le=1.0, description="Start, fraction of steps")
+    end: float = Field(1.0, ge=0.0, le=1.0, description="End, fraction of steps")
+    model: str | None = Field(None, min_length=1, description="ControlNet; default by family and type")
 
     @model_validator(mode="after")
     def _window(self) -> "ControlRequest":
@@ -39,9 +34,7 @@ class HiresRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    scale: float = Field(2.0, gt=1.0, le=4.0, description="How much larger the result is than width x height (1-4)")
-    denoise: float = Field(0.4, gt=0.0, le=1.0, description="Strength of the second pass: 0.3-0.5 adds detail, more repaints")
-    steps: int | None = Field(None, ge=1, le=150, description="Second pass steps; default: the first pass's")
-    upscaler: str | None = Field(
-        None, min_length=1, description="Upscaler weights (as upscale's `model`) for the enlargement; default Lanczos"
-    )
+    scale: float = Field(2.0, gt=1.0, le=4.0, description="Result size / base size")
+    denoise: float = Field(0.4, gt=0.0, le=1.0, description="Second pass strength")
+    steps: int | None = Field(None, ge=1, le=150, description="Second pass steps")
+    upscaler: str | None = Field(None, min_length=1, description="As upscale's model; default Lanczos")

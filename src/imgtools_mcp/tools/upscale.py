@@ -16,7 +16,7 @@ from .. import __version__
 from ..engine.errors import InvalidRequestError
 from ..engine.upscale import DetailPass, UpscaleOutcome, resolve_upscaler, upscale_on_engine
 from ..infotext import format_infotext
-from ..params import IMAGE_REFERENCE, MAX_SEED, SamplerName, GenerationResult, ImageInfo
+from ..params import MAX_SEED, GenerationResult, ImageInfo
 from ..runs.inputs import InputRecord
 from ..runs.progress import ProgressRelay
 from .present import app_of, bind_tool, image_blocks, progress_sink, result_of
@@ -34,32 +34,17 @@ class UpscaleRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    image: str = Field(min_length=1, description=f"The image to enlarge: {IMAGE_REFERENCE}")
-    scale: Literal[2, 4] = Field(2, description="How many times wider and taller: 2 or 4")
-    model: str | None = Field(
-        None,
-        min_length=1,
-        description="Upscaler weights (spandrel-loadable .pth/.safetensors): a name in IMGTOOLS_UPSCALER_DIRS, a path, or a hub id "
-        "'owner/repo[/file.pth]'; omitted: Lanczos",
-    )
-    tile: int = Field(256, ge=32, le=2048, description="Upscaler tile size in input pixels (smaller uses less memory)")
-    overlap: int = Field(16, ge=0, le=256, description="Input pixels neighbouring upscaler tiles share, blended so no seam shows")
-    denoise: float = Field(
-        0.0, ge=0.0, le=1.0, description="Detail pass strength: 0 none (default), 0.2-0.35 adds detail, 0.5+ repaints"
-    )
-    prompt: str = Field("", max_length=4000, description="Detail pass: what the image shows (helps the detail fit)")
-    negative_prompt: str = Field("", max_length=4000, description="Detail pass: what to avoid")
-    detail_model: str | None = Field(
-        None, min_length=1, description="Detail pass: the diffusion model (HF id, folder or .safetensors); default: the server's model"
-    )
-    steps: int | None = Field(None, ge=1, le=150, description="Detail pass steps (about denoise*steps run per tile); default by family")
-    guidance_scale: float | None = Field(None, ge=0.0, le=30.0, description="Detail pass guidance; default by family")
-    sampler: SamplerName = Field("default", description="Detail pass scheduler short name")
-    seed: int | None = Field(None, ge=-1, le=MAX_SEED, description="Detail pass seed; omitted or -1 picks one (reported)")
-    detail_tile: int | None = Field(
-        None, ge=64, le=2048, multiple_of=8, description="Detail pass tile in output pixels; default: the model's native size"
-    )
-    detail_overlap: int = Field(64, ge=0, le=512, description="Detail pass: output pixels neighbouring tiles share")
+    image: str = Field(min_length=1, description="The image to enlarge: an output id, path, data: URL or URL")
+    scale: Literal[2, 4] = Field(2, description="2 or 4")
+    model: str | None = Field(None, min_length=1, description="Upscaler: name in IMGTOOLS_UPSCALER_DIRS, path or hub id; default Lanczos")
+    tile: int = Field(256, ge=32, le=2048, description="Upscaler tile, input pixels")
+    overlap: int = Field(16, ge=0, le=256, description="Pixels tiles share (blended)")
+    denoise: float = Field(0.0, ge=0.0, le=1.0, description="Detail pass strength; 0 none")
+    prompt: str = Field("", max_length=4000, description="Detail pass prompt")
+    detail_model: str | None = Field(None, min_length=1, description="Detail pass model; default the server's")
+    steps: int | None = Field(None, ge=1, le=150, description="Detail pass steps")
+    seed: int | None = Field(None, ge=-1, le=MAX_SEED, description="Detail pass seed")
+    detail_tile: int | None = Field(None, ge=64, le=2048, multiple_of=8, description="Detail pass tile; default model size")
 
     @model_validator(mode="after")
     def _overlap_below_tile(self) -> "UpscaleRequest":
@@ -127,14 +112,10 @@ async def handle(request: UpscaleRequest, ctx: Context) -> CallToolResult:
         detail = DetailPass(
             denoise=request.denoise,
             prompt=request.prompt,
-            negative_prompt=request.negative_prompt,
             seed=pick_seed(request.seed),
             model=request.detail_model or app.settings.model,
             steps=request.steps,
-            guidance_scale=request.guidance_scale,
-            sampler=request.sampler,
             tile=request.detail_tile,
-            overlap=request.detail_overlap,
         )
     relay = ProgressRelay(progress_sink(ctx))
 
@@ -173,16 +154,15 @@ async def handle(request: UpscaleRequest, ctx: Context) -> CallToolResult:
     if outcome.detail is not None:
         parameters.update(
             prompt=request.prompt,
-            negative_prompt=request.negative_prompt,
             detail_model=outcome.detail["model"],
             steps=outcome.detail["steps"],
             guidance_scale=outcome.detail["guidance_scale"],
-            sampler=request.sampler,
+            sampler=outcome.detail["sampler"],
             seed=outcome.detail["seed"],
             detail_tile=outcome.detail["tile"],
             detail_overlap=outcome.detail["overlap"],
         )
-    infotext = format_infotext(request.prompt, request.negative_prompt, infotext_fields(request, outcome, record))
+    infotext = format_infotext(request.prompt, "", infotext_fields(request, outcome, record))
     metadata = {
         "tool": "upscale",
         "seed": (outcome.detail or {}).get("seed"),
