@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +83,8 @@ window.addEventListener("message", async (event) => {
       post({ jsonrpc: "2.0", method: "ui/notifications/tool-input", params: { arguments: toolCall.arguments } });
       return post({ jsonrpc: "2.0", method: "ui/notifications/tool-result", params: toolCall.result });
     case "ui/notifications/size-changed":
-      window.hostLog.sizes.push(msg.params); return;
+      // Flexible height, as the spec asks of hosts: the iframe follows the view's size.
+      window.hostLog.sizes.push(msg.params); frame.style.height = `${Math.min(msg.params.height + 4, 2000)}px`; return;
     case "ui/update-model-context":
       window.hostLog.modelContext = msg.params; return reply({ result: {} });
     case "tools/call":
@@ -152,5 +152,3 @@ class AppsHost:
         return self.page.frame_locator("#app")
 
 
-def timed(label: str, started: float) -> None:
-    print(f"{label}: {time.perf_counter() - started:.1f} s")

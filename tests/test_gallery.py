@@ -165,6 +165,9 @@ async def test_the_gallery_lists_searches_filters_shows_lineage_and_follows_a_jo
                 assert done.structured_content["state"] == "done"
             await page.wait_for_function("() => document.querySelectorAll('#grid .tile').length === 4", timeout=UI_TIMEOUT_MS)
             assert await page.locator(f".job[data-job='{job_id}']").count() == 0
+            # Phone width: everything wraps, nothing scrolls sideways.
+            await page.set_viewport_size({"width": 390, "height": 800})
+            assert await page.evaluate("() => document.documentElement.scrollWidth - document.documentElement.clientWidth") <= 0
         finally:
             await browser.close()
     print(f"gallery browser test: {time.perf_counter() - started:.1f} s")

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from browser_host import AppsHost, apps_client, chromium_path, launch, require_playwright, screenshot_dir
-from openai_loopback import OpenAILoopback
+from openai_loopback import OpenAILoopback, brightness_score
 from pydantic import SecretStr
 
 from imgtools_mcp.config import Settings
@@ -44,7 +44,8 @@ async def browser() -> AsyncIterator[Any]:
 
 @pytest.fixture(scope="module")
 def loopback() -> Any:
-    with OpenAILoopback(api_key=KEY) as server:
+    # Scores from the pixels, kept under 5 so every critique names a problem ("too dark") for the timeline to show.
+    with OpenAILoopback(api_key=KEY, scorer=lambda image: round(brightness_score(image) / 2.5, 2)) as server:
         yield server
 
 
@@ -97,11 +98,12 @@ async def test_sweep_explorer_shows_every_cell_with_its_parameters_and_runs_an_a
         button = app.locator(f"[data-view=explorer] .cell[data-x='{cell['x']}'][data-y='{cell['y']}']")
         await button.hover()
         info = app.locator("[data-role=cell-info]")
+        assert "null" not in await info.inner_text()
         for name in ("guidance_scale", "steps", "seed"):
             expected = cell["values"].get(name, cell["parameters"][name])
             shown = await info.locator(f"dd[data-param={name}]").inner_text()
             assert math.isclose(float(shown), float(expected)), (name, shown, expected)
-    await host.page.screenshot(path=str(screenshot_dir() / "viewer-sweep.png"))
+    await host.page.locator("#app").screenshot(path=str(screenshot_dir() / "viewer-sweep.png"))
 
     # Keyboard: Tab reaches a cell, focus shows its parameters, Enter opens it at full size.
     chosen = cells[3]
@@ -138,6 +140,7 @@ async def test_refine_timeline_marks_the_best_and_shows_scores_problems_and_prom
     result = await client.call_tool("refine", arguments)
     assert not result.is_error, result.content[0].text
     refine = result.structured_content
+    assert all(c["problems"] for r in refine["rounds"] for c in r["candidates"])
     app = await host.show("refine", arguments, result)
     rounds = app.locator("[data-view=timeline] > li")
     await rounds.first.wait_for(timeout=UI_TIMEOUT_MS)
@@ -154,11 +157,17 @@ async def test_refine_timeline_marks_the_best_and_shows_scores_problems_and_prom
             assert f"{candidate['score']}/10" in text
             for problem in candidate["problems"]:
                 assert problem in text
-        assert await item.locator("[data-role=prompt]").inner_text() in (round_["prompt"], round_["prompt"] + " ")
+        # The round's prompt, shown as a word diff against the round before: without the deleted words it reads as sent.
+        kept = await item.locator("[data-role=prompt]").evaluate(
+            "el => { const c = el.cloneNode(true); c.querySelectorAll('del').forEach((d) => d.remove());"
+            " return c.textContent.replace(/\\s+/g, ' ').trim(); }"
+        )
+        assert kept == " ".join(round_["prompt"].split())
     second = refine["rounds"][1]["prompt"]
-    if second != refine["rounds"][0]["prompt"]:  # a revised prompt shows its word changes
-        assert await rounds.nth(1).locator("[data-role=prompt] ins").count() > 0
-    await host.page.screenshot(path=str(screenshot_dir() / "viewer-refine.png"))
+    assert second != refine["rounds"][0]["prompt"]  # the loopback reviser rewrites it
+    assert await rounds.nth(1).locator("[data-role=prompt] ins").count() > 0
+    assert await rounds.nth(1).locator("[data-role=prompt] del").count() > 0
+    await host.page.locator("#app").screenshot(path=str(screenshot_dir() / "viewer-refine.png"))
 
 
 async def test_inpaint_shows_before_after_with_the_mask_outline_while_a_background_job_runs(
@@ -196,7 +205,7 @@ async def test_inpaint_shows_before_after_with_the_mask_outline_while_a_backgrou
     clip_after = await compare.locator("img.after").evaluate("img => img.style.clipPath")
     assert clip_before == "inset(0px 0px 0px 50%)" and clip_after == "inset(0px 0px 0px 60%)"
     assert "ellipse" in await app.locator("[data-role=mask-description]").inner_text()
-    await host.page.screenshot(path=str(screenshot_dir() / "viewer-inpaint.png"))
+    await host.page.locator("#app").screenshot(path=str(screenshot_dir() / "viewer-inpaint.png"))
 
 
 async def test_the_viewer_fits_a_phone_screen(browser: Any, client: Any) -> None:

@@ -113,5 +113,10 @@ async def test_viewer_action_is_for_the_app_and_says_what_it_needs(settings: Set
         status = done.structured_content
         assert status["state"] == "done" and status["tool"] == "edit"
         edited = status["result"]["images"][0]["id"]
+        # upscale has no background mode: the action answers with its finished result.
+        upscaled = await apps.call_tool(ACTION_TOOL, {"action": "upscale", "image_id": image_id})
+        assert not upscaled.is_error, upscaled.content[0].text
+        enlarged = upscaled.structured_content["images"][0]
+        assert (enlarged["width"], enlarged["height"]) == (128, 128)
     assert (settings.output_dir / f"{edited}.png").is_file()
     assert json.loads((settings.output_dir / f"{edited}.json").read_text())["parent"] == image_id
