@@ -187,3 +187,41 @@ async def test_lora_on_changes_the_image_and_off_restores_it(tmp_path: Path, dit
     assert styled["parameters"]["loras"] == [{"name": "tiny_style", "weight": 1.0}]
     assert np.abs(pixels(styled["images"][0]) - pixels(plain["images"][0])).max() > 0
     assert np.array_equal(pixels(after["images"][0]), pixels(plain["images"][0]))
+
+
+@pytest.mark.parametrize("family", ["qwen-image", "z-image"])
+async def test_edit_with_a_model_that_has_no_instruction_mode_is_img2img(
+    tmp_path: Path, dit_models: dict[str, Path], family: str
+) -> None:
+    source = pattern(5)
+    async with Client(build_server(settings_for(tmp_path, dit_models[family]))) as client:
+        edited = ok(await client.call_tool("edit", {"prompt": "at night", "image": data_url(source), "strength": 0.5, "seed": 2, **FAST}))
+    out = pixels(edited["images"][0])
+    assert out.shape == (64, 64, 3)  # the requested size, not the family's native 1024
+    assert edited["parameters"]["strength"] == 0.5
+    assert "strength does not apply" not in " ".join(edited.get("warnings", []) + edited.get("notes", []))
+
+
+async def test_an_edit_only_model_refuses_generate_and_too_many_references_by_name(
+    tmp_path: Path, dit_models: dict[str, Path]
+) -> None:
+    image = data_url(pattern(6))
+    async with Client(build_server(settings_for(tmp_path, dit_models["qwen-image-edit"]))) as client:
+        generated = await client.call_tool("generate", {"prompt": "a cat", **FAST})
+        crowded = await client.call_tool("edit", {
+            "prompt": "put them together", "image": image, **FAST,
+            "reference_images": [{"image": image, "weight": 1.0}] * 3,
+        })
+    assert generated.is_error and "text-to-image" in generated.content[0].text and "Qwen-Image" in generated.content[0].text
+    message = crowded.content[0].text
+    assert crowded.is_error and "reference_images" in message and "at most 2" in message
+    assert "\n" not in message.strip()
+
+
+def test_single_files_are_told_from_sd_by_their_tensor_names() -> None:
+    qwen = {"model.diffusion_model.transformer_blocks.0.img_mod.1.weight", "model.diffusion_model.img_in.weight"}
+    z_image = {"noise_refiner.0.attention.qkv.weight", "cap_embedder.1.weight", "layers.0.feed_forward.w1.weight"}
+    flux1 = {"double_blocks.0.img_mod.lin.weight", "single_blocks.0.linear1.weight"}
+    assert families.family_from_state_dict_keys(qwen, "qwen_image_fp8").family.id == "qwen-image"
+    assert families.family_from_state_dict_keys(z_image, "z_image_turbo_bf16").variant.id == "turbo"
+    assert families.family_from_state_dict_keys(flux1, "flux1-dev").family.id == "flux"

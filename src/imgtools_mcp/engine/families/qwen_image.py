@@ -86,6 +86,9 @@ QWEN_IMAGE = register(
         id="qwen-image",
         label="Qwen-Image",
         pipeline_classes=("QwenImagePipeline", "QwenImageImg2ImgPipeline", "QwenImageInpaintPipeline"),
+        # Single files (ComfyUI's layout) carry diffusers' own block names; FLUX.1's original layout says
+        # img_mod.lin instead, and FLUX.1 is tried first. The Edit models share these names: a file is taken as Qwen-Image.
+        state_dict_markers=("img_mod.1.", "txt_mod.1."),
         pipelines={
             "txt2img": "QwenImagePipeline",
             "img2img": "QwenImageImg2ImgPipeline",

@@ -14,6 +14,8 @@ Z_IMAGE = register(
         label="Z-Image",
         pipeline_classes=("ZImagePipeline", "ZImageImg2ImgPipeline", "ZImageInpaintPipeline"),
         denoiser="transformer",
+        # The original single-file layout: refiner blocks around the main stack and a caption embedder.
+        state_dict_markers=("noise_refiner.", "context_refiner.", "cap_embedder."),
         pipelines={
             "txt2img": "ZImagePipeline",
             "img2img": "ZImageImg2ImgPipeline",
