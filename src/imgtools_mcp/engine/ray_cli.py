@@ -10,17 +10,19 @@ import sys
 import threading
 from typing import Any
 
-from .ray_engine import RAY_MISSING
+from .ray_engine import RAY_MISSING, probe_address
 
 
 def require_engine(settings: Any) -> None:
-    """Raise ValueError (one line) when IMGTOOLS_ENGINE=ray but Ray Serve is not installed; before anything starts."""
+    """For IMGTOOLS_ENGINE=ray: Ray Serve installed, the cluster reachable and the app deployed, or one ValueError line.
+
+    Run before serving, so a stdio host sees the reason at start rather than a failed first call.
+    """
     if getattr(settings, "engine", "local") != "ray":
         return
-    try:
-        import ray.serve  # noqa: F401
-    except ImportError:
-        raise ValueError(RAY_MISSING) from None
+    from .ray_engine import connect
+
+    connect(settings)
 
 
 def add_engine_serve_flags(parser: argparse.ArgumentParser) -> None:
@@ -77,6 +79,7 @@ def engine_serve(settings: Any, args: argparse.Namespace) -> int:
     if args.detach and not settings.ray_address:
         raise ValueError("--detach: needs --ray-address (a local Ray started here stops when this command does)")
     if settings.ray_address:
+        probe_address(settings.ray_address)
         ray.init(address=settings.ray_address, log_to_driver=False)
     else:
         ray.init(log_to_driver=False)

@@ -308,3 +308,23 @@ def deploy(settings: Any, size: DeploymentSize, *, app_name: str | None = None, 
     app_name = app_name or settings.ray_app
     serve.start(proxy_location="Disabled")
     return serve.run(image_engine_app(settings, size, app_name), name=app_name, route_prefix=None, blocking=blocking)
+
+
+def build_app(args: dict[str, Any]):
+    """Serve config / KubeRay entry point (`import_path: imgtools_mcp.engine.ray_deployment:build_app`).
+
+    Settings come from the replicas' IMGTOOLS_* environment (the config's `runtime_env.env_vars` or the
+    container's); `args` size the deployment: replicas, num_gpus, num_cpus, models_per_replica,
+    torch_threads, max_ongoing_requests, max_queued_requests, app_name.
+    """
+    from ..config import Settings
+
+    settings = Settings()
+    known = {f.name: f.type for f in dataclasses.fields(DeploymentSize)}
+    unknown = sorted(set(args) - set(known) - {"app_name"})
+    if unknown:
+        raise ValueError(f"args: unknown {', '.join(unknown)}; allowed: {', '.join(sorted(known))}, app_name")
+    numbers = {"replicas": int, "models_per_replica": int, "torch_threads": int, "max_ongoing_requests": int,
+               "max_queued_requests": int, "num_gpus": float, "num_cpus": float}
+    size = DeploymentSize(**{k: numbers[k](v) for k, v in args.items() if k in known})
+    return image_engine_app(settings, size, str(args.get("app_name", settings.ray_app)))

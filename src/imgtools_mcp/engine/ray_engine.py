@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import pickle
+import socket
 import time
 from typing import Any
 
@@ -31,6 +32,53 @@ log = logging.getLogger(__name__)
 RAY_MISSING = "IMGTOOLS_ENGINE=ray needs Ray Serve, which is not installed: pip install 'imgtools-mcp[ray]'"
 STALE_AFTER_S = 8.0  # a replica silent this long (4 heartbeats) is shown as lost
 BUSY_RETRY_S = 0.25
+
+
+def probe_address(address: str | None, timeout_s: float = 3.0) -> None:
+    """Fail in seconds on a host:port nothing listens at; `ray.init` would retry the connection for minutes."""
+    if not address or address == "auto":
+        return  # "auto" finds the local cluster's address file, or fails at once
+    host_port = address.removeprefix("ray://").rsplit("/", 1)[0]
+    host, _, port = host_port.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"ray_address: {address!r} is not auto, host:port or ray://host:port (IMGTOOLS_RAY_ADDRESS)")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise ValueError(
+            f"ray_address: nothing answers at {address} ({exc.strerror or type(exc).__name__}); start the cluster with "
+            "`ray start --head` there, or fix IMGTOOLS_RAY_ADDRESS"
+        ) from None
+
+
+def connect(settings: Any) -> Any:
+    """Join the Ray cluster at IMGTOOLS_RAY_ADDRESS and find the Serve app; its handle, or one ValueError line."""
+    try:
+        import ray
+        from ray import serve
+    except ImportError:
+        raise ValueError(RAY_MISSING) from None
+    from .ray_deployment import BOARD_NAMESPACE
+
+    address = settings.ray_address
+    if not ray.is_initialized():  # else this process is already a driver (tests; engine-serve and a front in one)
+        probe_address(address)
+        try:
+            ray.init(address=address or "auto", log_to_driver=False, namespace=BOARD_NAMESPACE)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            where = address or "auto (the cluster `ray start` started on this machine)"
+            detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise ValueError(
+                f"ray_address: no Ray cluster at {where} ({detail}); start one with `ray start --head` and "
+                "deploy the engine with `imgtools-mcp engine-serve` (IMGTOOLS_RAY_ADDRESS)"
+            ) from None
+    try:
+        return serve.get_app_handle(settings.ray_app)
+    except Exception as exc:  # Serve raises its own exception types for a missing app or controller
+        raise ValueError(
+            f"ray_app: no Serve application {settings.ray_app!r} on the Ray cluster ({type(exc).__name__}); "
+            "deploy it with `imgtools-mcp engine-serve` (IMGTOOLS_RAY_APP)"
+        ) from None
 
 
 class RayTicket:
@@ -62,7 +110,6 @@ class RayEngine:
     def __init__(self, settings: Any, *, handle: Any = None) -> None:
         try:
             import ray
-            from ray import serve
 
             from . import ray_deployment
         except ImportError:
@@ -70,39 +117,13 @@ class RayEngine:
         from .engine import Engine
 
         self.settings = settings
-        self._ray, self._serve, self._wire = ray, serve, ray_deployment
+        self._ray, self._wire = ray, ray_deployment
         # Reads configs and LoRA headers only; on CPU so the front never opens a GPU the replicas need.
         self.checker = Engine(settings.model_copy(update={"device": "cpu", "backend": "auto"}))
-        self._connect()
-        self.handle = handle if handle is not None else self._app_handle()
+        self.handle = handle if handle is not None else connect(settings)
         self._waiting = 0  # sent (or admitted) but not yet on a replica
         self._running = 0
         self._board: Any = None
-
-    # ----- connection -----
-
-    def _connect(self) -> None:
-        ray, address = self._ray, self.settings.ray_address
-        if ray.is_initialized():
-            return  # this process is already a driver (tests, or `engine-serve` and the front in one process)
-        try:
-            ray.init(address=address or "auto", log_to_driver=False, namespace=self._wire.BOARD_NAMESPACE)
-        except (ConnectionError, RuntimeError, ValueError) as exc:
-            where = address or "auto (the cluster `ray start` started on this machine)"
-            detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-            raise ValueError(
-                f"ray_address: no Ray cluster at {where} ({detail}); start one with `ray start --head` and "
-                "deploy the engine with `imgtools-mcp engine-serve` (IMGTOOLS_RAY_ADDRESS)"
-            ) from None
-
-    def _app_handle(self) -> Any:
-        try:
-            return self._serve.get_app_handle(self.settings.ray_app)
-        except Exception as exc:  # Serve raises its own exception types for a missing app or controller
-            raise ValueError(
-                f"ray_app: no Serve application {self.settings.ray_app!r} on the Ray cluster ({type(exc).__name__}); "
-                "deploy it with `imgtools-mcp engine-serve` (IMGTOOLS_RAY_APP)"
-            ) from None
 
     # ----- what the tools look up before a request exists: the front's own config reading -----
 
