@@ -375,6 +375,8 @@ async def test_cell_limit_and_grid_pixel_limit(tmp_path: Path, tiny_sd15: Path) 
         ({"base": BASE}, ["x", "required"]),
         ({"base": BASE, "tool": "upscale", "x": {"param": "seed", "values": [1]}}, ["tool"]),
         ({"base": BASE, "x": {"param": "seed", "values": [1]}, "grid_scale": 0}, ["grid_scale"]),
+        ({"base": BASE, "x": {"param": "seed", "start": 0, "stop": 9, "count": 10**9}}, ["x.count", "1000"]),
+        ({"base": BASE, "x": {"param": "seed", "start": 0, "stop": 9, "count": 1000}}, ["1000 cells", "IMGTOOLS_MAX_SWEEP_CELLS"]),
     ],
 )
 async def test_bad_sweeps_are_one_line_errors_up_front(client: Client, arguments: dict, needles: list[str]) -> None:
