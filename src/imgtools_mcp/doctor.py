@@ -4,11 +4,27 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import re
+import sys
+from pathlib import Path
 from typing import Any
 
 import httpx
 
 from .config import Settings
+
+# A HuggingFace repo id (owner/name), which the engine downloads on first use when it is not cached.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+
+
+def offline_reason(settings: Settings) -> str | None:
+    """Which setting turned offline mode on, or None when nobody did."""
+    if settings.hf_offline:
+        return "IMGTOOLS_HF_OFFLINE is set"
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return "HF_HUB_OFFLINE is set"
+    return None
 
 
 def _vlm_check(settings: Settings) -> dict[str, Any]:
@@ -67,7 +83,16 @@ def collect(settings: Settings) -> dict[str, Any]:
         family_name = family.family.value
         model.update(kind=source.kind, path=str(source.path), **family.as_dict())
     except Exception as exc:  # doctor reports every problem instead of stopping at the first
-        model["problem"] = str(exc)
+        # Doctor never downloads, so it looks in the cache only; that is not offline mode unless a setting says so.
+        offline = offline_reason(settings)
+        spec = settings.model.strip()
+        is_hub_id = bool(_HUB_ID.match(spec)) and not Path(spec).expanduser().exists()
+        if is_hub_id and offline is None and "HuggingFace cache" in str(exc):
+            model["note"] = f"not downloaded yet: the first image call downloads it (or run `hf download {spec}` now)"
+        elif offline is not None and "offline mode is on" in str(exc):
+            model["problem"] = str(exc).replace("offline mode is on", f"offline mode is on ({offline})")
+        else:
+            model["problem"] = str(exc)
     report["model"] = model
     backend = choose_backend(facts, settings.backend, available=installed_backends(), family=family_name)
     report["backend"] = {"value": backend.value, "reason": backend.reason}
@@ -76,14 +101,35 @@ def collect(settings: Settings) -> dict[str, Any]:
     report["output_dir"] = str(settings.output_dir)
     report["input_roots"] = [str(p) for p in settings.allowed_input_roots]
     report["vlm"] = _vlm_check(settings)
+    report["offline"] = offline_reason(settings)
+    report["problems"] = problems(report, settings)
     return report
 
 
+def problems(report: dict[str, Any], settings: Settings) -> list[str]:
+    """What stops something from working as configured; each one makes doctor exit non-zero."""
+    found: list[str] = []
+    if "problem" in report["model"]:
+        found.append(f"model: {report['model']['problem']}")
+    if settings.backend != "auto":
+        entry = report["backends"].get(settings.backend)
+        if entry is not None and not entry["available"]:
+            found.append(f"backend: IMGTOOLS_BACKEND={settings.backend} cannot run here: {entry['reason']}")
+    vlm = report["vlm"]
+    if vlm["key_set"] and not vlm["reachable"]:
+        found.append(f"vlm: {vlm['base_url']} is not reachable ({vlm['detail']})")
+    elif not vlm["key_set"] and "openrouter.ai" not in vlm["base_url"] and not vlm["reachable"]:
+        found.append(f"vlm: {vlm['base_url']} is not reachable ({vlm['detail']})")
+    return found
+
+
 def doctor(settings: Settings, as_json: bool = False) -> int:
+    """Print the report; exit status 1 when anything is a problem (so scripts and CI can rely on it), else 0."""
     report = collect(settings)
+    status = 1 if report["problems"] else 0
     if as_json:
         print(json.dumps(report, indent=2, default=str))
-        return 0
+        return status
     print(f"device:   {report['device']}")
     for device in report["devices"]:
         print(f"  - {device['kind']} {device['name']}: {device['total_memory_bytes'] / 2**30:.1f} GiB total, "
@@ -96,10 +142,17 @@ def doctor(settings: Settings, as_json: bool = False) -> int:
     model = report["model"]
     if "problem" in model:
         print(f"model:    {model['spec']} — PROBLEM: {model['problem']}")
+    elif "note" in model:
+        print(f"model:    {model['spec']} — {model['note']}")
     else:
         print(f"model:    {model['spec']} ({model['kind']}, {model['family']}, native {model['native_size']}px, turbo={model['turbo']})")
+    print(f"hub:      {'offline: ' + report['offline'] if report['offline'] else 'online (models not in the cache are downloaded on first use)'}")
     print(f"outputs:  {report['output_dir']}")
     vlm = report["vlm"]
     print(f"vlm:      {vlm['model']} at {vlm['base_url']} — key {'set' if vlm['key_set'] else 'not set'}; "
           f"{'reachable' if vlm['reachable'] else 'NOT reachable'} ({vlm['detail']})")
-    return 0
+    if report["problems"]:
+        print(f"{len(report['problems'])} problem(s):", file=sys.stderr)
+        for problem in report["problems"]:
+            print(f"  PROBLEM {problem}", file=sys.stderr)
+    return status
