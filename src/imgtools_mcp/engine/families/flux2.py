@@ -58,7 +58,7 @@ FLUX2 = register(
         default_steps=50,
         default_guidance=4.0,
         guidance_knob="distilled",  # a guidance embedding: one pass per step
-        max_reference_images=9,  # ten images in all, BFL's documented limit
+        max_reference_images=5,  # six images in all: BFL's recommended maximum for dev (its API models take 8-10)
         components=(
             Component("transformer", int(64.4 * GB), "32B MMDiT"),
             Component("text_encoder", int(48.0 * GB), "Mistral Small 3.1 24B"),
@@ -88,7 +88,7 @@ FLUX2_KLEIN = register(
             # The released klein 4B/9B are step-distilled (model_index `is_distilled`): 4 steps, guidance ignored.
             Variant("distilled", "distilled", detect=_step_distilled, default_steps=4, default_guidance=1.0),
         ),
-        max_reference_images=3,  # four images in all
+        max_reference_images=3,  # four images in all, BFL's documented limit for klein 4B and 9B
         components=(
             Component("transformer", int(7.8 * GB), "4B MMDiT (klein 9B: ~18 GB)"),
             Component("text_encoder", int(8.0 * GB), "Qwen3-4B (klein 9B: Qwen3-8B, ~16 GB)"),
