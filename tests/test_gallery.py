@@ -171,3 +171,15 @@ async def test_the_gallery_lists_searches_filters_shows_lineage_and_follows_a_jo
         finally:
             await browser.close()
     print(f"gallery browser test: {time.perf_counter() - started:.1f} s")
+
+
+async def test_imgtools_gallery_false_turns_it_off(tmp_path: Path, tiny_models: dict[str, Path]) -> None:
+    off = HttpServer(tiny_models["sd15"], tmp_path / "out", tmp_path, IMGTOOLS_AUTH_TOKEN=TOKEN, IMGTOOLS_GALLERY="false")
+    await off.start()
+    try:
+        async with httpx.AsyncClient(base_url=off.base, headers={"Authorization": f"Bearer {TOKEN}"}) as http:
+            assert (await http.get("/gallery")).status_code == 404
+            assert (await http.get("/gallery/api/images")).status_code == 404
+            assert (await http.get("/health")).status_code == 200
+    finally:
+        off.stop()

@@ -109,6 +109,13 @@ async def test_sweep_explorer_shows_every_cell_with_its_parameters_and_runs_an_a
     chosen = cells[3]
     target = app.locator(f"[data-view=explorer] .cell[data-x='{chosen['x']}'][data-y='{chosen['y']}']")
     await target.focus()
+    # "Use these settings" hands the cell's parameters to the assistant (ui/update-model-context).
+    await app.locator("[data-action=use-settings]").click()
+    await app.locator("[data-action=use-settings]", has_text="Sent to the assistant").wait_for(timeout=UI_TIMEOUT_MS)
+    handed = await host.page.evaluate("() => window.hostLog.modelContext")
+    assert handed["structuredContent"]["image_id"] == chosen["image"]["id"]
+    assert handed["structuredContent"]["settings"] == sidecar(viewer_settings, chosen["image"]["id"])["parameters"]
+    await target.focus()
     await target.press("Enter")
     detail = app.locator(f"[data-view=image][data-image='{chosen['image']['id']}']")
     await detail.wait_for(timeout=UI_TIMEOUT_MS)
