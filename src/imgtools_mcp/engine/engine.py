@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -117,6 +118,11 @@ class Engine:
                 from .control import check_controls
 
                 check_controls(request.extra[key], family, dirs=self.settings.controlnet_dirs, offline=self.offline)
+                continue
+            if key == "ip_adapter":  # reference images on SD 1.x/SDXL (engine/ip_adapter.py), adapters found like LoRAs
+                from .ip_adapter import check_ip_adapter
+
+                check_ip_adapter(request.extra[key], family, dirs=self.settings.lora_dirs, offline=self.offline)
                 continue
             raise InvalidRequestError(key, f"not supported for {label} models")
         width = request.width or family.native_size
@@ -382,8 +388,15 @@ class Engine:
 
             sources = check_controls(job.request.extra["control"], job.family, dirs=self.settings.controlnet_dirs, offline=self.offline)
             pipe, kwargs = control_call(model, job, pipe, kwargs, sources)
-        with torch.inference_mode():
-            images = pipe(**kwargs).images
+        with contextlib.ExitStack() as adapters:
+            if job.request.extra.get("ip_adapter"):
+                from .ip_adapter import check_ip_adapter, loaded_for_call
+
+                references = job.request.extra["ip_adapter"]
+                source = check_ip_adapter(references, job.family, dirs=self.settings.lora_dirs, offline=self.offline)
+                kwargs.update(adapters.enter_context(loaded_for_call(pipe, references, source)))
+            with torch.inference_mode():
+                images = pipe(**kwargs).images
         return images, label, steps_done
 
     # ----- introspection -----

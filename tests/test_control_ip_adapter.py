@@ -1,0 +1,58 @@
+"""IP-Adapter reference images through the engine on a tiny SD 1.5: the reference steers the image, weight 0 does not,
+and the adapter is gone again for the next plain request."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from imgtools_mcp.config import Settings
+from imgtools_mcp.engine.engine import Engine
+from imgtools_mcp.engine.errors import InvalidRequestError
+from imgtools_mcp.engine.request import EngineRequest
+from imgtools_mcp.testing.tiny_ip_adapter import make_test_ip_adapter
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(tmp_path_factory: pytest.TempPathFactory, tiny_models: dict[str, Path]) -> Path:
+    """A LoRA folder holding an `IP-Adapter/` laid out like the hub repo h94/IP-Adapter."""
+    folder = tmp_path_factory.mktemp("loras")
+    make_test_ip_adapter(tiny_models["sd15"], folder / "IP-Adapter")
+    return folder
+
+
+def reference() -> Image.Image:
+    rng = np.random.default_rng(3)
+    return Image.fromarray((rng.random((48, 48, 3)) * 255).astype(np.uint8))
+
+
+async def test_reference_image_steers_and_leaves_no_trace(tmp_path: Path, tiny_models: dict[str, Path], adapter_dir: Path) -> None:
+    engine = Engine(Settings(model=str(tiny_models["sd15"]), output_dir=tmp_path, device="cpu", hf_offline=True, lora_dirs=[adapter_dir]))
+
+    async def run(extra: dict) -> np.ndarray:
+        request = EngineRequest(mode="txt2img", model=None, prompt="a ball", width=64, height=64, steps=2, seeds=[9], extra=extra)
+        return np.asarray((await engine.generate(await engine.acheck(request))).images[0], dtype=np.float64)
+
+    plain = await run({})
+    steered = await run({"ip_adapter": [(reference(), 1.0)]})
+    silent = await run({"ip_adapter": [(reference(), 0.0)]})
+    after = await run({})
+    assert np.abs(steered - plain).mean() > 2, "the reference image had no effect"
+    assert np.abs(silent - plain).max() <= 1
+    assert np.array_equal(after, plain), "the adapter stayed loaded after its request"
+
+
+def test_ip_adapter_errors_name_the_parameter(tmp_path: Path, tiny_models: dict[str, Path], adapter_dir: Path) -> None:
+    request = EngineRequest(mode="txt2img", model=None, prompt="x", steps=2, extra={"ip_adapter": [(reference(), 3.0)]})
+    engine = Engine(Settings(model=str(tiny_models["sd15"]), output_dir=tmp_path, device="cpu", hf_offline=True, lora_dirs=[adapter_dir]))
+    with pytest.raises(InvalidRequestError, match=r"reference_images\[0\]\.weight: must be within 0-2"):
+        engine.check(request)
+    bare = Engine(Settings(model=str(tiny_models["sd15"]), output_dir=tmp_path, device="cpu", hf_offline=True))
+    request.extra["ip_adapter"] = [(reference(), 1.0)]
+    with pytest.raises(InvalidRequestError, match="reference_images: the IP-Adapter h94/IP-Adapter/models/ip-adapter_sd15.safetensors is not in"):
+        bare.check(request)
