@@ -56,3 +56,35 @@ def test_ip_adapter_errors_name_the_parameter(tmp_path: Path, tiny_models: dict[
     request.extra["ip_adapter"] = [(reference(), 1.0)]
     with pytest.raises(InvalidRequestError, match="reference_images: the IP-Adapter h94/IP-Adapter/models/ip-adapter_sd15.safetensors is not in"):
         bare.check(request)
+
+
+async def test_edit_restyles_with_a_reference_image_through_the_client(tmp_path: Path, tiny_models: dict[str, Path], adapter_dir: Path) -> None:
+    import base64
+    import io
+
+    from mcp import Client
+
+    from imgtools_mcp.infotext import parse_infotext
+    from imgtools_mcp.server import build_server
+
+    def data_url(image: Image.Image) -> str:
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+    settings = Settings(model=str(tiny_models["sd15"]), output_dir=tmp_path / "out", device="cpu", hf_offline=True, lora_dirs=[adapter_dir])
+    edit = {"prompt": "in this style", "image": data_url(Image.new("RGB", (64, 64), (90, 120, 150))), "steps": 2, "seed": 2}
+    async with Client(build_server(settings)) as client:
+        plain = await client.call_tool("edit", edit)
+        styled = await client.call_tool("edit", {**edit, "reference_images": [{"image": data_url(reference()), "weight": 1.0}]})
+    assert not plain.is_error and not styled.is_error, styled.content
+
+    def pixels(result) -> np.ndarray:
+        return np.asarray(Image.open(result.structured_content["images"][0]["path"]).convert("RGB"), dtype=np.float64)
+
+    assert np.abs(pixels(styled) - pixels(plain)).mean() > 1
+    data = styled.structured_content
+    assert data["parameters"]["reference_images"][0]["weight"] == 1.0
+    assert any("IP-Adapter" in warning for warning in data["warnings"])
+    _, _, fields = parse_infotext(Image.open(data["images"][0]["path"]).text["parameters"])
+    assert fields["IP-Adapter"].endswith(":1")
