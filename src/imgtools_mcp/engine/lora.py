@@ -99,7 +99,9 @@ class LoraSource:
 
 
 def find_lora_files(lora_dirs: list[Path]) -> list[tuple[str, Path]]:
-    """(name, path) for every .safetensors file under the LoRA folders; the name is the relative path without suffix."""
+    """(name, path) for every .safetensors file under the LoRA folders; the name is the relative path without suffix,
+    except that a folder diffusers saved (`save_lora_weights(dir)` writes dir/pytorch_lora_weights.safetensors, as
+    the hub's LoRA repos hold) is named by the folder: `tiny-lora`, not `tiny-lora/pytorch_lora_weights`."""
     found: list[tuple[str, Path]] = []
     seen: set[str] = set()
     for root in lora_dirs:
@@ -107,12 +109,27 @@ def find_lora_files(lora_dirs: list[Path]) -> list[tuple[str, Path]]:
         if not root.is_dir():
             continue
         for path in sorted(root.rglob(f"*{LORA_SUFFIX}")):
-            name = path.relative_to(root).with_suffix("").as_posix()
+            relative = path.relative_to(root)
+            folder_named = path.name == _PREFERRED_HUB_FILE and relative.parent != Path(".")
+            name = (relative.parent if folder_named else relative.with_suffix("")).as_posix()
             if name in seen:
                 continue  # the first folder wins, as it does when resolving the name
             seen.add(name)
             found.append((name, path.resolve()))
     return found
+
+
+def _folder_lora(folder: Path, spec: str) -> Path | None:
+    """The weights file of a LoRA folder (diffusers' or a hub repo's layout): pytorch_lora_weights.safetensors,
+    else its only .safetensors file; None when it has none."""
+    preferred = folder / _PREFERRED_HUB_FILE
+    if preferred.is_file():
+        return preferred
+    files = sorted(folder.glob(f"*{LORA_SUFFIX}"))
+    if len(files) > 1:
+        names = ", ".join(f.name for f in files[:10])
+        raise LoraNotFoundError(f"loras: {spec!r} is a folder of several LoRA files; name one as {spec}/<file>: {names}")
+    return files[0] if files else None
 
 
 def _checked(source: LoraSource) -> LoraSource:
@@ -135,15 +152,25 @@ def resolve_lora(spec: str, *, lora_dirs: list[Path], hub_cache: Path, offline: 
     files = find_lora_files(lora_dirs)
     by_name = {name: path for name, path in files}
     plain = spec.removesuffix(LORA_SUFFIX)
+    folder_file = plain.removesuffix("/" + _PREFERRED_HUB_FILE.removesuffix(LORA_SUFFIX))
+    if folder_file != plain and folder_file in by_name:
+        plain = folder_file  # `tiny-lora/pytorch_lora_weights`, the file inside a folder listed as `tiny-lora`
     if plain in by_name:
         return _checked(LoraSource(spec, Path(plain).name, "dir", by_name[plain]))
+    for root in lora_dirs:
+        folder = Path(root).expanduser() / plain
+        # A LoRA folder whose one weights file has another name (a hub repo's own file name) goes by the folder too.
+        if plain and folder.is_dir() and (weights := _folder_lora(folder, spec)) is not None:
+            return _checked(LoraSource(spec, Path(plain).name, "dir", weights.resolve()))
     stems = [path for name, path in files if Path(name).name == Path(plain).name and "/" not in plain]
     if len(stems) == 1:
-        return _checked(LoraSource(spec, stems[0].stem, "dir", stems[0]))
+        return _checked(LoraSource(spec, Path(plain).name, "dir", stems[0]))
     if len(stems) > 1:
         names = ", ".join(name for name, path in files if path in stems)
         raise LoraNotFoundError(f"loras: {spec!r} is ambiguous; give one of {names}")
     path = Path(spec).expanduser()
+    if path.is_dir() and (weights := _folder_lora(path, spec)) is not None:
+        return _checked(LoraSource(spec, path.resolve().name, "file", weights.resolve()))
     if path.is_file():
         if path.suffix.lower() != LORA_SUFFIX:
             raise LoraLoadError(f"loras: {spec!r} is not a .safetensors file; LoRAs are loaded from .safetensors only")
