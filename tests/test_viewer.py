@@ -175,6 +175,11 @@ async def test_refine_timeline_marks_the_best_and_shows_scores_problems_and_prom
     assert await rounds.nth(1).locator("[data-role=prompt] ins").count() > 0
     assert await rounds.nth(1).locator("[data-role=prompt] del").count() > 0
     await host.page.locator("#app").screenshot(path=str(screenshot_dir() / "viewer-refine.png"))
+    # A candidate opens at full size; Escape goes back to the timeline.
+    await app.locator(f"[data-candidate='{refine['best']['id']}']").click()
+    await app.locator(f"[data-view=image][data-image='{refine['best']['id']}']").wait_for(timeout=UI_TIMEOUT_MS)
+    await app.locator("[data-view=zoom]").press("Escape")
+    await app.locator("[data-view=timeline]").wait_for(timeout=UI_TIMEOUT_MS)
 
 
 async def test_inpaint_shows_before_after_with_the_mask_outline_while_a_background_job_runs(
