@@ -199,6 +199,14 @@ async def test_progress_streams_and_cancel_frees_the_replica(ray_replicas, tmp_p
             after = await client.call_tool("generate", {"prompt": "after", **SMALL, "seed": 5})
         assert not after.is_error
 
+        # A background job takes its place on the front, runs on a replica and is saved by the front.
+        started = await client.call_tool("generate", {"prompt": "bg", **SMALL, "seed": 6, "background": True})
+        job_id = started.structured_content["job_id"]
+        with anyio.fail_after(60):
+            job = (await client.call_tool("get_job", {"job_id": job_id, "wait_s": 60})).structured_content
+        assert job["state"] == "done", job
+        assert Path(job["result"]["images"][0]["path"]).is_file()
+
 
 async def test_full_queue_is_busy(ray_replicas, tmp_path: Path) -> None:
     async with Client(build_server(ray_settings(tmp_path, ray_replicas["sd15"]))) as client:

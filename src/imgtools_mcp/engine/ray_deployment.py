@@ -241,7 +241,7 @@ class ImageEngineReplica:
             loop.call_soon_threadsafe(events.put_nowait, {"type": "progress", "message": message, "done": done, "total": total})
 
         async def run() -> Any:
-            job = await self.engine.acheck(request)
+            job = await self.engine.acheck(request, on_progress)  # a first use may download the model here
             self._changed.set()
             return await self.engine.generate(job, on_step, on_progress=on_progress)
 

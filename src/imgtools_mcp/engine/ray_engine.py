@@ -127,11 +127,11 @@ class RayEngine:
 
     # ----- what the tools look up before a request exists: the front's own config reading -----
 
-    def resolve(self, spec: str | None):
-        return self.checker.resolve(spec)
+    def resolve(self, spec: str | None, on_progress=None):
+        return self.checker.resolve(spec, on_progress)
 
-    async def aresolve(self, spec: str | None):
-        return await self.checker.aresolve(spec)
+    async def aresolve(self, spec: str | None, on_progress=None):
+        return await self.checker.aresolve(spec, on_progress)
 
     def resolve_loras(self, loras, family, model_name):
         return self.checker.resolve_loras(loras, family, model_name)
@@ -145,8 +145,8 @@ class RayEngine:
         # The front holds no pipelines; engine_status lists what each replica has loaded.
         return self.checker.cache
 
-    def check(self, request):
-        return self.checker.check(request)
+    def check(self, request, on_progress=None):
+        return self.checker.check(request, on_progress)
 
     async def acheck(self, request, on_progress=None):
         return await self.checker.acheck(request, on_progress)
