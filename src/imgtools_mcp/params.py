@@ -17,8 +17,8 @@ MAX_SEED = 2**32 - 1
 class LoraRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, description="LoRA file name (in IMGTOOLS_LORA_DIRS), path, or HF id")
-    weight: float = Field(1.0, ge=-4.0, le=4.0, description="Adapter scale; 0 disables, 1 is full strength")
+    name: str = Field(min_length=1, description="File in IMGTOOLS_LORA_DIRS, path, or HF id")
+    weight: float = Field(1.0, ge=-4.0, le=4.0, description="0 off, 1 full")
 
 
 class GenerationParams(BaseModel):
@@ -29,53 +29,45 @@ class GenerationParams(BaseModel):
     prompt: str = Field(min_length=1, max_length=4000, description="What to draw")
     negative_prompt: str = Field("", max_length=4000, description="What to avoid")
     model: str | None = Field(
-        None, description="HF id, local diffusers folder or .safetensors file; default: the server's configured model"
+        None, description="HF id, diffusers folder or .safetensors file; default: the server's"
     )
-    width: int | None = Field(
-        None, ge=64, le=4096, multiple_of=8, description="Pixels, multiple of 8; default: the model's native size"
-    )
-    height: int | None = Field(
-        None, ge=64, le=4096, multiple_of=8, description="Pixels, multiple of 8; default: the model's native size"
-    )
-    steps: int | None = Field(None, ge=1, le=150, description="Denoising steps; default by family (turbo 4, SD 25, SDXL 30)")
+    width: int | None = Field(None, ge=64, le=4096, multiple_of=8, description="Default: the model's native size")
+    height: int | None = Field(None, ge=64, le=4096, multiple_of=8, description="Default: the model's native size")
+    steps: int | None = Field(None, ge=1, le=150, description="Default by family (turbo 4, SD 25, SDXL 30)")
     guidance_scale: float | None = Field(
-        None, ge=0.0, le=30.0, description="Classifier-free guidance; default by family (turbo 0, SD 7, SDXL 5)"
+        None, ge=0.0, le=30.0, description="CFG; default by family (turbo 0, SD 7, SDXL 5)"
     )
-    sampler: SamplerName = Field("default", description="Scheduler short name; 'default' keeps the model's own")
+    sampler: SamplerName = Field("default", description="'default': the model's own")
     seed: int | None = Field(
-        None, ge=-1, le=MAX_SEED, description="Random seed; omitted or -1 picks one (always reported); image i uses seed+i"
+        None, ge=-1, le=MAX_SEED, description="Omitted or -1: random (reported); image i uses seed+i"
     )
-    num_images: int = Field(1, ge=1, le=8, description="Images to make in one call (1-8)")
-    loras: list[LoraRequest] = Field(default_factory=list, max_length=8, description="LoRA adapters as {name, weight}")
-    background: bool = Field(False, description="Return a job id at once; poll get_job for progress and the result")
+    num_images: int = Field(1, ge=1, le=8, description="Images per call")
+    loras: list[LoraRequest] = Field(default_factory=list, max_length=8, description="LoRAs as [{name, weight}]")
+    background: bool = Field(False, description="Return a job id at once; poll get_job")
 
 
 class GenerateRequest(GenerationParams):
     """Text to image."""
 
 
-IMAGE_REFERENCE = (
-    "an output id or imgtools://images/<id> (from generate/edit/inpaint), a file path under the allowed input roots, "
-    "a data:image/...;base64 URL or bare base64, or an http(s) URL"
-)
+IMAGE_REFERENCE = "an output id or imgtools://images/<id>, a path under the input roots, data: URL or base64, or http(s) URL"
 
 
 class EditRequest(GenerationParams):
     """Image + prompt to image (img2img)."""
 
-    image: str = Field(min_length=1, description=f"The image to start from: {IMAGE_REFERENCE}")
+    image: str = Field(min_length=1, description=f"Start from: {IMAGE_REFERENCE}")
     strength: float = Field(
         0.6, ge=0.0, le=1.0,
-        description="How much to change: 0 keeps the input, 1 ignores it; 0.3 touch-up, 0.6 restyle, 0.8+ reimagine. "
-        "Runs about strength*steps denoising steps",
+        description="0 keeps the input, 1 ignores it (0.3 touch-up, 0.6 restyle, 0.8+ new); runs ~strength*steps steps",
     )
     width: int | None = Field(
         None, ge=64, le=4096, multiple_of=8,
-        description="Output pixels, multiple of 8; default: the input's width rounded to 8 (keeping its aspect if only height is given)",
+        description="Default: the input's, rounded to 8 (aspect kept if one side is given)",
     )
     height: int | None = Field(
         None, ge=64, le=4096, multiple_of=8,
-        description="Output pixels, multiple of 8; default: the input's height rounded to 8 (keeping its aspect if only width is given)",
+        description="Default: the input's, rounded to 8 (aspect kept if one side is given)",
     )
 
 
@@ -84,10 +76,10 @@ class Expand(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    left: int = Field(0, ge=0, le=2048, description="Pixels added on the left")
-    right: int = Field(0, ge=0, le=2048, description="Pixels added on the right")
-    top: int = Field(0, ge=0, le=2048, description="Pixels added at the top")
-    bottom: int = Field(0, ge=0, le=2048, description="Pixels added at the bottom")
+    left: int = Field(0, ge=0, le=2048)
+    right: int = Field(0, ge=0, le=2048)
+    top: int = Field(0, ge=0, le=2048)
+    bottom: int = Field(0, ge=0, le=2048)
 
     @model_validator(mode="after")
     def _something_to_add(self) -> "Expand":
@@ -102,40 +94,36 @@ class Expand(BaseModel):
 class InpaintRequest(GenerationParams):
     """Image + mask to image: repaint the masked part (or the new border when expanding), keep the rest."""
 
-    image: str = Field(min_length=1, description=f"The image to change: {IMAGE_REFERENCE}")
+    image: str = Field(min_length=1, description=f"Image to change: {IMAGE_REFERENCE}")
     mask: str | None = Field(
         None, min_length=1,
-        description="Mask image, same reference forms as `image`; white = repaint, black = keep; resized to the image if its size differs",
+        description="Mask image (forms as `image`): white repaint, black keep; resized to fit",
     )
     mask_shapes: list[MaskShape] | None = Field(
         None, min_length=1, max_length=32,
-        description="Areas to repaint as [{type: rect|ellipse, x, y, width, height}]; all four values <= 1 are fractions "
-        "of the image (x=0.25, width=0.5 is the middle half), otherwise pixels",
+        description="Areas to repaint: [{type: rect|ellipse, x, y, width, height}], fractions of the image if all <= 1, else px",
     )
     expand: Expand | None = Field(
-        None, description="Outpaint: grow the canvas by {left, right, top, bottom} pixels and paint the new border to match"
+        None, description="Outpaint: grow the canvas by {left, right, top, bottom} px and paint the border"
     )
-    mask_blur: float = Field(4.0, ge=0.0, le=64.0, description="Feather the mask edge by this many pixels so the repaint blends")
-    invert_mask: bool = Field(False, description="Repaint what the mask marks black instead (keep the white part)")
+    mask_blur: float = Field(4.0, ge=0.0, le=64.0, description="Feather the mask edge (px)")
+    invert_mask: bool = Field(False, description="Repaint the black part instead")
     inpaint_area: Literal["full", "masked"] = Field(
         "full",
-        description="full: denoise the whole image; masked: denoise only a crop around the mask at the model's resolution "
-        "(more detail for small areas of big images), then paste it back",
+        description="full: the whole image; masked: a crop around the mask at the model's size (detail), pasted back",
     )
-    padding: int = Field(32, ge=0, le=1024, description="inpaint_area=masked: context pixels around the mask's box")
+    padding: int = Field(32, ge=0, le=1024, description="masked: context px around the mask")
     strength: float = Field(
         0.99, ge=0.0, le=1.0,
-        description="How much the masked area changes: 0.99 repaints it (default), 0.5-0.8 keeps its colours and layout",
+        description="0.99 repaints the area; 0.5-0.8 keeps its colours and layout",
     )
     width: int | None = Field(
         None, ge=64, le=4096, multiple_of=8,
-        description="Working width of the denoiser, multiple of 8 (the output keeps the image's size plus expand); "
-        "default: the image's width rounded to 8, or for inpaint_area=masked the model's native size",
+        description="Working size (output keeps the image's plus expand); default: the image's, for masked the model's",
     )
     height: int | None = Field(
         None, ge=64, le=4096, multiple_of=8,
-        description="Working height of the denoiser, multiple of 8 (the output keeps the image's size plus expand); "
-        "default: the image's height rounded to 8, or for inpaint_area=masked the model's native size",
+        description="Working size (output keeps the image's plus expand); default: the image's, for masked the model's",
     )
 
     @model_validator(mode="after")

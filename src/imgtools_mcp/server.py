@@ -24,6 +24,7 @@ from .store import OutputStore
 from .tasks import TaskManager
 from .tools import edit, generate, inpaint, models, resources, sweep, tasks
 from .tools import prompts, refine, vision
+from .tools.present import compact_tool_schemas
 from .tools.vision_common import build_vlm
 from .ui.viewer import ViewerApp, hide_app_only_for_plain_clients
 
@@ -41,6 +42,20 @@ class ImgToolsServer(MCPServer[AppContext]):
 
     app_context: AppContext | None = None
     """The running lifespan's objects, for HTTP routes outside MCP (/health); None before start and after stop."""
+
+    _listed: dict[int, tuple[Any, Any]] | None = None
+
+    async def list_tools(self) -> list[Any]:
+        """Every tool, its schemas compacted (tools/present.py: compact_tool_schemas); done once per tool."""
+        self._listed = self._listed or {}
+        tools = []
+        for tool in await super().list_tools():
+            key = id(tool.input_schema)
+            if key not in self._listed:
+                self._listed[key] = (tool.input_schema, compact_tool_schemas(tool.input_schema, tool.output_schema))
+            input_schema, output_schema = self._listed[key][1]
+            tools.append(tool.model_copy(update={"input_schema": input_schema, "output_schema": output_schema}))
+        return tools
 
     async def call_tool(self, name: str, arguments: dict[str, Any], context: Context | None = None) -> Any:
         known = {tool.name: tool for tool in await self.list_tools()}

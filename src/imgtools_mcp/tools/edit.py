@@ -9,7 +9,7 @@ from ..params import EditRequest
 from .present import bind_tool, run_image_tool
 
 DESCRIPTION = """Change a whole image under a prompt (img2img): restyle, recolour, vary or clean it up while keeping its composition.
-`image`: an output id or imgtools://images/<id> (chain results), a path under the input roots, base64/data: URL, or http(s) URL.
+Chain results by passing an output's imgtools://images/<id> as `image`.
 `strength` is how far to move from the input: 0.2-0.4 light touch-up, 0.5-0.7 restyle (default 0.6), 0.8-1 mostly new; about strength*steps denoising steps run, so it costs less than generate.
 The output keeps the input's size (rounded to multiples of 8) unless width/height are given.
 To change one region and keep every other pixel, use inpaint with mask_shapes; to extend the canvas, inpaint with expand."""

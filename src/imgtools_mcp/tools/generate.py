@@ -28,6 +28,7 @@ def register(server: MCPServer) -> None:
         title="Generate image",
         description=DESCRIPTION,
         annotations=ToolAnnotations(
-            title="Generate image", read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False
+            title="Generate image", read_only_hint=False, destructive_hint=False, idempotent_hint=False,
+            open_world_hint=True,  # control and reference images may be http(s) URLs
         ),
     )

@@ -15,7 +15,7 @@ Say where with exactly one of:
 - `mask`: a mask image reference (white = repaint, black = keep).
 - `expand`: {left, right, top, bottom} pixels to add; the output is that much larger.
 The prompt says what should appear there (for expand: the whole scene).
-`image`: an output id or imgtools://images/<id> (chain results), a path under the input roots, base64/data: URL, or http(s) URL.
+Chain results by passing an output's imgtools://images/<id> as `image`.
 `inpaint_area: "masked"` works on a crop around the mask: more detail for small areas.
 Output keeps the image's size (plus expand); costs like generate. For the whole image use edit."""
 
