@@ -272,6 +272,47 @@ async def test_a_killed_replica_fails_its_request_clearly_and_is_replaced(ray_re
         )
 
 
+FRONT = """
+import asyncio, sys
+import ray
+from imgtools_mcp.config import Settings
+from imgtools_mcp.engine.ray_engine import RayEngine
+from imgtools_mcp.engine.request import EngineRequest
+
+ray.init(address=sys.argv[1], log_to_driver=False)
+engine = RayEngine(Settings(model=sys.argv[2], device="cpu", hf_offline=True, engine="ray", ray_app=sys.argv[3]))
+
+def on_step(step, total):
+    print("step", step, flush=True)
+
+async def main():
+    job = await engine.acheck(EngineRequest(mode="txt2img", model=None, prompt="orphan", width=128, height=128, steps=150))
+    await engine.generate(job, on_step)
+
+asyncio.run(main())
+"""
+
+
+async def test_a_front_that_dies_frees_its_replica(ray_replicas, tmp_path: Path) -> None:
+    model = ray_replicas["sd15"]
+    front = subprocess.Popen(
+        [sys.executable, "-c", FRONT, ray.get_runtime_context().gcs_address, str(model), APP],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    try:
+        with anyio.fail_after(120):
+            line = await anyio.to_thread.run_sync(front.stdout.readline)
+        assert line.startswith("step"), line
+        async with Client(build_server(ray_settings(tmp_path, model))) as client:
+            assert any(r["running"] for r in live(await engine_replicas(client)))
+            front.kill()
+            # Serve would let an orphaned stream run to its end; the replica sees the front's lease gone.
+            await wait_until(client, lambda rs: not any(r["running"] for r in live(rs)), timeout=30)
+    finally:
+        front.kill()
+        front.wait()
+
+
 def test_ray_engine_without_ray_is_one_line_at_start(tmp_path: Path) -> None:
     blocked = (
         "import sys; sys.modules['ray'] = None; sys.modules['ray.serve'] = None\n"

@@ -97,6 +97,41 @@ def rebuild_error(event: dict[str, Any]) -> EngineError:
     return exc
 
 
+# ----- the front's lease: how a replica notices that the front which sent a request is gone -----
+
+
+@ray.remote(num_cpus=0)
+class FrontLease:
+    """Owned by one front (not detached), so Ray ends it when that front's process dies; requests carry its handle.
+
+    Serve does not cancel a streaming request whose caller died; a replica that sees the lease gone
+    cancels the run itself, and its engine stops at the next step.
+    """
+
+    def alive(self) -> bool:
+        return True
+
+
+LEASE_CHECK_S = 1.0
+
+
+async def _watch_lease(lease: Any, run: "asyncio.Task[Any]") -> None:
+    from ray.exceptions import ActorUnavailableError, RayActorError
+
+    while not run.done():
+        await asyncio.sleep(LEASE_CHECK_S)
+        try:
+            await asyncio.wait_for(lease.alive.remote(), timeout=10)
+        except ActorUnavailableError:
+            continue  # a network blip or a busy node is not proof that the front is gone
+        except RayActorError:
+            log.warning("the front that sent this request is gone; stopping the run at its next step")
+            run.cancel()
+            return
+        except asyncio.TimeoutError:
+            continue
+
+
 # ----- the board of replicas, for engine_status -----
 
 
@@ -225,8 +260,11 @@ class ImageEngineReplica:
 
     # --- requests ---
 
-    async def generate(self, request: Any) -> AsyncIterator[dict[str, Any]]:
-        """Check and run one EngineRequest; yields started, step/progress events, then result or error."""
+    async def generate(self, request: Any, lease: Any = None) -> AsyncIterator[dict[str, Any]]:
+        """Check and run one EngineRequest; yields started, step/progress events, then result or error.
+
+        `lease` is the sending front's FrontLease: when it dies, the run is stopped at the next step.
+        """
         model_id = serve.get_multiplexed_model_id()
         if model_id:
             await self.get_model(model_id)  # type: ignore[attr-defined]  # added by _deployment_class
@@ -247,9 +285,13 @@ class ImageEngineReplica:
 
         task = asyncio.ensure_future(run())
         task.add_done_callback(lambda _: events.put_nowait(None))
+        watch = asyncio.ensure_future(_watch_lease(lease, task)) if lease is not None else None
         try:
             while (event := await events.get()) is not None:
                 yield event
+            if task.cancelled():  # by the lease watch: nobody is listening any more
+                yield error_event(EngineError("cancelled: the front that sent this request went away"))
+                return
             try:
                 output = task.result()
             except EngineError as exc:
@@ -259,6 +301,8 @@ class ImageEngineReplica:
             self.served += 1
             yield {"type": "result", "pngs": pngs, "output": dataclasses.replace(output, images=[])}
         finally:
+            if watch is not None:
+                watch.cancel()
             if not task.done():
                 # Cancelled, or the caller went away: the engine sets its cancel event and frees the
                 # device at the next step; waiting here keeps the next request off a dying run.

@@ -124,6 +124,7 @@ class RayEngine:
         self._waiting = 0  # sent (or admitted) but not yet on a replica
         self._running = 0
         self._board: Any = None
+        self._lease: Any = None
 
     # ----- what the tools look up before a request exists: the front's own config reading -----
 
@@ -188,7 +189,9 @@ class RayEngine:
         try:
             while True:
                 attempt += 1
-                response = self.handle.options(stream=True, multiplexed_model_id=model_id).generate.remote(job.request)
+                response = self.handle.options(stream=True, multiplexed_model_id=model_id).generate.remote(
+                    job.request, self._front_lease()
+                )
                 started: dict[str, Any] | None = None
                 steps_seen = 0
                 try:
@@ -240,6 +243,13 @@ class RayEngine:
                 self._waiting -= 1
             elif self._running:
                 self._running -= 1
+
+    def _front_lease(self) -> Any:
+        # Created on first use and owned by this process: Ray ends it when this front dies, and each
+        # replica running one of its requests then stops that run (Serve would let it finish).
+        if self._lease is None:
+            self._lease = self._wire.FrontLease.remote()
+        return self._lease
 
     async def _output(self, event: dict[str, Any], started: dict[str, Any] | None, seconds: float):
         images = await anyio.to_thread.run_sync(self._wire.decode_pngs, event["pngs"])
