@@ -323,7 +323,7 @@ async def test_prompts_are_listed_and_rendered_from_the_templates(vlm_client: Cl
 
 
 async def test_describe_video_downloads_an_http_url_within_the_size_cap(
-    vlm_client: Client, loopback: OpenAILoopback, tmp_path: Path
+    settings: Settings, loopback: OpenAILoopback, tmp_path: Path
 ) -> None:
     write_video(tmp_path / "web.mp4", 20)
 
@@ -343,16 +343,19 @@ async def test_describe_video_downloads_an_http_url_within_the_size_cap(
     server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(tmp_path)))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
+    # The video server is on loopback, which URLs reach only when IMGTOOLS_ALLOW_PRIVATE_URLS names it.
+    allowed = with_vlm(settings, loopback.base_url).model_copy(update={"allow_private_urls": ["127.0.0.1"]})
     try:
-        base = f"http://127.0.0.1:{server.server_address[1]}"
-        result = await vlm_client.call_tool("describe_video", {"video": f"{base}/web.mp4", "fps": 1})
-        assert not result.is_error, result.content[0].text
-        assert [read_index(image) for image in loopback.chat_requests[0].images] == [0, 10]
-        assert result.structured_content["video"]["reference"] == f"{base}/web.mp4"
-        huge = error_of(await vlm_client.call_tool("describe_video", {"video": f"{base}/huge.mp4"}))
-        assert huge.startswith("`video`:") and "exceeds the 104.9 MB limit" in huge
-        missing = error_of(await vlm_client.call_tool("describe_video", {"video": f"{base}/missing.mp4"}))
-        assert "HTTP 404" in missing
+        async with Client(build_server(allowed)) as vlm_client:
+            base = f"http://127.0.0.1:{server.server_address[1]}"
+            result = await vlm_client.call_tool("describe_video", {"video": f"{base}/web.mp4", "fps": 1})
+            assert not result.is_error, result.content[0].text
+            assert [read_index(image) for image in loopback.chat_requests[0].images] == [0, 10]
+            assert result.structured_content["video"]["reference"] == f"{base}/web.mp4"
+            huge = error_of(await vlm_client.call_tool("describe_video", {"video": f"{base}/huge.mp4"}))
+            assert huge.startswith("`video`:") and "209715200 bytes exceeds the 100 MiB limit" in huge
+            missing = error_of(await vlm_client.call_tool("describe_video", {"video": f"{base}/missing.mp4"}))
+            assert "could not download it" in missing  # the same text as any failed or refused fetch
     finally:
         server.shutdown()
         server.server_close()

@@ -16,6 +16,7 @@ from imgtools_mcp.vlm import (
     VLMBadReply,
     VLMClient,
     VLMConfigError,
+    VLMError,
     VLMOutOfCredits,
     VLMRateLimited,
     VLMTimeout,
@@ -317,12 +318,50 @@ async def test_timeout_is_reported(server):
     assert time.monotonic() - started < 3
 
 
-async def test_timeout_is_retried(server):
+async def test_the_timeout_bounds_the_whole_call_and_the_message_counts_real_retries(server):
+    """Not timeout x (1 + max_retries): a server that never answers costs `timeout` once, and the error says no
+    retry was made (there was no time for one) instead of claiming max_retries."""
+    server.script([Scripted.delay(5)] * 4)
+    async with client_for(server, timeout=0.6, max_retries=3) as client:
+        started = time.monotonic()
+        with pytest.raises(VLMTimeout, match=r"within 0.6 s \(IMGTOOLS_VLM_TIMEOUT_S; 0 retries made\)"):
+            await client.describe([GREY])
+        assert time.monotonic() - started < 2.5
+    assert len(server.chat_requests) == 1
+
+
+async def test_retries_named_in_an_error_are_the_ones_made(server):
+    server.script([Scripted.http_error(503, retry_after=0.01)] * 3)
+    async with client_for(server, max_retries=2) as client:
+        with pytest.raises(VLMUnavailable, match="after 2 retries"):
+            await client.describe([GREY])
+    assert len(server.chat_requests) == 3
+    server.script([Scripted.http_error(400, "bad request")])
+    async with client_for(server, max_retries=2) as client:
+        with pytest.raises(VLMError) as caught:
+            await client.describe([GREY])
+    assert "retries" not in caught.value.message
+
+
+async def test_a_slow_attempt_is_retried_within_the_call_timeout(server):
     server.script([Scripted.delay(5)])
-    async with client_for(server, timeout=0.3, max_retries=1) as client:
+    async with client_for(server, timeout=10, attempt_timeout=0.3, max_retries=1) as client:
         result = await client.describe([GREY])
     assert "size=64x48" in result.text
     assert len(server.chat_requests) == 2
+
+
+async def test_waiting_is_reported_while_the_vlm_thinks(server):
+    server.script([Scripted.delay(1.0)])
+    waits: list[tuple[float, float]] = []
+
+    async def on_wait(waited: float, allowed: float) -> None:
+        waits.append((waited, allowed))
+
+    async with client_for(server, timeout=10, wait_report_s=0.2) as client:
+        await client.describe([GREY], on_wait=on_wait)
+    assert len(waits) >= 3 and all(allowed == 10 for _, allowed in waits)
+    assert [waited for waited, _ in waits] == sorted(waited for waited, _ in waits)
 
 
 async def test_unreachable_server_is_unavailable():

@@ -124,6 +124,11 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("IMGTOOLS_VLM_API_KEY", "OPENROUTER_API_KEY", "vlm_api_key"),
         description="The VLM key (also read from OPENROUTER_API_KEY); never shown by any tool.",
     )
+    vlm_provider: Literal["auto", "openrouter", "openai"] = Field(
+        "auto",
+        description="What kind of server the VLM endpoint is: openrouter (attribution headers, cost, routing fields), "
+        "openai (standard fields only); auto: openrouter when the URL's host is openrouter.ai.",
+    )
     vlm_timeout_s: float = Field(
         120.0, gt=0, description="Longest one VLM call may take in all, its retries included, in seconds."
     )

@@ -137,7 +137,7 @@ async def _download(url: str, param: str, resolver: ImageResolver, max_bytes: in
             url, policy=resolver.url_policy, max_bytes=max_bytes, timeout_s=timeout, accept="video/*, image/gif"
         )
     except UrlTooLarge as exc:
-        raise ImageRefError(param, shown, str(exc).replace(" bytes exceeds", " bytes exceed")) from exc
+        raise ImageRefError(param, shown, str(exc)) from exc
     except UrlFetchRefused as exc:
         raise ImageRefError(param, shown, url_refused_reason(timeout)) from exc
 

@@ -17,7 +17,7 @@ from ..params import IMAGE_REFERENCE
 from ..vlm import Critique, MediaError, VLMUsage, probe_video, sample_frames
 from ..vlm.media import DEFAULT_VIDEO_MAX_BYTES
 from .present import app_of, bind_tool
-from .vision_common import require_vlm, usage_text
+from .vision_common import require_vlm, usage_text, wait_progress
 
 MAX_DESCRIBE_IMAGES = 8
 MAX_VIDEO_FRAMES = 64
@@ -150,7 +150,7 @@ async def describe_image(request: DescribeImageRequest, ctx: Context) -> CallToo
     app = app_of(ctx)
     vlm = require_vlm(app)
     resolved = [await app.resolver.resolve(ref, param=f"images[{index}]") for index, ref in enumerate(request.images)]
-    answer = await vlm.describe([item.image for item in resolved], request.question)
+    answer = await vlm.describe([item.image for item in resolved], request.question, on_wait=wait_progress(ctx))
     structured = DescribeResult(text=answer.text, model=answer.model, usage=answer.usage, images=[input_image(r) for r in resolved])
     return CallToolResult(
         content=[TextContent(type="text", text=f"{answer.text}\n\n({answer.model}; {usage_text(answer.usage)})")],
@@ -179,7 +179,8 @@ async def describe_video(request: DescribeVideoRequest, ctx: Context) -> CallToo
     except MediaError as exc:
         raise ToolError(f"video: {exc}") from exc
     answer = await vlm.describe_frames(
-        [(frame.timestamp_s, frame.image) for frame in frames], request.question, duration_s=info.duration_s
+        [(frame.timestamp_s, frame.image) for frame in frames], request.question, duration_s=info.duration_s,
+        on_wait=wait_progress(ctx),
     )
     structured = DescribeVideoResult(
         text=answer.text,
@@ -208,7 +209,7 @@ async def critique(request: CritiqueRequest, ctx: Context) -> CallToolResult:
         parameters, source = sidecar_parameters(app, resolved.output_id), "sidecar"
     if parameters is None:
         source = "none"
-    result = await vlm.critique(resolved.image, request.goal, parameters)
+    result = await vlm.critique(resolved.image, request.goal, parameters, on_wait=wait_progress(ctx))
     structured = CritiqueResultOut(
         critique=result.critique,
         model=result.model,

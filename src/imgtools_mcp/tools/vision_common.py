@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
 
 from ..app import AppContext
@@ -27,4 +28,21 @@ def require_vlm(app: AppContext) -> VLMClient:
 def build_vlm(settings: Settings) -> VLMClient:
     """The server's one VLM client; it makes no connection until the first VLM tool call."""
     key = settings.vlm_api_key.get_secret_value() if settings.vlm_api_key is not None else None
-    return VLMClient(base_url=settings.vlm_base_url, model=settings.vlm_model, api_key=key)
+    return VLMClient(
+        base_url=settings.vlm_base_url,
+        model=settings.vlm_model,
+        api_key=key,
+        provider=settings.vlm_provider,
+        timeout=settings.vlm_timeout_s,
+        app_url=settings.vlm_app_url or None,
+        app_title=settings.vlm_app_title or None,
+    )
+
+
+def wait_progress(ctx: Context) -> WaitCallback:
+    """Progress notifications while the VLM thinks (hosts reset their request timeouts on progress)."""
+
+    async def report(waited: float, allowed: float) -> None:
+        await ctx.report_progress(waited, allowed, f"waiting for the VLM: {waited:.0f} s (at most {allowed:g} s)")
+
+    return report

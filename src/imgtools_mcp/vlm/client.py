@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextvars
 import json
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import anyio
+import anyio.abc
+import httpx
 import openai
 from PIL import Image
 from pydantic import BaseModel
@@ -31,6 +36,35 @@ DEFAULT_VIDEO_QUESTION = "Describe the video in detail."
 # by the openai client and are not retried again here.
 _REPLY_PROBLEMS = (VLMBadReply, VLMUnavailable, VLMRateLimited, VLMTimeout)
 _Schema = TypeVar("_Schema", bound=BaseModel)
+_T = TypeVar("_T")
+# Called while a call waits for the VLM: (seconds waited, seconds allowed). Hosts reset their timeouts on progress.
+WaitCallback = Callable[[float, float], Awaitable[None]]
+WAIT_REPORT_S = 2.0
+
+
+@dataclass
+class _CallCount:
+    """HTTP requests sent and chat completions asked for within one task call: their difference is the retries."""
+
+    sent: int = 0
+    asked: int = 0
+
+    @property
+    def retries(self) -> int:
+        return max(0, self.sent - self.asked)
+
+
+_current_call: contextvars.ContextVar[_CallCount | None] = contextvars.ContextVar("vlm_call", default=None)
+
+
+async def _count_request(_request: httpx.Request) -> None:
+    count = _current_call.get()
+    if count is not None:
+        count.sent += 1
+
+
+def _retries_text(retries: int) -> str:
+    return f"{retries} retr{'y' if retries == 1 else 'ies'}"
 
 
 class VLMClient:
@@ -46,7 +80,9 @@ class VLMClient:
         provider: Literal["auto", "openrouter", "openai"] = "auto",
         timeout: float = 120.0,
         max_retries: int = 3,
-        app_url: str | None = None,
+        attempt_timeout: float | None = None,
+        wait_report_s: float = WAIT_REPORT_S,
+        app_url: str | None = "https://pypi.org/project/imgtools-mcp/",
         app_title: str | None = "imgtools-mcp",
         image_max_pixels: int = media.DEFAULT_IMAGE_MAX_PIXELS,
         image_format: media.ImageFormat = "auto",
@@ -56,7 +92,9 @@ class VLMClient:
         extra_body: Mapping[str, Any] | None = None,
     ) -> None:
         """`provider` "auto" means OpenRouter when the base URL is on openrouter.ai, otherwise a plain
-        OpenAI-compatible server. `reasoning_max_tokens` bounds a thinking model's reasoning on
+        OpenAI-compatible server. `timeout` bounds each call (describe, critique, ...) as a whole, retries
+        included; `attempt_timeout` (default: the same) bounds one HTTP attempt, so 429/5xx/connection failures are
+        retried by the openai client within what is left. `reasoning_max_tokens` bounds a thinking model's reasoning on
         OpenRouter (0 turns reasoning off, None leaves the model's default). `json_attempts` is how many
         replies a critique or revision may take to produce valid JSON. `extra_body` is merged into every
         request for server-specific options (for example vLLM's `chat_template_kwargs`)."""
@@ -64,6 +102,8 @@ class VLMClient:
             raise ValueError("model must be a non-empty model id, for example 'qwen/qwen3.5-35b-a3b'")
         if not timeout > 0:
             raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
+        if attempt_timeout is not None and not attempt_timeout > 0:
+            raise ValueError(f"attempt_timeout must be > 0 seconds, got {attempt_timeout}")
         if max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {max_retries}")
         if max_output_tokens < 1:
@@ -80,7 +120,9 @@ class VLMClient:
         self.model = model
         self.provider = pick_provider(provider, self.base_url)
         self.timeout = timeout
+        self.attempt_timeout = min(attempt_timeout or timeout, timeout)
         self.max_retries = max_retries
+        self.wait_report_s = wait_report_s
         self.image_max_pixels = image_max_pixels
         self.image_format = image_format
         self.max_output_tokens = max_output_tokens
@@ -107,6 +149,7 @@ class VLMClient:
             "api_key_set": self._api_key is not None,
             "configured": self.configured,
             "timeout_s": self.timeout,
+            "attempt_timeout_s": self.attempt_timeout,
             "max_retries": self.max_retries,
         }
 
@@ -130,8 +173,55 @@ class VLMClient:
 
     # -- the four tasks ---------------------------------------------------------------------------
 
-    async def describe(self, images: Sequence[Image.Image], question: str | None = None) -> VLMText:
+    async def _bounded(self, work: Callable[[], Awaitable[_T]], on_wait: WaitCallback | None) -> _T:
+        """One task call within `timeout` in all (retries included), reporting the wait every `wait_report_s`;
+        errors say how many retries really happened."""
+        count = _CallCount()
+        token = _current_call.set(count)
+        started = time.monotonic()
+        result: list[_T] = []
+        failure: list[Exception] = []
+
+        async def report() -> None:
+            assert on_wait is not None
+            while True:
+                await anyio.sleep(self.wait_report_s)
+                await on_wait(time.monotonic() - started, self.timeout)
+
+        async def run(group: anyio.abc.TaskGroup) -> None:
+            # The outcome is kept rather than raised here, so a VLMError reaches the caller as itself, not
+            # wrapped in the task group's ExceptionGroup.
+            try:
+                result.append(await work())
+            except Exception as err:  # noqa: BLE001 - re-raised unchanged below
+                failure.append(err)
+            finally:
+                group.cancel_scope.cancel()
+
+        try:
+            with anyio.move_on_after(self.timeout) as deadline:
+                async with anyio.create_task_group() as group:
+                    if on_wait is not None:
+                        group.start_soon(report)
+                    group.start_soon(run, group)
+        finally:
+            _current_call.reset(token)
+        if failure:
+            raise failure[0]
+        if deadline.cancelled_caught and not result:
+            raise VLMTimeout(
+                f"no answer from the VLM at {self.base_url} within {self.timeout:g} s "
+                f"(IMGTOOLS_VLM_TIMEOUT_S; {_retries_text(count.retries)} made)"
+            )
+        return result[0]
+
+    async def describe(
+        self, images: Sequence[Image.Image], question: str | None = None, *, on_wait: WaitCallback | None = None
+    ) -> VLMText:
         """Free-text description of one or more images, or an answer to `question` about them."""
+        return await self._bounded(lambda: self._describe(images, question), on_wait)
+
+    async def _describe(self, images: Sequence[Image.Image], question: str | None) -> VLMText:
         if not images:
             raise ValueError("images must contain at least one image")
         content: list[dict[str, Any]] = [
@@ -150,8 +240,14 @@ class VLMClient:
         question: str | None = None,
         *,
         duration_s: float | None = None,
+        on_wait: WaitCallback | None = None,
     ) -> VLMText:
         """Describe a video from sampled `(timestamp_s, image)` frames; each image follows a "t=1.50s" label."""
+        return await self._bounded(lambda: self._describe_frames(frames, question, duration_s), on_wait)
+
+    async def _describe_frames(
+        self, frames: Sequence[tuple[float, Image.Image]], question: str | None, duration_s: float | None
+    ) -> VLMText:
         if not frames:
             raise ValueError("frames must contain at least one frame")
         duration = duration_s if duration_s is not None else max(timestamp for timestamp, _ in frames)
@@ -173,9 +269,17 @@ class VLMClient:
         return VLMText(text=text, model=model, usage=usage)
 
     async def critique(
-        self, image: Image.Image, goal: str, parameters: Mapping[str, Any] | None = None
+        self,
+        image: Image.Image,
+        goal: str,
+        parameters: Mapping[str, Any] | None = None,
+        *,
+        on_wait: WaitCallback | None = None,
     ) -> CritiqueResult:
         """Score `image` against `goal` (0-10) with problems, a revised prompt and parameter advice."""
+        return await self._bounded(lambda: self._critique(image, goal, parameters), on_wait)
+
+    async def _critique(self, image: Image.Image, goal: str, parameters: Mapping[str, Any] | None) -> CritiqueResult:
         if not goal or not goal.strip():
             raise ValueError("goal must describe what the image was generated for")
         prompt = render_prompt("critique", goal=goal.strip(), parameters=_as_json(parameters or {}))
@@ -183,12 +287,17 @@ class VLMClient:
         critique, model, usage = await self._ask_json(messages, Critique, name="critique", temperature=0.0)
         return CritiqueResult(critique=critique, model=model, usage=usage)
 
-    async def revise(self, goal: str, history: Sequence[Mapping[str, Any] | BaseModel]) -> RevisionResult:
+    async def revise(
+        self, goal: str, history: Sequence[Mapping[str, Any] | BaseModel], *, on_wait: WaitCallback | None = None
+    ) -> RevisionResult:
         """The next prompt and settings to try (Idea2Img): the model sees every earlier round, with
         its prompt, parameters, score and problems, so it does not repeat what already failed.
 
         Each history entry is a mapping (or pydantic model) such as
         `{"prompt", "negative_prompt", "parameters", "score", "problems"}`; other keys are shown too."""
+        return await self._bounded(lambda: self._revise(goal, history), on_wait)
+
+    async def _revise(self, goal: str, history: Sequence[Mapping[str, Any] | BaseModel]) -> RevisionResult:
         if not goal or not goal.strip():
             raise ValueError("goal must describe what the image should show")
         if not history:
@@ -200,8 +309,13 @@ class VLMClient:
         revision, model, usage = await self._ask_json(messages, Revision, name="revision", temperature=0.4)
         return RevisionResult(revision=revision, model=model, usage=usage)
 
-    async def ground(self, image: Image.Image, description: str) -> GroundingResult:
+    async def ground(
+        self, image: Image.Image, description: str, *, on_wait: WaitCallback | None = None
+    ) -> GroundingResult:
         """Boxes (0-1000 grid, Qwen3-VL convention) of the objects in `image` that `description` names; may be empty."""
+        return await self._bounded(lambda: self._ground(image, description), on_wait)
+
+    async def _ground(self, image: Image.Image, description: str) -> GroundingResult:
         from .grounding import Grounding, GroundingResult
 
         if not description or not description.strip():
@@ -222,9 +336,11 @@ class VLMClient:
             self._client = openai.AsyncOpenAI(
                 api_key=key,
                 base_url=self.base_url,
-                timeout=self.timeout,
+                timeout=self.attempt_timeout,
                 max_retries=self.max_retries,
                 default_headers=self._headers or None,
+                # Every attempt the client sends is counted, so errors say how many retries really happened.
+                http_client=openai.DefaultAsyncHttpxClient(event_hooks={"request": [_count_request]}),
             )
         return self._client
 
@@ -247,15 +363,23 @@ class VLMClient:
             yield
         except openai.APITimeoutError as err:
             raise VLMTimeout(
-                f"no answer from the VLM at {self.base_url} within {self.timeout:g} s "
-                f"(after {self.max_retries} retries)"
+                f"no answer from the VLM at {self.base_url} within {self.attempt_timeout:g} s per attempt "
+                f"(IMGTOOLS_VLM_TIMEOUT_S; {_retries_text(self._retries())} made)"
             ) from err
         except openai.APIConnectionError as err:
             cause = err.__cause__ or err
-            raise VLMUnavailable(f"could not reach the VLM at {self.base_url}: {cause}") from err
+            raise VLMUnavailable(
+                f"could not reach the VLM at {self.base_url}: {cause} ({_retries_text(self._retries())} made)"
+            ) from err
         except openai.APIStatusError as err:
-            retries = self.max_retries if err.status_code in (408, 409, 429) or err.status_code >= 500 else 0
-            raise error_for_status(err.status_code, error_detail(err.body), model=self.model, retries=retries) from err
+            raise error_for_status(
+                err.status_code, error_detail(err.body), model=self.model, retries=self._retries()
+            ) from err
+
+    @staticmethod
+    def _retries() -> int:
+        count = _current_call.get()
+        return count.retries if count is not None else 0
 
     async def _post(
         self, messages: list[dict[str, Any]], *, temperature: float, response_format: dict[str, Any] | None
@@ -274,6 +398,9 @@ class VLMClient:
         }
         if response_format is not None:
             arguments["response_format"] = response_format
+        count = _current_call.get()
+        if count is not None:
+            count.asked += 1
         with self._mapped_errors():
             # The raw response, not the parsed ChatCompletion: OpenRouter's error objects, `usage.cost`
             # and other non-OpenAI fields must be read as sent.
