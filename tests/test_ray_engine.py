@@ -39,6 +39,8 @@ def ray_replicas(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPath
     from imgtools_mcp.engine.ray_deployment import DeploymentSize, deploy
 
     started = time.perf_counter()
+    patch = pytest.MonkeyPatch()
+    patch.setenv("RAY_USAGE_STATS_ENABLED", "0")  # tests never use the network; Ray would report usage
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="imgtools-tests")
     settings = Settings(
         model=str(tiny_models["sd15"]), output_dir=tmp_path_factory.mktemp("replica-out"), device="cpu", hf_offline=True
@@ -51,6 +53,7 @@ def ray_replicas(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPath
     finally:
         serve.shutdown()
         ray.shutdown()
+        patch.undo()
 
 
 def ray_settings(tmp_path: Path, model: Path) -> Settings:

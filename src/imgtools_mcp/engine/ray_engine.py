@@ -17,6 +17,7 @@ before producing anything is retried once; after that the request fails with a c
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import pickle
 import socket
@@ -79,6 +80,14 @@ def connect(settings: Any) -> Any:
             f"ray_app: no Serve application {settings.ray_app!r} on the Ray cluster ({type(exc).__name__}); "
             "deploy it with `imgtools-mcp engine-serve` (IMGTOOLS_RAY_APP)"
         ) from None
+
+
+@functools.cache
+def _process_lease(ray_job_id: str) -> Any:
+    """This process's FrontLease in this Ray session; the lease stands for the process, so fronts in it share one."""
+    from .ray_deployment import FrontLease
+
+    return FrontLease.remote()
 
 
 class RayTicket:
@@ -245,10 +254,10 @@ class RayEngine:
                 self._running -= 1
 
     def _front_lease(self) -> Any:
-        # Created on first use and owned by this process: Ray ends it when this front dies, and each
-        # replica running one of its requests then stops that run (Serve would let it finish).
+        # Owned by this process: Ray ends it when this front dies, and each replica running one of its
+        # requests then stops that run (Serve would let it finish). One per process and Ray session.
         if self._lease is None:
-            self._lease = self._wire.FrontLease.remote()
+            self._lease = _process_lease(self._ray.get_runtime_context().get_job_id())
         return self._lease
 
     async def _output(self, event: dict[str, Any], started: dict[str, Any] | None, seconds: float):
@@ -262,6 +271,13 @@ class RayEngine:
         if started is not None and dataclasses.is_dataclass(engine) and hasattr(engine, "backend_notes"):
             engine = dataclasses.replace(engine, backend_notes=[*engine.backend_notes, f"ran on Ray Serve replica {started['replica']}"])
         return dataclasses.replace(output, images=images, timings=timings, engine=engine)
+
+    def describe_choices(self, model: Any = None):
+        # Work that runs models outside generate() (upscalers) has no replica path yet: refuse in one line.
+        raise EngineError(
+            "engine: this runs on the local engine only for now (IMGTOOLS_ENGINE=local); with IMGTOOLS_ENGINE=ray, "
+            "generate, edit, inpaint, sweep and refine run on the replicas"
+        )
 
     # ----- introspection -----
 
