@@ -194,10 +194,9 @@ class RayEngine:
         waiting = True
         model_id = job.source.spec
         sent_at = time.perf_counter()
-        attempt = 0
+        retried = False  # a replica that dies before producing anything is retried once
         try:
             while True:
-                attempt += 1
                 response = self.handle.options(stream=True, multiplexed_model_id=model_id).generate.remote(
                     job.request, self._front_lease()
                 )
@@ -235,7 +234,8 @@ class RayEngine:
                     ) from None
                 except (RayActorError, ActorUnavailableError, ReplicaUnavailableError) as exc:
                     where = f"engine replica {started['replica']}" if started else "an engine replica"
-                    if steps_seen == 0 and attempt == 1:
+                    if steps_seen == 0 and not retried:
+                        retried = True
                         log.warning("%s failed before producing anything (%s); retrying once", where, type(exc).__name__)
                         continue
                     raise EngineError(
