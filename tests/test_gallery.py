@@ -122,6 +122,15 @@ async def test_the_gallery_lists_searches_filters_shows_lineage_and_follows_a_jo
             assert await page.locator("#family option").all_inner_texts() == ["All families", "sd1"]
             await page.select_option("#family", "sd1")
             await page.wait_for_function("() => document.querySelectorAll('#grid .tile').length === 3", timeout=UI_TIMEOUT_MS)
+            assert await page.locator("#model option").all_inner_texts() == ["All models", "tiny-sd15"]
+            await page.select_option("#model", "tiny-sd15")
+            await page.fill("#q", "door")
+            await page.wait_for_function("() => document.querySelectorAll('#grid .tile').length === 1", timeout=UI_TIMEOUT_MS)
+            await page.fill("#q", "")
+            await page.wait_for_function("() => document.querySelectorAll('#grid .tile').length === 3", timeout=UI_TIMEOUT_MS)
+            async with httpx.AsyncClient(base_url=server.base, headers={"Authorization": f"Bearer {TOKEN}"}) as http:
+                assert (await http.get("/gallery/api/images", params={"family": "sdxl"})).json()["total"] == 0
+                assert (await http.get("/gallery/api/images", params={"model": "tiny-sd15", "q": "red"})).json()["total"] == 1
 
             # The inpaint's detail: lineage back to its parent, and the viewer's before/after inside the dialog.
             await page.click(f"#grid .tile[data-image='{made['door']}']")
