@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from .base import Component, FamilySpec, Variant
 from .registry import register
 
 GB = 10**9
 FLOW_SAMPLERS = ("euler", "unipc", "dpmpp_2m")  # flow-match versions, built with the model's shift
+
+def sized_inpaint_inputs(job: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """ZImageInpaintPipeline sizes the image and the mask differently unless both already have the output's size
+    (a 72x56 image at 80x64 fails with a shape mismatch), so they are given at that size; the tool pastes the
+    result back over the original outside the mask as for every family."""
+    if job.mode != "inpaint":
+        return kwargs
+    size = (job.width, job.height)
+    return {**kwargs, "image": kwargs["image"].resize(size), "mask_image": kwargs["mask_image"].resize(size)}
+
 
 Z_IMAGE = register(
     FamilySpec(
@@ -39,6 +51,7 @@ Z_IMAGE = register(
             # (the last sigma is 0). The turbo and base checkpoints share configs, so only the name tells them apart.
             Variant("turbo", "Turbo", name_markers=("turbo",), default_steps=9, default_guidance=0.0),
         ),
+        call_kwargs=sized_inpaint_inputs,
         lora=True,
         lora_markers=("noise_refiner", "context_refiner", "feed_forward.w1", "feed_forward_w1"),
         backends=frozenset({"torch"}),
