@@ -83,3 +83,16 @@ async def test_generated_png_reads_back_as_the_prompt_given(tmp_path: Path, tiny
     prompt, negative, fields = a1111_parse(Image.open(image["path"]).text["parameters"])
     assert words(prompt) == words(INJECTION) and negative == ""
     assert fields["Steps"] == "2" and fields["Seed"] == str(image["seed"])
+    # The model's own scheduler under the name A1111 readers know ("Euler", "PLMS"), not a diffusers class name.
+    assert fields["Sampler"] in {"Euler", "Euler a", "DPM++ 2M", "DDIM", "UniPC", "LCM", "PLMS", "DDPM", "LMS", "Heun"}
+
+
+def test_default_sampler_labels_are_a1111_names() -> None:
+    from imgtools_mcp.engine.samplers import sampler_from_label, sampler_label
+
+    assert sampler_label("default", "EulerDiscreteScheduler") == "Euler"
+    assert sampler_label("default", "EulerAncestralDiscreteScheduler") == "Euler a"
+    assert sampler_label("default", "DPMSolverMultistepScheduler") == "DPM++ 2M"
+    assert sampler_label("default", "PNDMScheduler") == "PLMS"
+    assert sampler_label("default", "FlowMatchEulerDiscreteScheduler") == "Euler"
+    assert sampler_from_label(sampler_label("default", "EulerDiscreteScheduler")) == "euler"

@@ -18,7 +18,7 @@ from .auth import StaticTokenVerifier, auth_settings
 from .config import Settings
 from .engine.base import build_engine
 from .engine.engine import Engine
-from .images.refs import ImageResolver
+from .images.refs import ImageResolver, UrlPolicy
 from .params import one_line_error
 from .store import OutputStore
 from .tasks import TaskManager
@@ -74,6 +74,17 @@ class ImgToolsServer(MCPServer[AppContext]):
                 raise ToolError(f"Error executing tool {name}: {one_line_error(exc.__cause__)}") from exc.__cause__
             raise
 
+    async def list_resources(self) -> list[Any]:
+        """The fixed resources plus the newest outputs (tools/resources.py), so hosts can browse what was made."""
+        listed = await super().list_resources()
+        app = self.app_context
+        return listed + (resources.recent_outputs(app.store) if app is not None else [])
+
+    async def get_prompt(self, name: str, arguments: dict[str, Any] | None = None, context: Context | None = None) -> Any:
+        # Unknown prompt or missing argument: invalid params naming what is allowed (tools/prompts.py), not code 0.
+        await prompts.check_prompt_request(self, name, arguments)
+        return await super().get_prompt(name, arguments, context)
+
 
 def build_server(settings: Settings, engine: Engine | None = None, *, base_url: str = "http://127.0.0.1:8765") -> ImgToolsServer:
     """The server for one configuration; `engine` may be passed in by tests that share one across servers.
@@ -94,6 +105,7 @@ def build_server(settings: Settings, engine: Engine | None = None, *, base_url: 
                 settings.allowed_input_roots,
                 max_bytes=settings.max_input_bytes,
                 max_pixels=settings.max_pixels * 4,
+                url_policy=UrlPolicy(settings.allow_private_urls),
             ),
             tasks=TaskManager(settings.output_dir / "jobs"),
             vlm=build_vlm(settings),

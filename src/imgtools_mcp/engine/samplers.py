@@ -107,9 +107,32 @@ def make_scheduler(name: str, base_config: Any, kind: str = "discrete") -> Sched
     return spec.scheduler_cls.from_config(base_config, **spec.overrides)
 
 
+# A1111's names for schedulers a model may ship with that no short name here builds.
+_A1111_CLASS_LABELS = {
+    "PNDMScheduler": "PLMS",
+    "DDPMScheduler": "DDPM",
+    "LMSDiscreteScheduler": "LMS",
+    "HeunDiscreteScheduler": "Heun",
+    "KDPM2DiscreteScheduler": "DPM2",
+    "KDPM2AncestralDiscreteScheduler": "DPM2 a",
+    "DPMSolverSinglestepScheduler": "DPM++ SDE",
+    "DEISMultistepScheduler": "DEIS",
+}
+
+
 def sampler_label(name: str, default_scheduler_class: str) -> str:
+    """The infotext `Sampler:` value as A1111/SD.Next write it ("Euler", not "EulerDiscrete"), also for the model's
+    own scheduler when the request said `default`."""
     if name == "default":
-        return default_scheduler_class.replace("Scheduler", "")
+        by_class: dict[str, str] = {}
+        for spec in (*SAMPLERS.values(), *FLOW_SAMPLERS.values()):
+            # The first label per class is its plain form ("DPM++ 2M", not the Karras variant).
+            by_class.setdefault(spec.scheduler_cls.__name__, spec.label)
+        return (
+            by_class.get(default_scheduler_class)
+            or _A1111_CLASS_LABELS.get(default_scheduler_class)
+            or default_scheduler_class.removesuffix("Scheduler")
+        )
     return (SAMPLERS.get(name) or FLOW_SAMPLERS[name]).label
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from mcp.server.mcpserver import MCPServer
+from mcp.shared.exceptions import MCPError
+from mcp_types import INVALID_PARAMS
 from pydantic import Field
 
 from ..vlm import render_prompt
@@ -16,6 +18,24 @@ def settings_text(**settings: str | None) -> str:
     if not given:
         return "No settings given: use the tools' defaults."
     return "Settings to use: " + ", ".join(f"{name}={value}" for name, value in given.items()) + "."
+
+
+async def check_prompt_request(server: MCPServer, name: str, arguments: dict[str, Any] | None) -> None:
+    """Refuse an unknown prompt or a missing required argument as invalid params (-32602), naming what is allowed,
+    before the SDK would turn either into a generic error with a server traceback."""
+    prompts = {prompt.name: prompt for prompt in await server.list_prompts()}
+    prompt = prompts.get(name)
+    if prompt is None:
+        raise MCPError(INVALID_PARAMS, f"unknown prompt {name!r}; prompts: {', '.join(sorted(prompts))}")
+    given = arguments or {}
+    declared = prompt.arguments or []
+    missing = [argument.name for argument in declared if argument.required and not str(given.get(argument.name) or "").strip()]
+    if missing:
+        raise MCPError(INVALID_PARAMS, f"prompt {name!r}: missing required argument(s) {', '.join(missing)}")
+    unknown = sorted(set(given) - {argument.name for argument in declared})
+    if unknown:
+        allowed = ", ".join(argument.name for argument in declared)
+        raise MCPError(INVALID_PARAMS, f"prompt {name!r}: unknown argument(s) {', '.join(unknown)}; allowed: {allowed}")
 
 
 def register(server: MCPServer) -> None:
