@@ -24,6 +24,7 @@ pytestmark = pytest.mark.anyio
 FOLDERS = {
     "qwen-image": "Qwen-Image",
     "qwen-image-edit": "Qwen-Image-Edit-2509",
+    "qwen-image-edit-1": "Qwen-Image-Edit",
     "z-image": "Z-Image",
     "z-image-turbo": "Z-Image-Turbo",
     "flux2": "FLUX.2-dev",
@@ -70,6 +71,7 @@ EXPECTED = {
     # family id, variant, default steps, default guidance, guidance knob, instruction edits
     "qwen-image": ("qwen-image", None, 50, 4.0, "true_cfg", False),
     "qwen-image-edit": ("qwen-image-edit", None, 40, 4.0, "true_cfg", True),
+    "qwen-image-edit-1": ("qwen-image-edit-1", None, 50, 4.0, "true_cfg", True),
     "z-image": ("z-image", None, 30, 4.0, "cfg", False),
     "z-image-turbo": ("z-image", "turbo", 9, 0.0, "cfg", False),
     "flux2": ("flux2", None, 50, 4.0, "distilled", True),

@@ -70,9 +70,9 @@ def build_qwen_image(folder: Path | str, seed: int = 0) -> Path:
     return folder
 
 
-def build_qwen_image_edit(folder: Path | str, seed: int = 0) -> Path:
+def build_qwen_image_edit(folder: Path | str, seed: int = 0, pipeline_class: str = "QwenImageEditPlusPipeline") -> Path:
     """Qwen-Image-Edit-Plus (2509/2511 layout): instruction edits with 1-3 reference images seen by the VL encoder."""
-    from diffusers import QwenImageEditPlusPipeline
+    import diffusers
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     from ..engine.families.qwen_image import StillImageQwen2VLProcessor
@@ -82,12 +82,18 @@ def build_qwen_image_edit(folder: Path | str, seed: int = 0) -> Path:
     # The real processor's sizes (patch 14, merge 2); the pipeline resizes each reference to ~384x384 for it.
     image_processor = Qwen2VLImageProcessorPil(patch_size=14, temporal_patch_size=2, merge_size=2)
     processor = StillImageQwen2VLProcessor(image_processor=image_processor, tokenizer=parts["tokenizer"])
-    pipe = QwenImageEditPlusPipeline(**parts, processor=processor)
+    pipe = getattr(diffusers, pipeline_class)(**parts, processor=processor)
     # model_index names the processor as the real checkpoints do, so the folder has their layout.
     pipe.register_to_config(processor=("transformers", "Qwen2VLProcessor"))
     pipe.save_pretrained(folder, safe_serialization=True)
     return folder
 
 
+def build_qwen_image_edit_first(folder: Path | str, seed: int = 0) -> Path:
+    """The first Qwen-Image-Edit (one input image): the same components under QwenImageEditPipeline."""
+    return build_qwen_image_edit(folder, seed, pipeline_class="QwenImageEditPipeline")
+
+
 register_builder("qwen-image", build_qwen_image)
 register_builder("qwen-image-edit", build_qwen_image_edit)
+register_builder("qwen-image-edit-1", build_qwen_image_edit_first)
