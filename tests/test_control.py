@@ -160,3 +160,23 @@ async def test_edit_with_control_and_bad_control_inputs_name_the_parameter(clien
         result = await client.call_tool("generate", {"prompt": "x", "width": 64, "height": 64, "steps": 2, "control": [control]})
         assert result.is_error, control
         assert named in result.content[0].text, result.content[0].text
+
+
+async def test_control_is_sweepable(client) -> None:
+    canny = {"type": "canny", "image": drawing_url()}
+    result = await client.call_tool(
+        "sweep",
+        {
+            "tool": "generate",
+            "base": {"prompt": "a ball", "width": 64, "height": 64, "steps": 2, "seed": 11, "control": [canny]},
+            "x": {"param": "control:0", "values": [0.0, 1.0]},
+        },
+    )
+    assert not result.is_error, result.content
+    cells = result.structured_content["cells"]
+    assert len(cells) == 2 and all(cell.get("image") for cell in cells), cells
+    off, on = (np.asarray(Image.open(cell["image"]["path"]).convert("RGB"), dtype=np.float64) for cell in cells)
+    assert np.abs(off - on).mean() > 2  # the weight really changed between the cells
+    wrong = await client.call_tool("sweep", {"tool": "generate", "base": {"prompt": "x", "control": [canny]},
+                                             "x": {"param": "control:2", "values": [0.5]}})
+    assert wrong.is_error and "control:2" in wrong.content[0].text
