@@ -134,7 +134,7 @@ async def test_inpaint_keeps_every_pixel_outside_the_mask(tmp_path: Path, dit_mo
 # ----- instruction edits: the image and references are the model's inputs, strength does not apply -----
 
 
-@pytest.mark.parametrize("family", ["qwen-image-edit", "flux2-klein"])
+@pytest.mark.parametrize("family", ["qwen-image-edit", "flux2", "flux2-klein"])
 async def test_instruction_edit_takes_reference_images_and_ignores_strength(
     tmp_path: Path, dit_models: dict[str, Path], family: str
 ) -> None:
@@ -155,6 +155,8 @@ LORA_TARGETS = {
     # img_mlp and the refiners are names only these families' transformers have, so the file says its family.
     "qwen-image": ["to_q", "to_k", "to_v", "img_mlp.net.2"],
     "z-image": ["to_q", "to_k", "to_v", "w1"],
+    # FLUX.2's fused single-block projection: a FLUX.2 LoRA also has FLUX.1's block names, and must not be taken for one.
+    "flux2-klein": ["to_q", "to_k", "to_v", "to_qkv_mlp_proj"],
 }
 
 
@@ -227,3 +229,16 @@ def test_single_files_are_told_from_sd_by_their_tensor_names() -> None:
     assert families.family_from_state_dict_keys(qwen, "qwen_image_fp8").family.id == "qwen-image"
     assert families.family_from_state_dict_keys(z_image, "z_image_turbo_bf16").variant.id == "turbo"
     assert families.family_from_state_dict_keys(flux1, "flux1-dev").family.id == "flux"
+
+
+async def test_a_lora_of_another_family_is_refused_naming_both(tmp_path: Path, dit_models: dict[str, Path]) -> None:
+    lora_dir = tmp_path / "loras"
+    make_transformer_lora(dit_models["qwen-image"], lora_dir / "qwen_style.safetensors", LORA_TARGETS["qwen-image"])
+    make_transformer_lora(dit_models["flux2-klein"], lora_dir / "klein_style.safetensors", LORA_TARGETS["flux2-klein"])
+    request = {"prompt": "a cat", "seed": 1, **FAST}
+    async with Client(build_server(settings_for(tmp_path, dit_models["z-image-turbo"], lora_dirs=[lora_dir]))) as client:
+        qwen_on_z = await client.call_tool("generate", {**request, "loras": [{"name": "qwen_style"}]})
+        klein_on_z = await client.call_tool("generate", {**request, "loras": [{"name": "klein_style"}]})
+    for result, label in ((qwen_on_z, "Qwen-Image LoRA"), (klein_on_z, "FLUX.2")):
+        message = result.content[0].text
+        assert result.is_error and "loras:" in message and label in message and "Z-Image" in message, message

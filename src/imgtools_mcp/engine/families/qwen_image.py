@@ -76,7 +76,9 @@ _COMMON: dict[str, Any] = dict(
     token_limit=1024,  # the pipelines' tokenizer_max_length
     lora=True,
     lora_markers=("img_mlp", "txt_mlp", "img_mod", "txt_mod"),
-    lora_layout="qwen-image",  # Edit and Edit-Plus share Qwen-Image's transformer: its LoRAs load into both
+    # Edit and Edit-Plus share Qwen-Image's transformer: its LoRAs load into both (and a LoRA file, whose names
+    # are the same for all three, is reported as a Qwen-Image LoRA: that family sorts first).
+    lora_layout="qwen-image",
     backends=frozenset({"torch"}),
     components=_COMPONENTS,
 )
@@ -108,7 +110,6 @@ QWEN_IMAGE_EDIT = register(
         id="qwen-image-edit",
         label="Qwen-Image-Edit-Plus",
         pipeline_classes=("QwenImageEditPlusPipeline",),
-        priority=5,
         pipelines={"txt2img": None, "img2img": None, "inpaint": None, "instruct": "QwenImageEditPlusPipeline"},
         default_steps=40,
         default_guidance=4.0,
@@ -125,7 +126,6 @@ QWEN_IMAGE_EDIT_FIRST = register(
         id="qwen-image-edit-1",
         label="Qwen-Image-Edit (first release)",
         pipeline_classes=("QwenImageEditPipeline", "QwenImageEditInpaintPipeline"),
-        priority=5,
         pipelines={
             "txt2img": None,
             "img2img": None,
