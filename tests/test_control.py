@@ -136,6 +136,8 @@ async def test_generate_with_control_through_the_client_saves_the_map_and_record
     assert np.abs(pixels_of(silent) - pixels_of(plain)).max() <= 1
     (used,) = controlled.structured_content["parameters"]["control"]
     assert used["type"] == "canny" and used["weight"] == 1.0 and used["map_uri"].endswith(used["map"])
+    links = [block for block in controlled.content if block.type == "resource_link"]
+    assert [link.uri for link in links][-1] == used["map_uri"] and "control map 0: canny" in links[-1].title
     # The map is an output like any other: the assistant can look at it (here: the edges of the drawn ellipse).
     output_dir = Path(controlled.structured_content["images"][0]["path"]).parent
     made = np.asarray(Image.open(output_dir / f"{used['map']}.png").convert("L"))

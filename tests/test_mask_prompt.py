@@ -105,6 +105,7 @@ async def test_inpaint_by_description_repaints_only_where_the_vlm_found_it(mcp_c
     data = result.structured_content
     made_id = data["parameters"]["mask_made"]
     assert data["parameters"]["mask_prompt"] == "the cup" and made_id
+    assert any(block.type == "resource_link" and block.uri.endswith(made_id) for block in result.content)
     output = Path(data["images"][0]["path"])
     mask = np.asarray(Image.open(output.parent / f"{made_id}.png").convert("L")) > 127
     ys, xs = np.nonzero(mask)

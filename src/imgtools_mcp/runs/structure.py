@@ -162,3 +162,21 @@ async def mask_from_prompt(ctx: "RunContext", image: Image.Image, description: s
         "refined": False,  # boxes only: no segmenter is installed to cut the silhouette
     }
     return mask, recorded
+
+
+def made_outputs(store: Any, parameters: dict[str, Any]) -> list[tuple[Any, str]]:
+    """The outputs a run made besides its images (control maps, the mask from mask_prompt), as (StoredImage, label),
+    so the tool's answer links them for the assistant to look at."""
+    from ..store import StoredImage
+
+    wanted = [(c["map"], f"control map {i}: {c['type']}") for i, c in enumerate(parameters.get("control") or []) if c.get("map")]
+    if parameters.get("mask_made"):
+        wanted.append((parameters["mask_made"], "mask made from mask_prompt"))
+    found = []
+    for image_id, label in wanted:
+        path = store.lookup(image_id)
+        if path is None:
+            continue
+        with Image.open(path) as image:
+            found.append((StoredImage(image_id, path, image.width, image.height), label))
+    return found
