@@ -1,0 +1,299 @@
+"""Quantized weights as rungs of the memory ladder: which level and method fit this device, and applying them."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+
+from .choice import Choice
+from .device import DeviceFacts
+from .memory import (
+    DEFAULT_HEADROOM,
+    MIN_HEADROOM_BYTES,
+    ActivationEstimate,
+    MemoryPlan,
+    ModelFootprint,
+    _gib,
+    _peak_bytes_per_plan,
+    choose_memory_plan,
+)
+
+log = logging.getLogger(__name__)
+
+GIB = 1024**3
+# Text encoders at least this big are quantized with the denoiser (T5-XXL ~9.5 GB, Qwen2.5-VL ~16 GB in bf16);
+# CLIP encoders (0.25-1.4 GB) are left alone: they run once per request and save little.
+BIG_TEXT_ENCODER_BYTES = 2 * GIB
+
+
+@dataclass(frozen=True)
+class QuantMethod:
+    """One way to quantize weights, where it runs, and whether this build applies it yet."""
+
+    id: str
+    label: str
+    level: str  # "int8" (8-bit weights, incl. fp8) or "4bit"
+    bytes_per_weight: float  # stored bytes per weight, scales included
+    package: str  # the import name that must be installed
+    device_kinds: frozenset[str]
+    min_compute_capability: tuple[int, int] | None = None  # CUDA only
+    backend: str = "torch"  # the backend whose weights it rewrites
+    wired: bool = True  # False: declared (doctor shows it) but not applied by this build yet
+
+
+METHODS: dict[str, QuantMethod] = {
+    m.id: m
+    for m in (
+        # fp8 weight-only keeps bf16's layout with an 8-bit float; Ada/Hopper (8.9+) compute in it natively.
+        QuantMethod("torchao_fp8", "torchao float8 weight-only", "int8", 1.0, "torchao", frozenset({"cuda"}), (8, 9)),
+        # int8 weights with a per-channel scale; the matmul dequantizes, so it runs wherever torch does.
+        QuantMethod("torchao_int8", "torchao int8 weight-only", "int8", 1.0 + 1 / 64, "torchao", frozenset({"cpu", "cuda"})),
+        QuantMethod("sdnq_int8", "SDNQ int8", "int8", 1.0 + 1 / 64, "sdnq", frozenset({"cpu", "cuda", "rocm", "xpu"}),
+                    wired=False),
+        QuantMethod("nncf_int8", "NNCF int8 weight compression", "int8", 1.0 + 1 / 64, "nncf", frozenset({"cpu"}),
+                    backend="openvino", wired=False),
+        # 4-bit: NormalFloat4 in 64-weight blocks with an fp32 absmax each (bitsandbytes' layout).
+        QuantMethod("bnb_nf4", "bitsandbytes nf4", "4bit", 0.5 + 4 / 64, "bitsandbytes", frozenset({"cuda"}), wired=False),
+        QuantMethod("sdnq_int4", "SDNQ int4", "4bit", 0.5 + 4 / 64, "sdnq", frozenset({"cpu", "cuda", "rocm", "xpu"}),
+                    wired=False),
+    )
+}  # fmt: skip
+LEVELS = ("int8", "4bit")  # the ladder's quantized rungs, from least to most saving
+SETTING_VALUES = ("auto", "none", *LEVELS, *METHODS)
+
+
+def installed_packages() -> frozenset[str]:
+    """The quantization packages importable here (found, not imported: torchao takes seconds to import)."""
+    return frozenset(m.package for m in METHODS.values() if importlib.util.find_spec(m.package) is not None)
+
+
+def method_unavailable(method: QuantMethod, facts: DeviceFacts, *, installed: Iterable[str], backend: str = "torch") -> str | None:
+    """Why `method` cannot run here, or None when it can."""
+    if not method.wired:
+        return f"{method.label} is not applied by this build yet"
+    if method.package not in set(installed):
+        return f"{method.label} needs the {method.package} package (not installed)"
+    if facts.kind not in method.device_kinds:
+        return f"{method.label} runs on {', '.join(sorted(method.device_kinds))}, not {facts.kind}"
+    if method.min_compute_capability is not None:
+        cc = facts.compute_capability
+        if cc is None or tuple(cc) < method.min_compute_capability:
+            need = ".".join(map(str, method.min_compute_capability))
+            have = ".".join(map(str, cc)) if cc else "unknown"
+            return f"{method.label} needs CUDA compute capability {need}+ (this device: {have})"
+    if method.backend != backend:
+        return f"{method.label} rewrites {method.backend} models; this model runs on {backend}"
+    return None
+
+
+def choose_method(level: str, facts: DeviceFacts, *, installed: Iterable[str], backend: str = "torch") -> Choice[str | None]:
+    """The first method of `level` that runs here (METHODS is ordered fastest first), or None with why not."""
+    installed = frozenset(installed)
+    skipped = []
+    for method in METHODS.values():
+        if method.level != level:
+            continue
+        why = method_unavailable(method, facts, installed=installed, backend=backend)
+        if why is None:
+            return Choice(method.id, f"{method.label} runs on {facts.kind}")
+        skipped.append(why)
+    return Choice(None, "; ".join(skipped) or f"no {level} method")
+
+
+def quantized_footprint(footprint: ModelFootprint, method: QuantMethod, dtype_bytes: int) -> ModelFootprint:
+    """The footprint once the denoiser and big text encoders hold `method`'s weights (an estimate: all weights)."""
+    scale = method.bytes_per_weight / dtype_bytes
+    encoders = tuple(int(b * scale) if b >= BIG_TEXT_ENCODER_BYTES else b for b in footprint.text_encoder_bytes)
+    return replace(footprint, denoiser_bytes=int(footprint.denoiser_bytes * scale), text_encoder_bytes=encoders)
+
+
+def quantized_components(footprint: ModelFootprint, text_encoder_names: tuple[str, ...] = ()) -> list[str]:
+    """Which components a quantized rung rewrites: the denoiser and every text encoder of BIG_TEXT_ENCODER_BYTES+."""
+    names = ["denoiser"]
+    for index, size in enumerate(footprint.text_encoder_bytes):
+        if size >= BIG_TEXT_ENCODER_BYTES:
+            names.append(text_encoder_names[index] if index < len(text_encoder_names) else f"text_encoder_{index + 1}")
+    return names
+
+
+@dataclass(frozen=True)
+class PlannedWeights:
+    """The ladder's answer: quantization (None: the model's own dtype) and the memory plan for those weights."""
+
+    quantization: Choice[str | None]
+    memory: Choice[MemoryPlan]
+    footprint: ModelFootprint  # the weights as planned (quantized where quantization says so)
+
+
+def normalize_setting(requested: str) -> str:
+    name = requested.strip().lower().replace("-", "_")
+    if name not in SETTING_VALUES:
+        raise ValueError(f"quantize must be one of {', '.join(SETTING_VALUES)}; got {requested!r}")
+    return name
+
+
+def check_setting(requested: str, facts: DeviceFacts, *, installed: Iterable[str], backend: str = "torch") -> Choice[str | None]:
+    """An explicit IMGTOOLS_QUANTIZE checked at start: a method (or level) that cannot run here is a ValueError."""
+    name = normalize_setting(requested)
+    if name in ("auto", "none"):
+        return Choice(None, f"IMGTOOLS_QUANTIZE={name}")
+    if name in LEVELS:
+        chosen = choose_method(name, facts, installed=installed, backend=backend)
+        if chosen.value is None:
+            raise ValueError(f"quantize {name!r} cannot run here: {chosen.reason}; use auto or none")
+        return Choice(chosen.value, f"IMGTOOLS_QUANTIZE={name}: {chosen.reason}")
+    why = method_unavailable(METHODS[name], facts, installed=installed, backend=backend)
+    if why is not None:
+        raise ValueError(f"quantize {name!r} cannot run here: {why}; use auto or none")
+    return Choice(name, f"IMGTOOLS_QUANTIZE={name}")
+
+
+def plan_weights(
+    facts: DeviceFacts,
+    footprint: ModelFootprint,
+    activations: ActivationEstimate,
+    *,
+    dtype_bytes: int,
+    quantize: str = "auto",
+    memory: str = "auto",
+    installed: Iterable[str] = (),
+    backend: str = "torch",
+    headroom: float = DEFAULT_HEADROOM,
+) -> PlannedWeights:
+    """The memory ladder with quantized rungs: resident at the model's dtype, then int8 weights resident, then
+    4-bit weights resident, then the offload plans, the first whose estimated peak fits.
+
+    A pure function of its arguments. Quantized weights that stay on the device beat offloading, which moves
+    every weight across the bus each step; on a CPU there is nothing to offload to, so the smallest rung that
+    runs is taken even when RAM stays short.
+    """
+    name = normalize_setting(quantize)
+    installed = frozenset(installed)
+    if name == "none" or (name == "auto" and memory != "auto"):
+        why = "IMGTOOLS_QUANTIZE=none" if name == "none" else f"IMGTOOLS_MEMORY={memory} is set; weights kept as loaded"
+        return PlannedWeights(Choice(None, why), choose_memory_plan(facts, footprint, activations, memory, headroom=headroom),
+                              footprint)
+    if name != "auto":
+        method = check_setting(name, facts, installed=installed, backend=backend)
+        planned = quantized_footprint(footprint, METHODS[method.value], dtype_bytes)
+        return PlannedWeights(method, choose_memory_plan(facts, planned, activations, memory, headroom=headroom), planned)
+
+    usable = facts.free_memory_bytes - max(MIN_HEADROOM_BYTES, int(headroom * facts.total_memory_bytes))
+    where = f"{_gib(usable)} usable on {facts.name}"
+
+    def resident_need(fp: ModelFootprint) -> int:
+        return _peak_bytes_per_plan(fp, activations)[MemoryPlan.VAE_TILING]
+
+    full = resident_need(footprint)
+    if full <= usable:
+        return PlannedWeights(
+            Choice(None, f"weights as loaded fit resident (~{_gib(full)} with activations, {where}); not quantized"),
+            choose_memory_plan(facts, footprint, activations, headroom=headroom),
+            footprint,
+        )
+    skipped: list[str] = []
+    smallest: tuple[str, ModelFootprint, int] | None = None
+    for level in LEVELS:
+        method = choose_method(level, facts, installed=installed, backend=backend)
+        if method.value is None:
+            skipped.append(f"no {level} rung ({method.reason})")
+            continue
+        planned = quantized_footprint(footprint, METHODS[method.value], dtype_bytes)
+        need = resident_need(planned)
+        if need <= usable:
+            reason = (
+                f"weights as loaded need ~{_gib(full)}, {where}; {level} weights ({method.value}) stay resident at "
+                f"~{_gib(need)}, faster than offloading"
+            )
+            return PlannedWeights(Choice(method.value, reason), choose_memory_plan(facts, planned, activations, headroom=headroom),
+                                  planned)
+        skipped.append(f"{level} ({method.value}) needs ~{_gib(need)}")
+        smallest = (method.value, planned, need)
+    if facts.kind == "cpu" and smallest is not None:
+        # Nowhere to offload to: the smallest weights that run are the best there is.
+        method_id, planned, need = smallest
+        reason = f"RAM is short ({where}); {'; '.join(skipped)}; using the smallest, {method_id}, expect swapping"
+        return PlannedWeights(Choice(method_id, reason), choose_memory_plan(facts, planned, activations, headroom=headroom),
+                              planned)
+    plan = choose_memory_plan(facts, footprint, activations, headroom=headroom)
+    return PlannedWeights(
+        Choice(None, f"quantized weights do not fit resident ({'; '.join(skipped)}, {where}); {plan.value.value} instead"),
+        plan,
+        footprint,
+    )
+
+
+# ----- applying -----
+
+
+def storage_bytes(tensor: torch.Tensor) -> int:
+    """Bytes a tensor really holds: a quantized tensor subclass counts its inner data and scales, not its dtype."""
+    flatten = getattr(type(tensor), "__tensor_flatten__", None)
+    if flatten is not None and type(tensor) not in (torch.Tensor, torch.nn.Parameter):
+        names, _ = tensor.__tensor_flatten__()
+        return sum(storage_bytes(getattr(tensor, n)) for n in names)
+    return tensor.numel() * tensor.element_size()
+
+
+def module_bytes(module: torch.nn.Module) -> int:
+    return sum(storage_bytes(t) for t in (*module.parameters(), *module.buffers()))
+
+
+@dataclass
+class QuantizationReport:
+    """What quantization ran on a loaded model, as results and engine_status show it."""
+
+    method: str
+    reason: str
+    components: list[str] = field(default_factory=list)
+    bytes_before: int = 0
+    bytes_after: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "reason": self.reason,
+            "components": list(self.components),
+            "bytes_before": self.bytes_before,
+            "bytes_after": self.bytes_after,
+        }
+
+
+def _torchao_config(method_id: str):
+    from torchao.quantization import Float8WeightOnlyConfig, Int8WeightOnlyConfig
+
+    return Float8WeightOnlyConfig() if method_id == "torchao_fp8" else Int8WeightOnlyConfig()
+
+
+def apply_quantization(pipe, choice: Choice[str | None], footprint: ModelFootprint) -> QuantizationReport | None:
+    """Rewrite the weights of the components the plan names in place; None when the plan quantizes nothing."""
+    if choice.value is None:
+        return None
+    method = METHODS[choice.value]
+    if not method.wired:
+        raise ValueError(f"quantize: {method.label} is not applied by this build yet")
+    encoder_names = tuple(n for n, c in pipe.components.items() if n.startswith("text_encoder") and isinstance(c, torch.nn.Module))
+    wanted = quantized_components(footprint, encoder_names)
+    names = [("transformer" if getattr(pipe, "transformer", None) is not None else "unet") if n == "denoiser" else n
+             for n in wanted]
+    from torchao.quantization import quantize_
+
+    report = QuantizationReport(method.id, choice.reason)
+    for name in names:
+        module = getattr(pipe, name, None)
+        if not isinstance(module, torch.nn.Module):
+            continue
+        before = module_bytes(module)
+        # Weight-only: Linear weights become int8/fp8 with a scale per output channel; convolutions and norms stay.
+        quantize_(module, _torchao_config(method.id))
+        report.components.append(name)
+        report.bytes_before += before
+        report.bytes_after += module_bytes(module)
+    log.info("quantized %s with %s: %d -> %d bytes", ", ".join(report.components), method.id,
+             report.bytes_before, report.bytes_after)
+    return report
