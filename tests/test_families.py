@@ -68,3 +68,45 @@ def test_single_file_checkpoints_by_tensor_names() -> None:
 def test_a_pipeline_of_no_known_family_is_named() -> None:
     with pytest.raises(UnknownFamilyError, match="KandinskyPipeline"):
         families.detect_configs({"model_index": {"_class_name": "KandinskyPipeline"}}, "k")
+
+
+def _device(kind: str, free_gb: float):
+    from imgtools_mcp.engine.device import DeviceFacts
+
+    return DeviceFacts(
+        kind=kind, name=f"{kind} test", index=None if kind == "cpu" else 0, total_memory_bytes=int(free_gb * 2**30),
+        free_memory_bytes=int(free_gb * 2**30), supports_bf16=True, supports_fp16=kind != "cpu",
+    )
+
+
+@pytest.mark.parametrize(
+    "kind, free_gb, expected",
+    [
+        ("cpu", 120, "stabilityai/sd-turbo"),  # even a big CPU: a DiT step takes minutes there
+        ("cuda", 6, "stabilityai/sd-turbo"),
+        ("cuda", 12, "stabilityai/sdxl-turbo"),
+        ("cuda", 22, "black-forest-labs/FLUX.2-klein-4B"),
+        ("cuda", 80, "Tongyi-MAI/Z-Image-Turbo"),
+    ],
+)
+def test_auto_model_is_picked_by_device_and_free_memory(kind: str, free_gb: float, expected: str) -> None:
+    from imgtools_mcp.engine.auto_model import choose_auto_model
+
+    choice = choose_auto_model(_device(kind, free_gb))
+    assert choice.value == expected
+    assert "IMGTOOLS_MODEL=auto" in choice.reason
+
+
+@pytest.mark.anyio
+async def test_engine_status_says_which_model_auto_picked_and_why(tmp_path: Path) -> None:
+    from mcp import Client
+
+    from imgtools_mcp.config import Settings
+    from imgtools_mcp.server import build_server
+
+    settings = Settings(model="auto", output_dir=tmp_path / "out", device="cpu", hf_offline=True)
+    async with Client(build_server(settings)) as client:
+        status = await client.call_tool("engine_status", {})
+    assert not status.is_error, status.content[0].text
+    assert status.structured_content["default_model"] == "stabilityai/sd-turbo"
+    assert "on a CPU" in status.structured_content["default_model_reason"]

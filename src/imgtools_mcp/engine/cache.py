@@ -77,7 +77,15 @@ class LoadedModel:
         if mode not in self.variants:
             import diffusers
 
-            variant = getattr(diffusers, class_name).from_pipe(self.base)
+            # from_pipe casts every shared module to one dtype (float32 when none is given, doubling memory); each
+            # keeps its own instead (a VAE held in fp32 where fp16 would overflow stays so).
+            dtypes = {
+                name: module.dtype for name, module in self.base.components.items() if isinstance(module, torch.nn.Module)
+            }
+            variant = getattr(diffusers, class_name).from_pipe(self.base, torch_dtype=self.dtype)
+            for name, module in variant.components.items():
+                if isinstance(module, torch.nn.Module) and name in dtypes and module.dtype != dtypes[name]:
+                    module.to(dtypes[name])
             variant.set_progress_bar_config(disable=True)
             self.variants[mode] = variant
         return self.variants[mode]
@@ -98,6 +106,8 @@ class LoadedModel:
             backend_reason=self.backend_reason,
             weights_bytes=self.weights_bytes,
             load_seconds=self.load_seconds,
+            variant=self.family.variant.id if self.family.variant else None,
+            guidance_knob=self.family.family.guidance_knob,
         )
 
     def lora_status(self) -> dict[str, Any]:

@@ -182,8 +182,12 @@ def _config_matches(folder: Path, header: SafetensorsHeader) -> bool:
 
 
 def find_config_folder(checkpoint: Path, family: FamilyInfo, model_dirs: list[Path], hub_cache: Path) -> Path | None:
-    """A local diffusers folder of the checkpoint's family and shapes (model folders first, then the HF cache)."""
-    header = read_header(checkpoint)
+    """A local diffusers folder of the checkpoint's family and shapes (model folders first, then the HF cache).
+
+    A GGUF transformer takes the first folder of its family: its shapes are checked when diffusers loads it.
+    """
+    gguf = checkpoint.suffix.lower() == ".gguf"
+    header = None if gguf else read_header(checkpoint)
     catalog = Catalog()
     scan_model_dirs(model_dirs, catalog)
     scan_hf_cache(hub_cache, catalog)
@@ -192,7 +196,7 @@ def find_config_folder(checkpoint: Path, family: FamilyInfo, model_dirs: list[Pa
             continue
         if found.family.family is not family.family or found.family.inpainting != family.inpainting:
             continue
-        if _config_matches(found.path, header):
+        if header is None or _config_matches(found.path, header):
             return found.path
     return None
 

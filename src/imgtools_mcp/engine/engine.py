@@ -20,12 +20,14 @@ from .catalog import find_config_folder
 from .choice import Choice, choose_dtype
 from .device import DeviceFacts, probe
 from .errors import EngineError, GenerationCancelled, InvalidRequestError, OutOfMemoryError, PipelineError
+from .auto_model import AUTO, choose_auto_model
 from .families import FamilyInfo
 from .families.checks import check_family_request
 from .loader import ModelSource, hf_cache_dir, inspect_family, load_pipeline, resolve_model
 from .lora import AdapterSet, AppliedLora, LoraLoadError, LoraSource, check_fits, download_lora, resolve_lora
 from .memory import MemoryPlan, apply_memory_plan, choose_memory_plan, escalate, estimate_activation_bytes, footprint_of, reset_memory_plan
 from .pipeline_call import pipeline_kwargs
+from .quantize import QuantizationReport, apply_quantization, check_setting, installed_packages, plan_weights
 from .progress import Progress, pipeline_components, reporting_component_loads, watching_download
 from .queue import DeviceQueue, QueueTicket
 from .request import EngineInfo, EngineRequest, LoraWeight, ProgressCallback, ResolvedJob, RunOutput, StepCallback
@@ -48,6 +50,10 @@ class Engine:
         self.dtype = _DTYPES[self.dtype_choice.value]
         self.device = self.facts.torch_device
         self.backends = Backends(settings, self.facts)  # refuses an explicit backend that cannot run here
+        # An explicit IMGTOOLS_QUANTIZE that cannot run here is refused now, with the reason, not at the first load.
+        self.quantize_installed = installed_packages()
+        self.quantize_setting = check_setting(settings.quantize, self.facts, installed=self.quantize_installed)
+        self._quantized: dict[str, tuple[Choice, QuantizationReport | None]] = {}  # source key -> what ran
         if settings.model_cache_bytes is not None:
             self.budget = Choice(settings.model_cache_bytes, "IMGTOOLS_MODEL_CACHE_BYTES")
         else:
@@ -55,6 +61,10 @@ class Engine:
         self.cache = PipelineCache(budget_bytes=self.budget.value)
         self.queue = DeviceQueue(settings.max_queue, settings.request_timeout_s)
         self._sources: dict[str, tuple[ModelSource, FamilyInfo]] = {}
+        # IMGTOOLS_MODEL=auto picks by device and free memory once, at start, with the reason engine_status shows.
+        self.default_model = (
+            choose_auto_model(self.facts) if settings.model == AUTO else Choice(settings.model, "IMGTOOLS_MODEL")
+        )
 
     # ----- model resolution (cheap: configs only) -----
 
@@ -64,6 +74,8 @@ class Engine:
         A hub model not in the cache is downloaded here; `on_progress` hears the bytes as they arrive.
         """
         spec = spec or self.settings.model
+        if spec == AUTO:
+            spec = self.default_model.value
         if spec not in self._sources:
             # Only a hub id has a hub folder to watch; a local path never matches one.
             hub_folder = hf_cache_dir() / ("models--" + spec.strip().replace("/", "--"))
@@ -205,9 +217,16 @@ class Engine:
         ):
             log.info("%s: %s", source.name, done)
         backend = self.backends.choose(family.family.value)
-        size = weights_bytes(pipe)
         footprint = footprint_of(pipe)
-        plan = self._choose_plan(family, footprint, family.native_size, family.native_size, 1)
+        # The ladder with quantized rungs (engine/quantize.py): quantize first, then place the smaller weights.
+        planned = self._plan_weights(family, footprint, family.native_size, family.native_size, 1)
+        quantized = apply_quantization(pipe, planned.quantization, footprint)
+        self._quantized[source.key] = (planned.quantization, quantized)
+        if quantized is not None and backend.value != "torch":
+            # Other backends convert the torch weights themselves and do not read torchao's tensors.
+            backend = Choice("torch", f"quantized weights ({quantized.method}) run on torch")
+        size = weights_bytes(pipe)
+        plan = planned.memory
         apply_memory_plan(pipe, plan.value, self.device)
         model = LoadedModel(
             source=source,
@@ -237,6 +256,18 @@ class Engine:
         # Free memory changes as models come and go, so it is measured again for every load.
         current = probe(self.facts.torch_device)
         return choose_memory_plan(current, footprint, activations, requested=self.settings.memory)
+
+    def _plan_weights(self, family: FamilyInfo, footprint: Any, width: int, height: int, batch: int):
+        spec = family.family
+        activations = estimate_activation_bytes(
+            spec.activation_shape or "dit", width, height, batch, self.dtype.itemsize,
+            classifier_free_guidance=spec.guidance_knob != "distilled",
+        )
+        current = probe(self.facts.torch_device)
+        return plan_weights(
+            current, footprint, activations, dtype_bytes=self.dtype.itemsize, quantize=self.settings.quantize,
+            memory=self.settings.memory, installed=self.quantize_installed,
+        )
 
     def _get_loaded(self, source: ModelSource, family: FamilyInfo, progress: Progress) -> tuple[LoadedModel, float]:
         cached = self.cache.get(source.key)
@@ -413,6 +444,11 @@ class Engine:
         if model is not None:
             info.backend, info.backend_reason = model.backend, model.backend_reason
             info.memory_plan, info.memory_plan_reason = model.plan, model.plan_reason
+            quantization, report = self._quantized.get(model.source.key, (None, None))
+            if report is not None:
+                info.quantization = report.as_dict()
+            elif quantization is not None:
+                info.quantization = {"method": "none", "reason": quantization.reason}
             vae = getattr(model.base, "vae", None)
             if isinstance(vae, torch.nn.Module):
                 info.vae_dtype = str(vae.dtype).removeprefix("torch.")  # differs where fp16 would overflow
@@ -425,7 +461,7 @@ class Engine:
 
     def planned_memory(self, spec: str | None = None) -> PlannedMemoryInfo | None:
         """The plan a model would get, from its files' sizes, without loading it (None if it is not local)."""
-        spec = spec or self.settings.model
+        spec = spec or self.default_model.value
         try:
             source, family = self._sources.get(spec) or self._local_source(spec)
             assert source.path is not None
@@ -444,7 +480,7 @@ class Engine:
 
     def _default_family(self) -> str | None:
         """The default model's family when it is known or local (configs only, nothing downloaded); else None."""
-        spec = self.settings.model
+        spec = self.default_model.value
         try:
             _, family = self._sources.get(spec) or self._local_source(spec)
         except (EngineError, OSError, ValueError) as exc:
@@ -501,6 +537,8 @@ class Engine:
             max_queue=self.settings.max_queue,
             running=self.queue.running,
             running_s=self.queue.running_seconds(),
+            default_model=self.default_model.value,
+            default_model_reason=self.default_model.reason,
         )
 
     async def aclose(self) -> None:

@@ -12,12 +12,16 @@ from typing import Any, Literal
 import torch
 
 from .errors import ModelLoadError, ModelNotFoundError
-from .families import FamilyInfo, family_from_folder, family_from_state_dict_keys
+from .families import FamilyInfo, detect_state_dict, family_from_folder, family_from_state_dict_keys
+from .weights import read_header
 
 log = logging.getLogger(__name__)
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
-CHECKPOINT_SUFFIXES = (".safetensors",)
+# .gguf: a quantized transformer (Q4/Q8...) of a DiT family; the rest of the pipeline comes from a same-family folder.
+# Longer than any path or hub id anyone types; longer ones would only reach the file system as ENAMETOOLONG.
+MAX_MODEL_SPEC_CHARS = 1024
+CHECKPOINT_SUFFIXES = (".safetensors", ".gguf")
 
 
 @dataclass(frozen=True)
@@ -60,22 +64,37 @@ def _hub_download(repo_id: str) -> Path:
     return Path(DiffusionPipeline.download(repo_id, use_safetensors=None, cache_dir=hf_cache_dir()))
 
 
+def _local_model(spec: str, path: Path) -> ModelSource | None:
+    if path.is_dir() and (path / "model_index.json").is_file():
+        return ModelSource("folder", spec, path.resolve(), path.name)
+    if path.is_file() and path.suffix.lower() in CHECKPOINT_SUFFIXES:
+        return ModelSource("file", spec, path.resolve(), path.stem)
+    if path.exists() and (path.is_file() or path.is_dir()) and path.is_absolute():
+        raise ModelNotFoundError(
+            f"model: {spec!r} exists but is neither a diffusers folder (with model_index.json) nor a .safetensors checkpoint"
+        )
+    return None
+
+
 def resolve_model(spec: str, *, model_dirs: list[Path], offline: bool) -> ModelSource:
     """Turn a model reference into a ModelSource, downloading a hub model only when it is not cached."""
     spec = spec.strip()
     if not spec:
         raise ModelNotFoundError("model: empty; give a HuggingFace id, a local diffusers folder or a .safetensors file")
+    if len(spec) > MAX_MODEL_SPEC_CHARS:
+        raise ModelNotFoundError(
+            f"model: {len(spec)} characters is longer than any model reference (at most {MAX_MODEL_SPEC_CHARS}); "
+            "give a HuggingFace id, a local diffusers folder or a .safetensors file"
+        )
     candidates = [Path(spec).expanduser()]
     candidates += [Path(d).expanduser() / spec for d in model_dirs]
     for path in candidates:
-        if path.is_dir() and (path / "model_index.json").is_file():
-            return ModelSource("folder", spec, path.resolve(), path.name)
-        if path.is_file() and path.suffix.lower() in CHECKPOINT_SUFFIXES:
-            return ModelSource("file", spec, path.resolve(), path.stem)
-        if path.exists() and (path.is_file() or path.is_dir()) and path.is_absolute():
-            raise ModelNotFoundError(
-                f"model: {spec!r} exists but is neither a diffusers folder (with model_index.json) nor a .safetensors checkpoint"
-            )
+        try:
+            found = _local_model(spec, path)
+        except OSError:
+            continue  # a name the file system cannot hold (ENAMETOOLONG, a bad byte): not a local model
+        if found is not None:
+            return found
     if not _HUB_ID.match(spec):
         raise ModelNotFoundError(
             f"model: {spec!r} is not a local folder, a .safetensors file or a HuggingFace id like 'owner/name'"
@@ -102,13 +121,20 @@ def resolve_model(spec: str, *, model_dirs: list[Path], offline: bool) -> ModelS
 def inspect_family(source: ModelSource) -> FamilyInfo:
     """The family of a model from its configs (folders) or tensor names (checkpoints), without loading weights."""
     assert source.path is not None
+    if source.kind == "file" and source.path.suffix.lower() == ".gguf":
+        return detect_state_dict(gguf_tensor_names(source.path), source.name)
     if source.kind == "file":
         from safetensors import safe_open
 
-        with safe_open(str(source.path), framework="pt") as handle:
-            keys = set(handle.keys())
-            in_key = "model.diffusion_model.input_blocks.0.0.weight"
-            in_channels = handle.get_slice(in_key).get_shape()[1] if in_key in keys else 4
+        try:
+            read_header(source.path)  # bounds and shapes checked before the safetensors library maps the file
+            with safe_open(str(source.path), framework="pt") as handle:
+                keys = set(handle.keys())
+                in_key = "model.diffusion_model.input_blocks.0.0.weight"
+                in_channels = handle.get_slice(in_key).get_shape()[1] if in_key in keys else 4
+        except Exception as exc:  # HeaderError, SafetensorError, OSError: whatever the bytes are, not a checkpoint
+            reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+            raise ModelLoadError(f"model: {source.spec!r} is not a readable .safetensors checkpoint ({reason})") from exc
         return family_from_state_dict_keys(keys, source.name, unet_in_channels=in_channels)
     return family_from_folder(source.path, source.name)
 
@@ -126,7 +152,9 @@ def load_pipeline(
     import diffusers
     assert source.path is not None
     try:
-        if source.kind == "file":
+        if source.kind == "file" and source.path.suffix.lower() == ".gguf":
+            pipe = _load_gguf_transformer_pipeline(source, family, dtype, config)
+        elif source.kind == "file":
             if family.family.single_file_class is None:
                 raise ModelLoadError(f"model: {source.name!r}: single-file {family.family.label} checkpoints are not supported")
             cls = getattr(diffusers, family.family.single_file_class)
@@ -154,6 +182,45 @@ def load_pipeline(
         pipe.safety_checker = None
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def gguf_tensor_names(path: Path) -> list[str]:
+    """Tensor names of a GGUF file (read from its header only), for recognising the family."""
+    try:
+        from gguf import GGUFReader
+    except ImportError:
+        raise ModelLoadError(
+            f"model: {path.name!r} is a GGUF file, which needs the gguf package: pip install 'imgtools-mcp[gguf]'"
+        ) from None
+    return [tensor.name for tensor in GGUFReader(str(path)).tensors]
+
+
+def _load_gguf_transformer_pipeline(source: ModelSource, family: FamilyInfo, dtype: torch.dtype, config: Path | None) -> Any:
+    """A GGUF-quantized transformer in the pipeline of a same-family diffusers folder (diffusers dequantizes per layer)."""
+    import json
+
+    import diffusers
+    from diffusers import GGUFQuantizationConfig
+
+    assert source.path is not None
+    if config is None:
+        raise ModelLoadError(
+            f"model: {source.name!r} is a GGUF {family.family.label} transformer; the rest of its pipeline (text encoders, "
+            f"VAE, scheduler) comes from a {family.family.label} diffusers folder in IMGTOOLS_MODEL_DIRS or the HF cache, "
+            "and none is there"
+        )
+    index = json.loads((config / "model_index.json").read_text())
+    transformer_class = getattr(diffusers, index["transformer"][1])
+    transformer = transformer_class.from_single_file(
+        str(source.path),
+        quantization_config=GGUFQuantizationConfig(compute_dtype=dtype),
+        config=str(config),
+        subfolder="transformer",
+        torch_dtype=dtype,
+        local_files_only=True,
+    )
+    cls = getattr(diffusers, folder_pipeline_class(config, family))
+    return cls.from_pretrained(str(config), transformer=transformer, torch_dtype=dtype)
 
 
 def folder_pipeline_class(folder: Path, family: FamilyInfo) -> str:

@@ -102,7 +102,7 @@ class ResolvedJob:
             "num_images": len(request.seeds),
             "loras": [{"name": l.name, "weight": l.weight} for l in request.loras],
         }
-        if request.strength is not None:
+        if request.strength is not None and request.mode != "instruct":  # instruction edits take no strength
             used["strength"] = request.strength
         return used
 
@@ -125,6 +125,8 @@ class ModelInfo:
     backend_reason: str
     weights_bytes: int
     load_seconds: float
+    variant: str | None = None  # e.g. turbo, lightning, schnell (the family registry's variant)
+    guidance_knob: str = "cfg"  # cfg | distilled | true_cfg | none: what guidance_scale meant for this model
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -142,6 +144,8 @@ class ModelInfo:
             "backend_reason": self.backend_reason,
             "weights_bytes": self.weights_bytes,
             "load_seconds": round(self.load_seconds, 3),
+            "variant": self.variant,
+            "guidance_knob": self.guidance_knob,
         }
 
 
@@ -160,6 +164,8 @@ class EngineInfo:
     vae_dtype: str | None = None  # shown because it differs from dtype where fp16 would overflow
     backend_components: dict[str, str] = field(default_factory=dict)  # unet / vae_decoder -> backend id
     backend_notes: list[str] = field(default_factory=list)  # conversions, compiles, mid-run fallbacks
+    quantization: dict[str, Any] | None = None  # engine/quantize.py: method, reason, components, bytes before/after
+    step_cache: dict[str, Any] | None = None  # engine/step_cache.py: speed, method, denoiser passes computed/reused
 
     def as_dict(self) -> dict[str, Any]:
         info: dict[str, Any] = {
@@ -179,6 +185,10 @@ class EngineInfo:
             info["backend_components"] = dict(self.backend_components)
         if self.backend_notes:
             info["backend_notes"] = list(self.backend_notes)
+        if self.quantization is not None:
+            info["quantization"] = dict(self.quantization)
+        if self.step_cache is not None:
+            info["step_cache"] = dict(self.step_cache)
         return info
 
 

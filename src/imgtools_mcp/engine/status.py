@@ -91,6 +91,8 @@ class EngineStatusInfo:
     running: str | None  # "mode:model" on the device now
     running_s: float | None
     replicas: list[dict[str, Any]] = field(default_factory=list)  # remote engines (Ray) fill it; empty locally
+    default_model: str | None = None  # what IMGTOOLS_MODEL resolves to (auto: picked for this device)
+    default_model_reason: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -112,4 +114,6 @@ class EngineStatusInfo:
             "running": self.running,
             "running_s": self.running_s,
             "replicas": [dict(r) for r in self.replicas],
+            "default_model": self.default_model,
+            "default_model_reason": self.default_model_reason,
         }

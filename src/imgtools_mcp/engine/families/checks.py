@@ -39,6 +39,8 @@ def check_family_request(family: FamilyInfo, request: Any, width: int, height: i
         check_sampler(request.sampler, spec.sampler_kind, spec.label, spec.samplers, mode)
     except ValueError as exc:
         raise InvalidRequestError("sampler", str(exc).removeprefix("sampler: ")) from None
+    if getattr(request, "loras", None) and not spec.lora:
+        raise InvalidRequestError("loras", f"{spec.label} models take no LoRAs here")
     references = list(getattr(request, "reference_images", []) or [])
     if references:
         limit = spec.max_reference_images if mode == "instruct" else 0

@@ -22,6 +22,8 @@ CHROMA = register(
         denoiser="transformer",
         denoiser_classes=("ChromaTransformer2DModel",),
         priority=35,
+        # Tried before FLUX.1 (same block names): only Chroma has the distilled guidance approximator.
+        state_dict_markers=("distilled_guidance_layer.",),
         pipelines={
             "txt2img": "ChromaPipeline",
             "img2img": "ChromaImg2ImgPipeline",

@@ -11,7 +11,7 @@ GB = 10**9
 FLOW_SAMPLERS = ("euler", "unipc")
 FLUX_CLASSES = ("FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline")
 # Tensor names of the original (BFL) layout, as single files and GGUF transformers carry them.
-FLUX_STATE_DICT = ("double_blocks.", "single_blocks.")
+FLUX_STATE_DICT = ("double_blocks.", "single_blocks.", "single_transformer_blocks.")
 FLUX_LORA_MARKERS = ("single_transformer_blocks", "lora_unet_single_blocks", "lora_unet_double_blocks", "double_blocks.")
 FLUX_COMPONENTS = (
     Component("transformer", int(23.8 * GB), "12B MMDiT"),

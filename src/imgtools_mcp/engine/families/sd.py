@@ -7,7 +7,7 @@ from .registry import register
 
 GB = 10**9
 DISCRETE_SAMPLERS = ("euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "ddim", "unipc", "lcm")
-UNET_BACKENDS = frozenset({"torch", "openvino", "onnxruntime"})
+UNET_BACKENDS = frozenset({"torch", "openvino"})
 CHECKPOINT_IN_KEY = "model.diffusion_model.input_blocks.0.0.weight"
 
 
