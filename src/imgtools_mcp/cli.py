@@ -111,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     make = sub.add_parser("make-test-model", help="write a tiny random-weight pipeline for offline tests and demos")
     make.add_argument("dir", type=Path)
-    make.add_argument("--family", choices=["sd15", "sdxl", "sd15-inpaint"], default="sd15")
+    # Builders register themselves (imgtools_mcp/testing/tiny_<family>.py); an unknown id is refused naming them.
+    make.add_argument("--family", default="sd15", help="sd15, sdxl, sd15-inpaint, sd3, flux, flux-schnell, flux-kontext, flux-fill, chroma, ...")
     make.add_argument("--seed", type=int, default=0)
     _verbose_flag(make, default=argparse.SUPPRESS)
     return parser

@@ -75,17 +75,24 @@ def collect(settings: Settings) -> dict[str, Any]:
     report["backends_installed"] = sorted(installed_backends())
     model: dict[str, Any] = {"spec": settings.model}
     family_name = "sd1"
+    default_spec = settings.model
+    if settings.model == "auto":
+        from .engine.auto_model import choose_auto_model
+
+        auto = choose_auto_model(facts)
+        default_spec = auto.value
+        model.update(spec=auto.value, auto_reason=auto.reason)
     try:
         from .engine.loader import inspect_family, resolve_model
 
-        source = resolve_model(settings.model, model_dirs=settings.model_dirs, offline=True)
+        source = resolve_model(default_spec, model_dirs=settings.model_dirs, offline=True)
         family = inspect_family(source)
         family_name = family.family.value
         model.update(kind=source.kind, path=str(source.path), **family.as_dict())
     except Exception as exc:  # doctor reports every problem instead of stopping at the first
         # Doctor never downloads, so it looks in the cache only; that is not offline mode unless a setting says so.
         offline = offline_reason(settings)
-        spec = settings.model.strip()
+        spec = default_spec.strip()
         is_hub_id = bool(_HUB_ID.match(spec)) and not Path(spec).expanduser().exists()
         if is_hub_id and offline is None and "HuggingFace cache" in str(exc):
             model["note"] = f"not downloaded yet: the first image call downloads it (or run `hf download {spec}` now)"
