@@ -182,3 +182,20 @@ async def test_control_is_sweepable(client) -> None:
     wrong = await client.call_tool("sweep", {"tool": "generate", "base": {"prompt": "x", "control": [canny]},
                                              "x": {"param": "control:2", "values": [0.5]}})
     assert wrong.is_error and "control:2" in wrong.content[0].text
+
+
+async def test_flux_controlnet_changes_the_image_and_weight_zero_does_not(tmp_path: Path) -> None:
+    from imgtools_mcp.testing import make_test_model
+    from imgtools_mcp.testing.tiny_controlnet import make_test_flux_controlnet
+
+    flux = make_test_model(tmp_path / "tiny-flux", "flux")
+    make_test_flux_controlnet(flux, tmp_path / "controlnets" / "FLUX.1-dev-Controlnet-Canny")
+    engine = Engine(Settings(model=str(flux), output_dir=tmp_path / "out", device="cpu", hf_offline=True,
+                             controlnet_dirs=[tmp_path / "controlnets"]))
+    plain = await run(engine, None)
+    controlled = await run(engine, [ControlInput("canny", canny_map())])
+    silent = await run(engine, [ControlInput("canny", canny_map(), weight=0.0)])
+    assert np.abs(controlled - plain).mean() > 2
+    assert np.abs(silent - plain).max() <= 1
+    with pytest.raises(InvalidRequestError, match=r"control\[0\]\.type: no ControlNet for 'scribble' on flux models"):
+        engine.check(EngineRequest(mode="txt2img", model=None, prompt="x", steps=2, extra={"control": [ControlInput("scribble", canny_map())]}))

@@ -39,6 +39,8 @@ DEFAULT_CONTROLNETS: dict[tuple[str, str], str] = {
     ("sdxl", "pose"): "thibaud/controlnet-openpose-sdxl-1.0",
     ("sdxl", "scribble"): "xinsir/controlnet-scribble-sdxl-1.0",
     ("sdxl", "tile"): "xinsir/controlnet-tile-sdxl-1.0",
+    ("flux", "canny"): "InstantX/FLUX.1-dev-Controlnet-Canny",
+    ("flux", "depth"): "Shakker-Labs/FLUX.1-dev-ControlNet-Depth",
 }
 
 # diffusers pipeline classes per family id and mode.
@@ -55,6 +57,14 @@ _PIPELINES: dict[str, dict[str, str]] = {
     },
 }
 _PIPELINES["sd2"] = _PIPELINES["sd1"]
+_PIPELINES["flux"] = {
+    "txt2img": "FluxControlNetPipeline",
+    "img2img": "FluxControlNetImg2ImgPipeline",
+    "inpaint": "FluxControlNetInpaintPipeline",
+}
+# The ControlNet classes (one, several) per family; SD 1.x/2.x/SDXL share diffusers' ControlNetModel.
+_NETS: dict[str, tuple[str, str]] = {"flux": ("FluxControlNetModel", "FluxMultiControlNetModel")}
+_SD_NETS = ("ControlNetModel", "MultiControlNetModel")
 
 
 @dataclass(frozen=True)
@@ -82,7 +92,7 @@ class ControlNetSource:
 
 def supported_pairs() -> list[str]:
     pairs = sorted(f"{family}:{kind}" for family, kind in DEFAULT_CONTROLNETS)
-    return pairs + ["sd1/sd2/sdxl:image (with model)"]
+    return pairs + ["sd1/sd2/sdxl/flux:image (with model)"]
 
 
 def resolve_controlnet(
@@ -144,10 +154,11 @@ def _load_controlnet(model: "LoadedModel", source: ControlNetSource) -> Any:
     """The ControlNet on the model's device and dtype, kept with the model (evicted with it)."""
     key = f"controlnet:{source.key}"
     if key not in model.variants:
-        from diffusers import ControlNetModel
+        import diffusers
 
         where = str(source.path) if source.path is not None else source.spec
-        controlnet = ControlNetModel.from_pretrained(where, torch_dtype=model.dtype)
+        net_class = getattr(diffusers, _NETS.get(model.family.family.id, _SD_NETS)[0])
+        controlnet = net_class.from_pretrained(where, torch_dtype=model.dtype)
         # Offload hooks belong to the base pipeline's modules; the ControlNet simply lives on the execution device.
         device = getattr(model.base, "_execution_device", None) or model.device
         model.variants[key] = controlnet.to(device).eval()
@@ -168,8 +179,8 @@ def from_pipe_keeping_dtypes(cls: Any, base: Any, **components: Any) -> Any:
         return {name: module.dtype for name, module in modules.items() if isinstance(module, torch.nn.Module)}
 
     before = {**dtypes(base.components), **dtypes(components)}
-    unet = base.components.get("unet")
-    pipe = cls.from_pipe(base, dtype=getattr(unet, "dtype", None), **components)
+    denoiser = base.components.get("unet") or base.components.get("transformer")
+    pipe = cls.from_pipe(base, dtype=getattr(denoiser, "dtype", None), **components)
     for name, module in pipe.components.items():
         if isinstance(module, torch.nn.Module) and name in before and module.dtype != before[name]:
             module.to(dtype=before[name])
@@ -179,18 +190,19 @@ def from_pipe_keeping_dtypes(cls: Any, base: Any, **components: Any) -> Any:
 def control_call(model: "LoadedModel", job: "ResolvedJob", pipe: Any, kwargs: dict[str, Any], sources: list[ControlNetSource]) -> tuple[Any, dict[str, Any]]:
     """The ControlNet pipeline for this job's mode (sharing the model's weights) and the call's extra arguments."""
     import diffusers
-    from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
 
+    family_id = job.family.family.id
     controls: list[ControlInput] = job.request.extra["control"]
     nets = [_load_controlnet(model, source) for source in sources]
-    unet_dtype = getattr(model.base.components.get("unet"), "dtype", None)
+    denoiser = model.base.components.get("unet") or model.base.components.get("transformer")
+    denoiser_dtype = getattr(denoiser, "dtype", None)
     for net in nets:
-        if unet_dtype is not None and net.dtype != unet_dtype:
-            net.to(dtype=unet_dtype)  # the ControlNet's residuals are added to the UNet's, in its dtype
+        if denoiser_dtype is not None and net.dtype != denoiser_dtype:
+            net.to(dtype=denoiser_dtype)  # the ControlNet's residuals are added to the denoiser's, in its dtype
     key = f"control:{job.mode}:" + "|".join(source.key for source in sources)
     if key not in model.variants:
-        cls = getattr(diffusers, _PIPELINES[job.family.family.id][job.mode])
-        controlnet = nets[0] if len(nets) == 1 else MultiControlNetModel(nets)
+        cls = getattr(diffusers, _PIPELINES[family_id][job.mode])
+        controlnet = nets[0] if len(nets) == 1 else getattr(diffusers, _NETS.get(family_id, _SD_NETS)[1])(nets)
         variant = from_pipe_keeping_dtypes(cls, model.base, controlnet=controlnet)
         variant.set_progress_bar_config(disable=True)
         model.variants[key] = variant
@@ -203,10 +215,19 @@ def control_call(model: "LoadedModel", job: "ResolvedJob", pipe: Any, kwargs: di
         "control_guidance_start": controls[0].start if single else [c.start for c in controls],
         "control_guidance_end": controls[0].end if single else [c.end for c in controls],
     }
-    # Text-to-image ControlNet pipelines take the map as `image`; img2img and inpaint keep `image` for the picture.
-    extra["image" if job.mode == "txt2img" else "control_image"] = maps[0] if single else maps
+    # SD's text-to-image ControlNet pipelines take the map as `image`; their img2img/inpaint keep `image` for the
+    # picture, and FLUX's take `control_image` in every mode.
+    map_kwarg = "image" if job.mode == "txt2img" and family_id not in _NETS else "control_image"
+    extra[map_kwarg] = maps[0] if single else maps
     if job.mode == "txt2img":
         extra.update(width=job.width, height=job.height)
+    if family_id == "flux" and job.mode == "txt2img":
+        # FLUX's ControlNet pipelines VAE-encode the map by sampling with the request's generators before they draw
+        # the starting noise, so one seed would start from other noise than without control; it is drawn here first.
+        extra["latents"], _ = control_pipe.prepare_latents(
+            len(job.seeds), denoiser.config.in_channels // 4, job.height, job.width, denoiser.dtype,
+            control_pipe._execution_device, kwargs["generator"],
+        )
     return control_pipe, {**kwargs, **extra}
 
 
