@@ -242,3 +242,11 @@ async def test_a_lora_of_another_family_is_refused_naming_both(tmp_path: Path, d
     for result, label in ((qwen_on_z, "Qwen-Image LoRA"), (klein_on_z, "FLUX.2")):
         message = result.content[0].text
         assert result.is_error and "loras:" in message and label in message and "Z-Image" in message, message
+
+
+def test_flux2_dev_folder_files_its_tokenizer_as_the_real_repo_does(dit_models: dict[str, Path]) -> None:
+    # The real repo's tokenizer/ is a Pixtral processor (torchvision-only in transformers 5); the generate and edit
+    # tests above load this folder through the engine, so they show the family loads it without torchvision.
+    index = json.loads((dit_models["flux2"] / "model_index.json").read_text())
+    assert index["tokenizer"] == ["transformers", "PixtralProcessor"]
+    assert (dit_models["flux2"] / "tokenizer" / "processor_config.json").is_file()

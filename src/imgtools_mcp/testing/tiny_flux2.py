@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -51,8 +52,9 @@ def build_flux2(folder: Path | str, seed: int = 0) -> Path:
 
     folder = Path(folder)
     transformer, vae = _transformer_and_vae(seed, guidance_embeds=True)
-    # A plain tokenizer with Mistral's chat template: the real repo's Pixtral processor needs torchvision, and
-    # the pipeline only uses its tokenizer side unless it rewrites prompts (caption upsampling, not used here).
+    # The real repo's `tokenizer/` is a Pixtral processor, which needs torchvision to build; the pipeline uses only
+    # its tokenizer side for text prompts. The folder gets a tokenizer with Mistral's chat template, filed under the
+    # processor's name with the processor's files, as in the real repo (families/flux2.py loads it either way).
     tokenizer = mistral_tokenizer()
     ids = dict(zip(("bos_token_id", "eos_token_id", "pad_token_id"), tokenizer.convert_tokens_to_ids(["<s>", "</s>", "<pad>"])))
     config = Mistral3Config(
@@ -71,8 +73,24 @@ def build_flux2(folder: Path | str, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     text_encoder = Mistral3ForConditionalGeneration(config).eval()
     pipe = Flux2Pipeline(scheduler=_scheduler(), text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer, vae=vae)
+    pipe.register_to_config(tokenizer=("transformers", "PixtralProcessor"))
     pipe.save_pretrained(folder, safe_serialization=True)
+    _as_pixtral_processor(folder / "tokenizer", image_token="[IMG]")
     return folder
+
+
+def _as_pixtral_processor(tokenizer_dir: Path, image_token: str) -> None:
+    """Add the processor files the real FLUX.2 dev `tokenizer/` folder has (the tiny vision tower's 6-pixel patches)."""
+    config = json.loads((tokenizer_dir / "tokenizer_config.json").read_text())
+    config["processor_class"] = "PixtralProcessor"
+    (tokenizer_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+    (tokenizer_dir / "processor_config.json").write_text(json.dumps(
+        {"processor_class": "PixtralProcessor", "image_token": image_token, "patch_size": 6, "spatial_merge_size": 1}, indent=2
+    ))
+    (tokenizer_dir / "preprocessor_config.json").write_text(json.dumps(
+        {"image_processor_type": "PixtralImageProcessor", "patch_size": {"height": 6, "width": 6},
+         "size": {"longest_edge": 30}, "do_resize": True, "do_rescale": True, "do_normalize": True}, indent=2
+    ))
 
 
 def build_flux2_klein(folder: Path | str, seed: int = 0) -> Path:

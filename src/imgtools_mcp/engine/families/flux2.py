@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
+from pathlib import Path
 from typing import Any
 
 from .base import Component, Configs, FamilySpec, Variant
@@ -18,6 +21,37 @@ def no_negative_prompt(job: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
     """FLUX.2's pipelines take no negative prompt (klein's CFG runs against an empty prompt of its own)."""
     del job  # the same for every mode
     return {key: value for key, value in kwargs.items() if key != "negative_prompt"}
+
+
+def _processor_needs_torchvision(folder: Path) -> bool:
+    index = json.loads((Path(folder) / "model_index.json").read_text())
+    library, class_name = (index.get("tokenizer") or [None, None])[:2]
+    return library == "transformers" and "Processor" in str(class_name) and importlib.util.find_spec("torchvision") is None
+
+
+def defer_processor(folder: Path, dtype: Any) -> dict[str, Any]:
+    """FLUX.2 dev's `tokenizer/` is a Pixtral processor, which transformers 5 builds only with torchvision (and diffusers
+    refuses any stand-in for it); without torchvision it is skipped at load and its tokenizer side added after."""
+    del dtype  # a tokenizer has no weights
+    return {"tokenizer": None} if _processor_needs_torchvision(folder) else {}
+
+
+def text_only_tokenizer(pipe: Any) -> None:
+    """The pipeline uses only the processor's tokenizer (prompts are text; caption upsampling is not used here)."""
+    if getattr(pipe, "tokenizer", True) is not None:
+        return
+    from transformers import AutoTokenizer
+
+    tokenizer_dir = Path(pipe.config._name_or_path) / "tokenizer"
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    if not tokenizer.chat_template:
+        # A processor may keep its chat template beside the tokenizer files rather than in tokenizer_config.json.
+        jinja, legacy = tokenizer_dir / "chat_template.jinja", tokenizer_dir / "chat_template.json"
+        if jinja.is_file():
+            tokenizer.chat_template = jinja.read_text()
+        elif legacy.is_file():
+            tokenizer.chat_template = json.loads(legacy.read_text())["chat_template"]
+    pipe.register_modules(tokenizer=tokenizer)
 
 
 def _step_distilled(configs: Configs) -> bool:
@@ -58,6 +92,8 @@ FLUX2 = register(
         default_steps=50,
         default_guidance=4.0,
         guidance_knob="distilled",  # a guidance embedding: one pass per step
+        load_overrides=defer_processor,
+        after_load=text_only_tokenizer,
         max_reference_images=5,  # six images in all: BFL's recommended maximum for dev (its API models take 8-10)
         components=(
             Component("transformer", int(64.4 * GB), "32B MMDiT"),
