@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import base64
 import io
+import json
+import logging
 import os
+import re
+import struct
 import time
 from functools import partial
 from pathlib import Path
@@ -336,3 +340,114 @@ def run_fuzz(tiny_sd15: Path, tmp_path: Path, vlm: OpenAILoopback) -> None:
             assert not after.is_error, after.content
             listed = portal.call(partial(client.read_resource, after.structured_content["images"][0]["uri"]))
             assert listed.contents[0].mime_type == "image/png"
+
+
+# --- the probe's inputs, on every parameter of every tool ------------------------------------------------------
+
+GENERIC_ERROR = re.compile(r"^Error executing tool [a-z_]+$")
+# Two steps: inpaint's default strength (0.99) of one step would leave no step to run.
+CHEAP = {"steps": 2, "width": 64, "height": 64, "num_images": 1, "max_rounds": 1}
+
+
+def schema_kinds(schema: dict[str, Any], defs: dict[str, Any]) -> set[str]:
+    """The JSON types a property accepts (through $ref and anyOf), null left out."""
+    if "$ref" in schema:
+        return schema_kinds(defs.get(schema["$ref"].rsplit("/", 1)[-1], {}), defs)
+    if "anyOf" in schema or "oneOf" in schema:
+        return set().union(*(schema_kinds(option, defs) for option in schema.get("anyOf", schema.get("oneOf", []))))
+    kind = schema.get("type")
+    return {kind} - {"null"} if isinstance(kind, str) else set()
+
+
+def probe_values(name: str, kinds: set[str], bad_files: dict[str, str]) -> list[Any]:
+    values: list[Any] = []
+    if "string" in kinds:
+        values.append("x" * 5000)
+    if "integer" in kinds:
+        values += [2**63, -(2**63)]
+    if "number" in kinds and "integer" not in kinds:
+        values += [1e308, -1e308]
+    if name in ("model", "detail_model"):
+        values += list(bad_files.values())
+    if name == "mask_shapes":
+        values += [
+            [{"type": "rect", "x": 1e308, "y": 0, "width": 1e308, "height": 10}],
+            [{"type": "ellipse", "x": 0, "y": 0, "width": 10**30, "height": 10**30}],
+            [{"type": "rect", "x": 0.1, "y": 0.1, "width": 1e-300, "height": 1e-300}],
+        ]
+    return values
+
+
+def base_arguments(tool: str, output_id: str, properties: dict[str, Any]) -> dict[str, Any]:
+    """The cheapest valid call of each tool, so a refusal is about the probed parameter only."""
+    arguments: dict[str, Any] = {key: value for key, value in CHEAP.items() if key in properties}
+    arguments.update({
+        "prompt": "a fox", "goal": "a fox", "image": output_id, "images": [output_id], "video": "clip.mp4",
+        "job_id": "no-such-job",
+    })
+    if tool == "inpaint":
+        arguments["mask_shapes"] = [{"type": "rect", "x": 0, "y": 0, "width": 0.5, "height": 0.5}]
+    if tool == "sweep":
+        arguments.update(base={"prompt": "a fox", "steps": 1, "width": 64, "height": 64}, x={"param": "seed", "values": [1]})
+    if tool == "refine":
+        arguments["prompt"] = "a fox"
+    return {key: value for key, value in arguments.items() if key in properties}
+
+
+def bad_safetensors(folder: Path) -> dict[str, str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    huge = folder / "huge-header.safetensors"
+    huge.write_bytes(struct.pack("<Q", 2**62) + b"{}")
+    header = json.dumps({"w": {"dtype": "F32", "shape": [10**30, 10**30], "data_offsets": [0, 4]}}).encode()
+    absurd = folder / "absurd-shape.safetensors"
+    absurd.write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 4)
+    return {"huge": str(huge), "absurd": str(absurd)}
+
+
+@pytest.mark.parametrize("extra", [
+    pytest.param({}, id="every-parameter"),
+    pytest.param(
+        {"sweep": [("x", {"param": "steps", "start": 1, "stop": 1e308, "count": 3})]},
+        id="sweep-stop",
+        # Pending: issue 14 items 6/9, the sweep axis bound, belongs to the sweep run (A1, runs/sweep); drop the
+        # mark once `stop` is bounded at the edge.
+        marks=pytest.mark.xfail(reason="issue 14 item 6/9: unbounded sweep stop (runs/sweep)", strict=False),
+    ),
+])
+def test_the_probes_inputs_name_their_parameter_on_every_tool(tiny_sd15: Path, tmp_path: Path,
+                                                              caplog: pytest.LogCaptureFixture, extra: dict) -> None:
+    """5000-character strings, 2**63 and 1e308 on every parameter, unreadable checkpoints as `model`, overflowing
+    `mask_shapes` and an unbounded sweep `stop`: each a one-line error naming its parameter, never the SDK's
+    generic "Error executing tool" and never a traceback in the server's log."""
+    caplog.set_level(logging.WARNING)
+    with OpenAILoopback() as vlm, anyio.from_thread.start_blocking_portal() as portal:
+        config = Settings(model=str(tiny_sd15), output_dir=tmp_path / "out", device="cpu", hf_offline=True,
+                          max_pixels=MAX_PIXELS, max_sweep_cells=4, vlm_api_key="test-key", vlm_base_url=vlm.base_url)
+        with portal.wrap_async_context_manager(Client(build_server(config))) as client:
+            made = portal.call(partial(client.call_tool, "generate", {"prompt": "seed", "steps": 1, "width": 64, "height": 64}))
+            assert not made.is_error, made.content
+            output_id = made.structured_content["images"][0]["id"]
+            files = bad_safetensors(tmp_path / "bad")
+
+            async def bounded_call(name: str, arguments: dict[str, Any]) -> Any:
+                with anyio.fail_after(CALL_LIMIT_S):
+                    return await client.call_tool(name, arguments)
+
+            failures: list[str] = []
+            calls = 0
+            for tool in portal.call(client.list_tools).tools:
+                properties, defs = tool.input_schema.get("properties", {}), tool.input_schema.get("$defs", {})
+                base = base_arguments(tool.name, output_id, properties)
+                cases = [(name, value) for name in sorted(properties)
+                         for value in probe_values(name, schema_kinds(properties[name], defs), files)]
+                cases += extra.get(tool.name, [])
+                for name, value in cases:
+                    calls += 1
+                    result = portal.call(bounded_call, tool.name, {**base, name: value})
+                    text = result.content[0].text if result.content else ""
+                    if result.is_error and (GENERIC_ERROR.match(text.strip()) or "\n" in text or name not in text):
+                        failures.append(f"{tool.name}.{name}={str(value)[:40]!r}: {text[:160]}")
+    tracebacks = [f"{r.name}: {r.getMessage()[:160]}" for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+    assert calls > 50
+    assert failures == [], "\n".join(failures)
+    assert tracebacks == [], "\n".join(tracebacks)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,20 +62,40 @@ def read_header(path: Path) -> SafetensorsHeader:
             if len(prefix) != 8:
                 raise HeaderError(f"{path.name}: too short to be a safetensors file")
             (length,) = struct.unpack("<Q", prefix)
-            if length > _MAX_HEADER_BYTES:
+            file_bytes = os.fstat(handle.fileno()).st_size
+            if length > _MAX_HEADER_BYTES or 8 + length > file_bytes:
                 raise HeaderError(f"{path.name}: not a safetensors file (header length {length})")
             raw = json.loads(handle.read(length))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise HeaderError(f"{path.name}: not a readable safetensors file ({type(exc).__name__})") from exc
     if not isinstance(raw, dict):
         raise HeaderError(f"{path.name}: not a safetensors file")
     metadata = raw.pop("__metadata__", None) or {}
-    tensors = {
-        name: TensorInfo(str(entry.get("dtype")), tuple(int(s) for s in entry.get("shape", ())))
-        for name, entry in raw.items()
-        if isinstance(entry, dict)
-    }
+    if not isinstance(metadata, dict):
+        raise HeaderError(f"{path.name}: not a safetensors file (__metadata__ is not an object)")
+    data_bytes = file_bytes - 8 - length
+    tensors = {}
+    for name, entry in raw.items():
+        tensors[name] = _tensor_entry(path, name, entry, data_bytes)
     return SafetensorsHeader(tensors, {str(k): str(v) for k, v in metadata.items()}, 8 + length)
+
+
+def _tensor_entry(path: Path, name: str, entry: object, data_bytes: int) -> TensorInfo:
+    """One tensor of the header, checked as the format defines it: whole non-negative dimensions, and offsets
+    inside the file that hold exactly the tensor's bytes (so no absurd shape reaches the memory planner)."""
+    problem = f"{path.name}: not a safetensors file (tensor {name[:80]!r} is malformed)"
+    if not isinstance(entry, dict):
+        raise HeaderError(problem)
+    shape, offsets, dtype = entry.get("shape"), entry.get("data_offsets"), entry.get("dtype")
+    if not isinstance(dtype, str) or not isinstance(shape, list) or not isinstance(offsets, list) or len(offsets) != 2:
+        raise HeaderError(problem)
+    if not all(isinstance(size, int) and not isinstance(size, bool) and size >= 0 for size in (*shape, *offsets)):
+        raise HeaderError(problem)
+    start, end = offsets
+    info = TensorInfo(dtype, tuple(shape))
+    if not start <= end <= data_bytes or (dtype in _DTYPE_BYTES and end - start != info.nbytes()):
+        raise HeaderError(problem)
+    return info
 
 
 def tensor_data_sha256(path: Path) -> str:

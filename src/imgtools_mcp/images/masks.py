@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 Size = tuple[int, int]
 Box = tuple[int, int, int, int]
+MAX_SHAPE_PIXELS = 65536
 
 
 class MaskShape(BaseModel):
@@ -20,10 +21,11 @@ class MaskShape(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     type: Literal["rect", "ellipse"]
-    x: float = Field(ge=0, description="left edge")
-    y: float = Field(ge=0, description="top edge")
-    width: float = Field(gt=0)
-    height: float = Field(gt=0)
+    # Bounded: 1e308 passes `ge=0` but overflows once scaled or added; no image is wider than MAX_SHAPE_PIXELS.
+    x: float = Field(ge=0, le=MAX_SHAPE_PIXELS, allow_inf_nan=False, description="left edge")
+    y: float = Field(ge=0, le=MAX_SHAPE_PIXELS, allow_inf_nan=False, description="top edge")
+    width: float = Field(gt=0, le=MAX_SHAPE_PIXELS, allow_inf_nan=False)
+    height: float = Field(gt=0, le=MAX_SHAPE_PIXELS, allow_inf_nan=False)
 
     @property
     def is_fraction(self) -> bool:
@@ -50,8 +52,8 @@ def mask_from_shapes(size: Size, shapes: Sequence[MaskShape | Mapping]) -> Image
         left, top, right, bottom = shape.pixel_box(size)
         if left >= width or top >= height:
             raise ValueError(f"mask_shapes[{index}] starts at {left},{top}, outside the {width}x{height} image")
-        # ImageDraw boxes are inclusive; ours are exclusive, hence the -1.
-        box = (left, top, right - 1, bottom - 1)
+        # ImageDraw boxes are inclusive; ours are exclusive, hence the -1. A shape may run past the image: clip it.
+        box = (left, top, min(right, width) - 1, min(bottom, height) - 1)
         if shape.type == "rect":
             draw.rectangle(box, fill=255)
         else:
