@@ -142,6 +142,8 @@ def configure_output(command: str, verbose: bool) -> None:
     else:
         # A command in a terminal: one plain line per thing worth knowing (loading, converting, problems).
         logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="imgtools-mcp: %(message)s")
+    for noisy in ("torchao", "torch.utils._pytree"):  # torchao (transformers imports it) on CPU torch
+        logging.getLogger(noisy).setLevel(logging.ERROR)
     logging.getLogger("imgtools_mcp").setLevel(logging.INFO)
 
 

@@ -74,6 +74,13 @@ class Settings(BaseSettings):
     memory: Literal["auto", "resident", "vae_tiling", "model_offload", "group_offload", "sequential_offload"] = Field(
         "auto", description="Memory plan; auto picks from the model's footprint and free memory."
     )
+    quantize: Literal[
+        "auto", "none", "int8", "4bit", "torchao_int8", "torchao_fp8", "sdnq_int8", "nncf_int8", "bnb_nf4", "sdnq_int4"
+    ] = Field(
+        "auto",
+        description="Quantized weights: auto quantizes only when that keeps a model resident that would otherwise "
+        "be offloaded; none never; int8/4bit the best method of that level here; or a method by name.",
+    )
     max_pixels: int = Field(2048 * 2048, ge=64 * 64, description="Largest width*height a request may ask for.")
     max_input_bytes: int = Field(
         32 * 1024 * 1024, ge=1024, description="Largest image input (file, base64 or URL download) in bytes."

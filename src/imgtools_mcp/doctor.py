@@ -104,6 +104,7 @@ def collect(settings: Settings) -> dict[str, Any]:
     backend = choose_backend(facts, settings.backend, available=installed_backends(), family=family_name)
     report["backend"] = {"value": backend.value, "reason": backend.reason}
     report["backends"] = backend_report(facts)
+    report["quantization"] = quantization_report(settings, facts, dtype.value, model)
     report["cache_dir"] = str(settings.cache_dir)
     report["output_dir"] = str(settings.output_dir)
     report["input_roots"] = [str(p) for p in settings.allowed_input_roots]
@@ -113,11 +114,46 @@ def collect(settings: Settings) -> dict[str, Any]:
     return report
 
 
+def quantization_report(settings: Settings, facts: Any, dtype: str, model: dict[str, Any]) -> dict[str, Any]:
+    """The quantization this machine would choose: per ladder rung, and for the default model where it is local."""
+    from .engine.quantize import installed_packages, machine_report
+
+    report = machine_report(facts, settings.quantize, installed=installed_packages())
+    if "path" in model and "family" in model:
+        try:
+            from .engine import families
+            from .engine.choice import DTYPE_BYTES
+            from .engine.memory import estimate_activation_bytes
+            from .engine.quantize import plan_weights
+            from .engine.weights import estimate_footprint
+
+            spec = families.get(model["family"])
+            size = model.get("native_size") or spec.native_size
+            footprint = estimate_footprint(model["kind"], Path(model["path"]), DTYPE_BYTES[dtype])
+            activations = estimate_activation_bytes(
+                spec.activation_shape or "dit", size, size, 1, DTYPE_BYTES[dtype],
+                classifier_free_guidance=spec.guidance_knob != "distilled",
+            )
+            planned = plan_weights(facts, footprint, activations, dtype_bytes=DTYPE_BYTES[dtype],
+                                   quantize=settings.quantize if report["setting_ok"] else "auto",
+                                   memory=settings.memory, installed=installed_packages())
+            report["default_model_plan"] = {
+                "quantization": planned.quantization.value, "quantization_reason": planned.quantization.reason,
+                "memory_plan": planned.memory.value.value, "memory_reason": planned.memory.reason,
+                "at_size": f"{size}x{size}",
+            }
+        except Exception as exc:  # doctor reports every problem instead of stopping at the first
+            report["default_model_plan_error"] = f"{type(exc).__name__}: {exc}"
+    return report
+
+
 def problems(report: dict[str, Any], settings: Settings) -> list[str]:
     """What stops something from working as configured; each one makes doctor exit non-zero."""
     found: list[str] = []
     if "problem" in report["model"]:
         found.append(f"model: {report['model']['problem']}")
+    if not report["quantization"]["setting_ok"]:
+        found.append(f"quantize: {report['quantization']['setting_reason']}")
     if settings.backend != "auto":
         entry = report["backends"].get(settings.backend)
         if entry is not None and not entry["available"]:
@@ -145,6 +181,14 @@ def doctor(settings: Settings, as_json: bool = False) -> int:
     print(f"backend:  {report['backend']['value']} — {report['backend']['reason']} (installed: {', '.join(report['backends_installed'])})")
     for backend_id, entry in report["backends"].items():
         print(f"  - {backend_id}: {'available' if entry['available'] else 'not available: ' + entry['reason']}")
+    quant = report["quantization"]
+    print(f"quantize: {quant['setting']} — {quant['setting_reason']} (installed: {', '.join(quant['installed']) or 'none'})")
+    for level, entry in quant["levels"].items():
+        print(f"  - {level} rung: {entry['method'] or 'none'} — {entry['reason']}")
+    if "default_model_plan" in quant:
+        plan = quant["default_model_plan"]
+        print(f"  - {report['model']['spec']}: quantization {plan['quantization'] or 'none'} — {plan['quantization_reason']}; "
+              f"memory {plan['memory_plan']} — {plan['memory_reason']}")
     print(f"cache:    {report['cache_dir']} (compiled backend models)")
     model = report["model"]
     if "problem" in model:

@@ -297,3 +297,26 @@ def apply_quantization(pipe, choice: Choice[str | None], footprint: ModelFootpri
     log.info("quantized %s with %s: %d -> %d bytes", ", ".join(report.components), method.id,
              report.bytes_before, report.bytes_after)
     return report
+
+
+def machine_report(facts: DeviceFacts, setting: str, *, installed: Iterable[str], backend: str = "torch") -> dict[str, Any]:
+    """What `doctor` shows: the setting, the method each rung would use on this device and every method's status."""
+    installed = frozenset(installed)
+    report: dict[str, Any] = {"setting": setting, "installed": sorted(installed)}
+    try:
+        explicit = check_setting(setting, facts, installed=installed, backend=backend)
+        report["setting_ok"] = True
+        report["setting_reason"] = explicit.reason
+    except ValueError as exc:
+        report["setting_ok"] = False
+        report["setting_reason"] = str(exc)
+    report["levels"] = {}
+    for level in LEVELS:
+        chosen = choose_method(level, facts, installed=installed, backend=backend)
+        report["levels"][level] = {"method": chosen.value, "reason": chosen.reason}
+    report["methods"] = {
+        m.id: {"available": (why := method_unavailable(m, facts, installed=installed, backend=backend)) is None,
+               **({"reason": why} if why else {})}
+        for m in METHODS.values()
+    }
+    return report
