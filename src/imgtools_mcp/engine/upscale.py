@@ -395,6 +395,12 @@ async def upscale_on_engine(
 
     from .request import EngineRequest
 
+    if upscaler is not None and not hasattr(engine, "queue"):
+        # A remote engine (IMGTOOLS_ENGINE=ray) runs diffusion jobs only; an upscaler model needs this process's device.
+        raise UpscalerError(
+            "model: upscaler models run on the local engine only (IMGTOOLS_ENGINE=local); without `model` the upscale "
+            "is Lanczos, and the detail pass still runs"
+        )
     # Lanczos alone never touches the device; anything else takes its place in the queue now.
     own_ticket = ticket is None and (upscaler is not None or detail is not None)
     if own_ticket:
