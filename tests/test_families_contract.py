@@ -49,6 +49,12 @@ CASES = [
     FamilyCase("flux-fill", "flux-fill", generate=False, edit=None, guidance_field="Distilled CFG Scale"),
     FamilyCase("sd3", "sd3"),
     FamilyCase("chroma", "chroma", lora="flux"),
+    FamilyCase("qwen-image", "qwen-image", guidance_field="True CFG scale"),
+    # Edit-only: no text-to-image and no inpaint pipeline; edits are instructions with 1-3 images.
+    FamilyCase("qwen-image-edit", "qwen-image-edit", generate=False, edit="instruct", inpaint=False, guidance_field="True CFG scale"),
+    FamilyCase("z-image-turbo", "z-image", variant="turbo"),
+    FamilyCase("flux2", "flux2", edit="instruct", inpaint=False, guidance_field="Distilled CFG Scale"),
+    FamilyCase("flux2-klein", "flux2-klein", edit="instruct", variant="distilled"),
 ]
 IDS = [case.builder for case in CASES]
 FAST = {"steps": 2, "seed": 11}
@@ -204,10 +210,12 @@ async def test_inpaint_keeps_every_pixel_outside_the_mask(case: FamilyCase, mode
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 async def test_sweep_over_the_guidance_knob(case: FamilyCase, models: dict[str, Path], tmp_path: Path) -> None:
-    tool = "generate" if case.generate else "inpaint"
+    tool = "generate" if case.generate else ("inpaint" if case.inpaint else "edit")
     base: dict = {"prompt": "a lighthouse", "width": case.size, "height": case.size, **FAST}
     if tool == "inpaint":
         base.update(image=data_url(pattern(case.size)), mask_shapes=[{"type": "rect", "x": 16, "y": 16, "width": 32, "height": 32}])
+    elif tool == "edit":  # an edit-only family (Qwen-Image-Edit) sweeps its instruction edits
+        base.update(image=data_url(pattern(case.size)))
     async with Client(build_server(settings_for(models[case.builder], tmp_path))) as client:
         result = await client.call_tool(
             "sweep", {"tool": tool, "base": base, "x": {"param": "guidance_scale", "values": [1.0, 6.0]}}
@@ -315,9 +323,12 @@ async def test_a_gguf_transformer_runs_in_its_family_pipeline(models: dict[str, 
 async def _generate_with_every_family(client: Client, models: dict[str, Path]) -> None:
     for case in CASES:
         args = {"prompt": "over the wire", "model": str(models[case.builder]), "width": case.size, "height": case.size, **FAST}
-        if not case.generate:
+        tool = "generate" if case.generate else ("inpaint" if case.inpaint else "edit")
+        if tool == "inpaint":
             args = {**args, "image": data_url(pattern(case.size)), "mask_shapes": [{"type": "rect", "x": 8, "y": 8, "width": 16, "height": 16}]}
-        result = await client.call_tool("generate" if case.generate else "inpaint", args)
+        elif tool == "edit":
+            args = {**args, "image": data_url(pattern(case.size))}
+        result = await client.call_tool(tool, args)
         assert sidecar(first(result))["model"]["family"] == case.family, case.builder
 
 

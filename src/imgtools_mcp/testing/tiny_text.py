@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 # The words the tiny tokenizer learns merges from: the pipelines' own system prompts and some ordinary
@@ -66,7 +67,7 @@ def _learned_bpe(vocab_size: int, specials: list[str]) -> tuple[dict[str, int], 
         show_progress=False,
     )
     tokenizer.train_from_iterator(_CORPUS, trainer=trainer)
-    state: dict[str, Any] = __import__("json").loads(tokenizer.to_str())
+    state: dict[str, Any] = json.loads(tokenizer.to_str())
     vocab = {token: index for token, index in state["model"]["vocab"].items() if token not in specials}
     merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in state["model"]["merges"]]
     return vocab, merges
