@@ -10,7 +10,7 @@ import anyio
 from PIL import Image
 
 from ..engine.control import ControlInput
-from ..images.control_maps import CONTROL_TYPES, ControlMapError, make_control_map
+from ..images.control_maps import ControlMapError, make_control_map
 from ..params_structure import ControlRequest, HiresRequest
 from .context import RunInputError
 
@@ -53,10 +53,6 @@ async def prepare_controls(ctx: "RunContext", controls: list[ControlRequest]) ->
             f"Guidance Start: {control.start:g}, Guidance End: {control.end:g}, Map: {stored.id}"
         )
     return plan
-
-
-def control_types() -> tuple[str, ...]:
-    return CONTROL_TYPES
 
 
 async def apply_hires(
