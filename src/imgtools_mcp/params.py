@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pydantic_core import PydanticCustomError
 
 from .images.masks import MaskShape
+from .params_structure import ControlRequest, HiresRequest
 from .store import StoredImage
 
 SamplerName = Literal["euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "ddim", "unipc", "lcm", "default"]
@@ -43,11 +44,19 @@ class GenerationParams(BaseModel):
     )
     num_images: int = Field(1, ge=1, le=8, description="Images per call")
     loras: list[LoraRequest] = Field(default_factory=list, max_length=8, description="LoRAs as [{name, weight}]")
+    control: list[ControlRequest] = Field(
+        default_factory=list, max_length=4,
+        description="ControlNets: keep the edges/depth/pose of an image; each map is saved as an output",
+    )
     background: bool = Field(False, description="Return a job id at once; poll get_job")
 
 
 class GenerateRequest(GenerationParams):
     """Text to image."""
+
+    hires: HiresRequest | None = Field(
+        None, description="Hires fix: generate at width x height, enlarge, repaint at the large size"
+    )
 
 
 IMAGE_REFERENCE = "an output id or imgtools://images/<id>, a path under the input roots, data: URL or base64, or http(s) URL"
@@ -99,6 +108,10 @@ class InpaintRequest(GenerationParams):
         None, min_length=1,
         description="Mask image (forms as `image`): white repaint, black keep; resized to fit",
     )
+    mask_prompt: str | None = Field(
+        None, min_length=1, max_length=500,
+        description="What to repaint in words ('the cup'); the VLM finds it, the mask is an output",
+    )
     mask_shapes: list[MaskShape] | None = Field(
         None, min_length=1, max_length=32,
         description="Areas to repaint: [{type: rect|ellipse, x, y, width, height}], fractions of the image if all <= 1, else px",
@@ -128,12 +141,13 @@ class InpaintRequest(GenerationParams):
 
     @model_validator(mode="after")
     def _one_mask_source(self) -> "InpaintRequest":
-        given = [name for name in ("mask", "mask_shapes", "expand") if getattr(self, name) is not None]
+        given = [name for name in ("mask", "mask_shapes", "expand", "mask_prompt") if getattr(self, name) is not None]
         if len(given) != 1:
             got = " and ".join(given) if given else "none"
             raise PydanticCustomError(
                 "mask_source",
-                "give exactly one of mask (an image), mask_shapes (rect/ellipse list) or expand (outpaint); got {got}",
+                "give exactly one of mask (an image), mask_shapes (rect/ellipse list), mask_prompt (what to repaint, found by the VLM) "
+                "or expand (outpaint); got {got}",
                 {"got": got},
             )
         return self

@@ -79,11 +79,20 @@ def engine_request(ctx: RunContext, params: GenerationParams, inputs: ImageInput
         image=inputs.image,
         mask=inputs.mask,
         loras=[LoraWeight(l.name, l.weight) for l in params.loras],
+        extra=dict(inputs.extra),
     )
 
 
 async def check(ctx: RunContext, params: GenerationParams, inputs: ImageInputs) -> ImagePlan:
     """The engine fills every default from the model's family and checks sizes, strength and LoRAs, once."""
+    if params.control and "control" not in inputs.extra:
+        from .structure import prepare_controls  # ControlNet maps are made (and saved) once per request
+
+        controls = await prepare_controls(ctx, params.control)
+        inputs.extra["control"] = controls.inputs
+        inputs.infotext.update(controls.infotext)
+        inputs.parameters["control"] = controls.parameters
+    inputs.hires = getattr(params, "hires", None)
     job = await ctx.engine.acheck(engine_request(ctx, params, inputs))
     return ImagePlan(job, {**job.used(), **inputs.parameters}, [*inputs.notes, *job.notes])
 
@@ -115,6 +124,13 @@ async def run_and_save(ctx: RunContext, tool: str, plan: ImagePlan, inputs: Imag
     loras = [lora.as_dict() for lora in run.loras]
     saved_at = time.perf_counter()
     images = [inputs.postprocess(img) if inputs.postprocess else img for img in run.images]
+    if inputs.hires is not None:
+        from .structure import apply_hires, hires_infotext  # A1111's hires fix: enlarge, then img2img at that size
+
+        images, hires_used, hires_notes = await apply_hires(ctx, inputs.hires, plan.job, images, relay)
+        plan.used["hires"] = hires_used
+        inputs.infotext.update(hires_infotext(hires_used))
+        plan.notes.extend(hires_notes)
 
     def save_all() -> list[StoredImage]:
         stored = []

@@ -41,6 +41,13 @@ async def _mask_plan(ctx: RunContext, request: InpaintRequest, image: Image.Imag
         canvas, mask = masks.expand_canvas(image, **amounts, seed=seed)
         recorded = {"source": "expand", "expand": amounts}
         describe = {"expand": amounts}
+    elif request.mask_prompt is not None:
+        from .structure import mask_from_prompt  # the VLM finds the region; the mask is saved as an output
+
+        mask, recorded = await mask_from_prompt(ctx, image, request.mask_prompt)
+        canvas = image
+        describe = {"mask_reference": f"mask_prompt {request.mask_prompt!r} ({recorded['mask_id']})"}
+        notes.append(f"mask_prompt: the VLM found {len(recorded['boxes'])} region(s); the mask is output {recorded['mask_id']}")
     elif request.mask_shapes is not None:
         try:
             mask = masks.mask_from_shapes(image.size, request.mask_shapes)
@@ -66,7 +73,9 @@ async def _mask_plan(ctx: RunContext, request: InpaintRequest, image: Image.Imag
     if request.invert_mask:
         mask = ImageOps.invert(mask)
     if masks.mask_coverage(mask) == 0:
-        which = "invert_mask" if request.invert_mask else ("mask" if request.mask is not None else "mask_shapes")
+        which = "invert_mask" if request.invert_mask else next(
+            name for name in ("mask", "mask_prompt", "mask_shapes") if getattr(request, name) is not None
+        )
         raise RunInputError(f"{which}: the mask marks nothing to repaint (white = repaint, black = keep)")
     text = masks.describe_mask(
         **describe,
@@ -130,6 +139,8 @@ async def prepare_inpaint(ctx: RunContext, request: InpaintRequest, family: Fami
         "image": record.reference,
         "mask": plan.description.get("reference"),
         "mask_shapes": plan.description.get("shapes"),
+        "mask_prompt": plan.description.get("mask_prompt"),
+        "mask_made": plan.description.get("mask_id"),  # the mask the VLM's boxes made, an output id
         "expand": plan.description.get("expand"),
         "mask_blur": request.mask_blur,
         "invert_mask": request.invert_mask,

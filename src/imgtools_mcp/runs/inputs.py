@@ -32,6 +32,8 @@ class ImageInputs:
     postprocess: Callable[[Image.Image], Image.Image] | None = None
     notes: list[str] = field(default_factory=list)
     parameters: dict[str, Any] = field(default_factory=dict)  # tool-specific entries of the reported `parameters`
+    extra: dict[str, Any] = field(default_factory=dict)  # EngineRequest.extra: the control maps made for this request
+    hires: Any = None  # generate's hires fix (params_structure.HiresRequest), run on the first pass's images
 
 
 @dataclass(frozen=True)

@@ -190,7 +190,11 @@ async def run_image_tool(ctx: Context, request: GenerationParams) -> CallToolRes
         return await run_image(run_ctx, tool, request, prepare)
 
     async def present(made: ImageRun) -> CallToolResult:
-        return result_of(summary_line(tool, made.result), await image_blocks(made.stored, made.images), made.result)
+        from ..runs.structure import made_outputs  # control maps and mask_prompt's mask, linked for the assistant
+
+        links = [resource_link(stored, label) for stored, label in made_outputs(app_of(ctx).store, made.result.parameters)]
+        blocks = [*await image_blocks(made.stored, made.images), *links]
+        return result_of(summary_line(tool, made.result), blocks, made.result)
 
     def started(task_id: str) -> CallToolResult:
         return started_result(tool, task_id, GenerationResult(job_id=task_id))

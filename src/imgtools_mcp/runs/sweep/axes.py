@@ -19,10 +19,11 @@ NOT_SWEEPABLE = {
     "image": "input images are resolved once for all cells",
     "mask": "input images are resolved once for all cells",
     "loras": "use lora:<name> to sweep one LoRA's weight",
+    "control": "use control:<index> to sweep one ControlNet's weight",
     "num_images": "each cell is one image; sweep seed for variations",
     "background": "set background on the sweep itself",
 }
-SPECIAL_PARAMS = ("size", "prompt_sr", "lora:<name>")
+SPECIAL_PARAMS = ("size", "prompt_sr", "lora:<name>", "control:<index>")
 
 
 @dataclass
@@ -36,7 +37,7 @@ class Axis:
 
 def numeric_kind(request_model: type[BaseModel], param: str) -> type | None:
     """float or int for a numeric parameter (a LoRA's weight is a float), else None."""
-    if param.startswith("lora:"):
+    if param.startswith(("lora:", "control:")):
         return float
     info = request_model.model_fields.get(param)
     if info is None:
@@ -88,6 +89,9 @@ def _check_param(name: str, param: str, tool: str, fields: dict[str, Any]) -> No
     if param.startswith("lora:"):
         if not param[len("lora:") :].strip():
             raise RunInputError(f"{name}.param: name the LoRA, as lora:<name>")
+    elif param.startswith("control:"):
+        if not param[len("control:") :].strip().isdigit():
+            raise RunInputError(f"{name}.param: give the ControlNet's place in base.control, as control:0")
     elif param not in fields and param not in SPECIAL_PARAMS:
         sweepable = [field for field in fields if field not in NOT_SWEEPABLE]
         raise RunInputError(
@@ -171,6 +175,13 @@ def cell_arguments(base_args: dict[str, Any], assignments: list[tuple[Axis, Any]
             else:
                 loras.append({"name": name, "weight": value})
             args["loras"] = loras
+        elif param.startswith("control:"):
+            index = int(param[len("control:") :])
+            controls = [dict(control) for control in args.get("control") or []]
+            if index >= len(controls):
+                raise RunInputError(f"{axis.name}.param: {param} but base.control has {len(controls)} entr{'y' if len(controls) == 1 else 'ies'}")
+            controls[index]["weight"] = value
+            args["control"] = controls
         else:
             args[param] = value
     return args
