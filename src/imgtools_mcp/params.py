@@ -48,6 +48,9 @@ class GenerationParams(BaseModel):
         default_factory=list, max_length=4,
         description="ControlNets: keep the edges/depth/pose of an image; each map is saved as an output",
     )
+    speed: Literal["quality", "balanced", "fast"] = Field(
+        "quality", description="Step cache on transformer models: balanced/fast reuse work between similar steps"
+    )
     background: bool = Field(False, description="Return a job id at once; poll get_job")
 
 

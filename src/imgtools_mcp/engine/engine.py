@@ -27,6 +27,7 @@ from .loader import ModelSource, hf_cache_dir, inspect_family, load_pipeline, re
 from .lora import AdapterSet, AppliedLora, LoraLoadError, LoraSource, check_fits, download_lora, resolve_lora
 from .memory import MemoryPlan, apply_memory_plan, choose_memory_plan, escalate, estimate_activation_bytes, footprint_of, reset_memory_plan
 from .pipeline_call import pipeline_kwargs
+from .step_cache import check_speed, step_cache
 from .quantize import QuantizationReport, apply_quantization, check_setting, installed_packages, plan_weights
 from .progress import Progress, pipeline_components, reporting_component_loads, watching_download
 from .queue import DeviceQueue, QueueTicket
@@ -136,6 +137,9 @@ class Engine:
 
                 check_ip_adapter(request.extra[key], family, dirs=self.settings.lora_dirs, offline=self.offline)
                 continue
+            if key == "speed":  # step caches (engine/step_cache.py); UNet families run at quality, with a note
+                check_speed(request.extra[key])
+                continue
             raise InvalidRequestError(key, f"not supported for {label} models")
         width = request.width or family.native_size
         height = request.height or family.native_size
@@ -162,6 +166,8 @@ class Engine:
             )
         # Unknown, duplicate or other-family LoRAs fail here, before a task id is handed out or a model loaded.
         loras = self.resolve_loras(request.loras, family, source.name)
+        if request.extra.get("speed", "quality") != "quality" and family.family.denoiser == "unet":
+            notes.append(f"speed: {label} models (UNet) run at quality; step caches apply to transformer families")
         return ResolvedJob(request, source, family, loras, width, height, steps, guidance, notes=notes)
 
     async def acheck(self, request: EngineRequest, on_progress: ProgressCallback | None = None) -> ResolvedJob:
@@ -318,7 +324,14 @@ class Engine:
         warnings: list[str] = []
         # The model's backend computes what it can of this request; torch the rest (e.g. with LoRAs active).
         shape = self._request_shape(model, job)
-        with self.backends.running(model, model.pipeline(job.mode), shape, progress) as backend_run:
+        spec = job.family.family
+        single_pass = spec.guidance_knob in ("distilled", "none") or (spec.guidance_knob == "cfg" and job.guidance_scale <= 1)
+        with contextlib.ExitStack() as call_scope:
+            # Hooks live for this call only and are removed after it, so the next request runs untouched.
+            cached = call_scope.enter_context(
+                step_cache(model.pipeline(job.mode), job.request.extra.get("speed", "quality"), single_pass=single_pass)
+            )
+            backend_run = call_scope.enter_context(self.backends.running(model, model.pipeline(job.mode), shape, progress))
             try:
                 images, label, steps_run = self._denoise(model, job, on_step, cancel)
             except torch.OutOfMemoryError:
@@ -337,6 +350,7 @@ class Engine:
         engine = self.describe_choices(model)
         engine.backend, engine.backend_reason = backend_run.backend, backend_run.reason
         engine.backend_components, engine.backend_notes = dict(backend_run.components), list(backend_run.notes)
+        engine.step_cache = cached.as_dict() if cached is not None else None
         return RunOutput(
             images=images,
             seeds=list(job.seeds),

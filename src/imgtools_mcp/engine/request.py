@@ -102,6 +102,8 @@ class ResolvedJob:
             "num_images": len(request.seeds),
             "loras": [{"name": l.name, "weight": l.weight} for l in request.loras],
         }
+        if "speed" in request.extra:  # only a step-cache request carries it (engine/step_cache.py)
+            used["speed"] = request.extra["speed"]
         if request.strength is not None and request.mode != "instruct":  # instruction edits take no strength
             used["strength"] = request.strength
         return used

@@ -79,7 +79,8 @@ def engine_request(ctx: RunContext, params: GenerationParams, inputs: ImageInput
         image=inputs.image,
         mask=inputs.mask,
         loras=[LoraWeight(l.name, l.weight) for l in params.loras],
-        extra=dict(inputs.extra),
+        # `speed` reaches the engine only when it asks for a step cache, so plain requests stay as they were.
+        extra={**inputs.extra, **({"speed": params.speed} if params.speed != "quality" else {})},
     )
 
 
@@ -110,10 +111,19 @@ def _infotext(job: ResolvedJob, run: RunOutput, seed: int, inputs: ImageInputs) 
         "Model": run.model.name,
         "Denoising strength": job.strength,
         "Lora hashes": lora_hashes,
+        "Step cache": _step_cache_field(run.engine.step_cache),
         **inputs.infotext,
         "Version": f"imgtools-mcp {__version__}",
     }
     return format_infotext(" ".join([job.request.prompt, *tags]), job.request.negative_prompt, fields)
+
+
+def _step_cache_field(cache: dict[str, Any] | None) -> str | None:
+    if not cache:
+        return None
+    if cache["method"] == "none":
+        return f"{cache['speed']} (not applied)"
+    return f"{cache['speed']}, {cache['method']} {cache['threshold']:g}, {cache['computed']}/{cache['denoiser_passes']} computed"
 
 
 async def run_and_save(ctx: RunContext, tool: str, plan: ImagePlan, inputs: ImageInputs, relay: ProgressRelay) -> ImageRun:
