@@ -69,10 +69,13 @@ def test_an_explicit_method_that_cannot_run_here_is_refused_at_start(tmp_path: P
         Engine(settings_for(tmp_path, flux, quantize=setting))
 
 
-def test_doctor_shows_the_quantization_this_machine_would_choose(tmp_path: Path, flux: Path) -> None:
+def test_doctor_shows_the_quantization_and_step_caches_this_machine_would_choose(tmp_path: Path, flux: Path) -> None:
     from imgtools_mcp.doctor import collect
 
-    report = collect(settings_for(tmp_path, flux))["quantization"]
+    full = collect(settings_for(tmp_path, flux))
+    report = full["quantization"]
+    assert full["step_cache"]["denoiser"] == "transformer"
+    assert full["step_cache"]["speeds"]["fast"].startswith("first_block_cache, threshold 0.2")
     assert report["levels"]["int8"]["method"] == "torchao_int8"
     assert report["methods"]["torchao_fp8"] == {"available": False, "reason": "torchao float8 weight-only runs on cuda, not cpu"}
     plan = report["default_model_plan"]

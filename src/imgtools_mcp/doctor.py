@@ -105,6 +105,7 @@ def collect(settings: Settings) -> dict[str, Any]:
     report["backend"] = {"value": backend.value, "reason": backend.reason}
     report["backends"] = backend_report(facts)
     report["quantization"] = quantization_report(settings, facts, dtype.value, model)
+    report["step_cache"] = step_cache_report(model)
     report["cache_dir"] = str(settings.cache_dir)
     report["output_dir"] = str(settings.output_dir)
     report["input_roots"] = [str(p) for p in settings.allowed_input_roots]
@@ -112,6 +113,20 @@ def collect(settings: Settings) -> dict[str, Any]:
     report["offline"] = offline_reason(settings)
     report["problems"] = problems(report, settings)
     return report
+
+
+def step_cache_report(model: dict[str, Any]) -> dict[str, Any]:
+    """What each request `speed` would do for the default model's family (both kinds when it is not known)."""
+    from .engine import families
+    from .engine.step_cache import choices_for
+
+    denoiser = None
+    if "family" in model:
+        try:
+            denoiser = families.get(model["family"]).denoiser
+        except Exception:  # doctor reports what it can
+            denoiser = None
+    return {"denoiser": denoiser, "speeds": choices_for(denoiser)}
 
 
 def quantization_report(settings: Settings, facts: Any, dtype: str, model: dict[str, Any]) -> dict[str, Any]:
@@ -189,6 +204,10 @@ def doctor(settings: Settings, as_json: bool = False) -> int:
         plan = quant["default_model_plan"]
         print(f"  - {report['model']['spec']}: quantization {plan['quantization'] or 'none'} — {plan['quantization_reason']}; "
               f"memory {plan['memory_plan']} — {plan['memory_reason']}")
+    cache = report["step_cache"]
+    print(f"speed:    step caches for {cache['denoiser'] or 'transformer'} models:")
+    for speed, what in cache["speeds"].items():
+        print(f"  - {speed}: {what}")
     print(f"cache:    {report['cache_dir']} (compiled backend models)")
     model = report["model"]
     if "problem" in model:

@@ -115,3 +115,15 @@ def step_cache(pipe: Any, speed: str, *, single_pass: bool) -> Iterator[StepCach
         for handle in handles:
             handle.remove()
         log.info("step cache %s: %d of %d passes computed", speed, run.computed, run.passes)
+
+
+def choices_for(denoiser: str | None) -> dict[str, Any]:
+    """What each `speed` would do for a model with this denoiser ("transformer" | "unet"; None: unknown), for doctor."""
+    report: dict[str, Any] = {"quality": "no cache: every step computed (the default)"}
+    for speed, threshold in FBC_THRESHOLDS.items():
+        if denoiser == "unet":
+            report[speed] = "runs at quality: no step cache for UNets in this build"
+        else:
+            report[speed] = (f"first_block_cache, threshold {threshold:g} (transformer families whose pipeline marks "
+                             "its passes, or that run one pass per step)")
+    return report
