@@ -56,7 +56,9 @@ FAMILIES: dict[str, dict] = {
                     num_attention_heads=24, joint_attention_dim=4096, caption_projection_dim=1536,
                     pooled_projection_dim=2048, out_channels=16, pos_embed_max_size=384, qk_norm="rms_norm",
                     dual_attention_layers=tuple(range(13))),
-        blocks={"num_layers": 24}, size=1024, text_tokens=333, batch=2, kind="sd3"),
+        blocks={"num_layers": 24}, size=1024, text_tokens=333, batch=2, kind="sd3",
+        note="its first 13 layers have a second attention (MMDiT-X); the reduced depths are such layers, so the "
+             "extrapolation to 24 layers is an upper bound"),
 }
 
 
@@ -126,6 +128,7 @@ def main() -> int:
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--memory-gb", type=float, default=None, help="memory to plan for (default: this machine's)")
+    parser.add_argument("--reduced", action="store_true", help="extrapolate from two reduced depths even if the model fits")
     args = parser.parse_args()
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("no CUDA device here; skipped (the CPU numbers are the --device cpu run)")
@@ -144,28 +147,38 @@ def main() -> int:
                     "batch": spec["batch"], "text_tokens": spec["text_tokens"], "full_weights_bytes": full_bytes,
                     "machine": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
                     "note": "CPU shared with other work while measured" if args.device == "cpu" else ""}
-    if full_bytes * 1.3 < budget:
+    if full_bytes * 1.3 < budget and not args.reduced:
         model = build(args.family, {}, dtype, args.device)
         times = time_steps(model, kwargs, args.repeats, args.device)
         result.update(seconds_per_step=statistics.median(times), extrapolated=False, runs=times)
     else:
         # Two reduced depths, k and 2k blocks of each kind: step = fixed + k * per_block_set.
         full_blocks = spec["blocks"]
-        first = {k: max(1, v // max(full_blocks.values())) for k, v in full_blocks.items()}
+        # One "set" keeps the full model's ratio of block kinds (FLUX.1: 1 double + 2 single; 19 sets in all).
+        first = {k: max(1, v // min(full_blocks.values())) for k, v in full_blocks.items()}
         second = {k: 2 * v for k, v in first.items()}
-        measured = []
-        for scale in (first, second):
-            model = build(args.family, scale, dtype, args.device)
-            measured.append(statistics.median(time_steps(model, kwargs, args.repeats, args.device)))
-            del model
-            gc.collect()
+        # Both depths built, warmed, then timed turn by turn (A, B, A, B...) so a busy neighbour slows them alike.
+        reduced_models = [build(args.family, scale, dtype, args.device) for scale in (first, second)]
+        for model in reduced_models:
+            time_steps(model, kwargs, 1, args.device)
+        rounds: list[list[float]] = [[], []]
+        for _ in range(args.repeats):
+            for index, model in enumerate(reduced_models):
+                rounds[index] += time_steps(model, kwargs, 1, args.device)[-1:]
+        measured = [statistics.median(r) for r in rounds]
+        del reduced_models
+        gc.collect()
         per_set = measured[1] - measured[0]
         fixed = measured[0] - per_set
-        sets = max(full_blocks.values()) / max(first.values())
+        sets = min(full_blocks.values()) / min(first.values())
+        if fixed < -0.1 * measured[0]:
+            # Per-block time cannot exceed the whole step: the two runs were disturbed (a shared CPU); say so.
+            result["warning"] = (f"the two depths do not fit a line (fixed part {fixed:.1f} s < 0): the machine was busy; "
+                                 "the extrapolation is rough")
         result.update(seconds_per_step=fixed + sets * per_set, extrapolated=True,
                       reduced={"blocks": [first, second], "seconds": measured},
-                      how=f"too big for {budget / GB:.0f} GB here: measured with {first} and {second} blocks, "
-                          f"extrapolated linearly to {full_blocks}")
+                      how=("asked for (--reduced)" if full_bytes * 1.3 < budget else f"too big for {budget / GB:.0f} GB here")
+                          + f": measured with {first} and {second} blocks, extrapolated linearly to {full_blocks}")
     if args.device.startswith("cuda"):
         result["peak_bytes"] = torch.cuda.max_memory_allocated()
     else:
@@ -178,8 +191,14 @@ def main() -> int:
              f"- full weights: {full_bytes / GB:.1f} GB"]
     if result.get("how"):
         lines.append(f"- {result['how']}")
+        blocks, seconds = result["reduced"]["blocks"], result["reduced"]["seconds"]
+        lines.append(f"- measured (median of {args.repeats}): " + ", ".join(f"{b}: {s:.1f} s" for b, s in zip(blocks, seconds)))
+    if result.get("warning"):
+        lines.append(f"- warning: {result['warning']}")
     peak = result.get("peak_bytes") or result.get("peak_rss_bytes")
     lines.append(f"- peak memory of this run: {peak / GB:.1f} GB")
+    if spec.get("note") and result["extrapolated"]:
+        lines.append(f"- {spec['note']}")
     if result["note"]:
         lines.append(f"- {result['note']}")
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
