@@ -49,8 +49,14 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="IMGTOOLS_", extra="ignore", populate_by_name=True)
 
     model: str = Field(
-        "stabilityai/sd-turbo",
-        description="Default model: a HuggingFace id, a local diffusers folder or a .safetensors checkpoint.",
+        "auto",
+        description="Default model: a HuggingFace id, a local diffusers folder, a .safetensors checkpoint, or auto "
+        "(sd-turbo on a CPU or small GPU, Z-Image-Turbo or FLUX.2 klein where one fits; engine_status says why).",
+    )
+    edit_model: str | None = Field(
+        None,
+        description="Model `edit` uses when a request names none, e.g. an instruction-edit model (FLUX.1 Kontext, "
+        "Qwen-Image-Edit); default: the default model.",
     )
     output_dir: Path = Field(DEFAULT_OUTPUT_DIR, description="Where images, sidecars and job records are written.")
     input_roots: PathList = Field(
@@ -58,10 +64,6 @@ class Settings(BaseSettings):
     )
     model_dirs: PathList = Field(default_factory=list, description="Folders scanned for local models.")
     lora_dirs: PathList = Field(default_factory=list, description="Folders scanned for LoRA files.")
-    upscaler_dirs: PathList = Field(
-        default_factory=list, description="Folders scanned for upscaler weights (.pth/.safetensors: ESRGAN, RealPLKSR, ...)."
-    )
-    controlnet_dirs: PathList = Field(default_factory=list, description="Folders scanned for ControlNet models.")
     upscaler_dirs: PathList = Field(
         default_factory=list, description="Folders scanned for upscaler weights (.pth/.safetensors: ESRGAN, RealPLKSR, ...)."
     )
