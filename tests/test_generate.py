@@ -188,3 +188,13 @@ async def test_resources_serve_png_and_metadata_and_survive_restart(settings) ->
     assert blob.mime_type == "image/png"
     assert Image.open(io.BytesIO(base64.b64decode(blob.blob))).size == (64, 64)
     assert json.loads(meta.contents[0].text)["seed"] == 5
+
+
+async def test_background_returns_its_job_before_the_model_is_resolved(client: Client) -> None:
+    # Resolving (or downloading) a model may take minutes: it happens inside the job, which reports what failed.
+    started = await client.call_tool("generate", {"prompt": "x", **SMALL, "model": "nobody/not-in-cache", "background": True})
+    assert not started.is_error, started.content[0].text
+    with anyio.fail_after(60):
+        status = await client.call_tool("get_job", {"job_id": started.structured_content["job_id"], "wait_s": 30})
+    job = status.structured_content
+    assert job["state"] == "error" and job["error"].startswith("model:"), job

@@ -6,13 +6,12 @@ import base64
 import io
 import json
 import shutil
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
 import pytest
 import torch
+from disks import fill, small_disk  # noqa: F401 - small_disk is a fixture
 from mcp import Client
 from PIL import Image
 
@@ -172,33 +171,6 @@ async def test_out_of_memory_escalates_the_plan_once_then_is_a_clear_error(setti
             hook.remove()
         after = await client.call_tool("generate", {"prompt": "fits again", **SMALL})
         assert not after.is_error, after.content
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 2 MiB tmpfs: a real ENOSPC, not a simulated one. Needs root (or CAP_SYS_ADMIN)."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.strip()}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
-def fill(folder: Path) -> Path:
-    """Take every free byte of the file system under `folder`."""
-    filler = folder / "filler.bin"
-    with open(filler, "wb") as handle:
-        try:
-            while True:
-                handle.write(b"\0" * 65536)
-                handle.flush()
-        except OSError:
-            pass
-    return filler
 
 
 async def test_a_full_disk_is_a_clear_error_and_loses_nothing(small_disk: Path, tiny_sd15: Path) -> None:

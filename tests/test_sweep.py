@@ -10,6 +10,7 @@ from pathlib import Path
 import anyio
 import numpy as np
 import pytest
+from disks import fill, small_disk  # noqa: F401 - small_disk is a fixture
 from mcp import Client
 from PIL import Image
 
@@ -491,3 +492,31 @@ async def test_unknown_base_parameter_of_the_chosen_tool(client: Client) -> None
         "sweep", {"tool": "edit", "base": {"prompt": "x"}, "x": {"param": "strength", "values": [0.5]}}
     )
     assert_one_line_error(result, "base.image", "required")
+
+
+async def test_a_full_disk_mid_sweep_keeps_the_finished_cells_and_names_what_was_not_written(
+    small_disk: Path, tiny_sd15: Path
+) -> None:
+    settings = Settings(model=str(tiny_sd15), output_dir=small_disk / "out", device="cpu", hf_offline=True)
+    filled: list[Path] = []
+
+    async def progress(done: float, total: float | None, message: str | None) -> None:
+        if message and message.startswith("cell 3 / 4") and not filled:
+            filled.append(fill(small_disk))  # the disk fills while the third cell is denoising
+
+    async with Client(build_server(settings)) as client:
+        result = await client.call_tool(
+            "sweep", {"base": BASE, "x": {"param": "seed", "values": [1, 2, 3, 4]}}, progress_callback=progress
+        )
+        assert result.is_error and filled
+        text = result.content[0].text
+        assert "No space left on device" in text and "cell 3" in text, text
+        structured = result.structured_content
+        assert structured["state"] == "error" and "cell 3" in structured["error"]
+        cells = structured["cells"]
+        assert [c["status"] for c in cells] == ["done", "done", "error", "cancelled"]
+        assert all(Path(c["image"]["path"]).is_file() for c in cells[:2])
+        assert "IMGTOOLS_OUTPUT_DIR" in cells[2]["error"] and "not run" in cells[3]["error"]
+        assert "grid" in structured["error"] and structured["grids"] == []  # the grid could not be written either
+        filled[0].unlink()
+        assert not (await client.call_tool("generate", {"prompt": "fits again", **BASE})).is_error

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from mcp.server.mcpserver import Context, MCPServer
-from mcp_types import CallToolResult, ToolAnnotations
+from mcp.server.mcpserver import MCPServer
 
 from ..params import EditRequest
-from .present import bind_tool, run_image_tool
+from .present import bind_image_tool
 
 DESCRIPTION = """Change a whole image under a prompt (img2img): restyle, recolour, vary or clean it up while keeping its composition.
 Chain results by passing an output's imgtools://images/<id> as `image`.
@@ -15,19 +14,5 @@ The output keeps the input's size (rounded to multiples of 8) unless width/heigh
 To change one region and keep every other pixel, use inpaint with mask_shapes; to extend the canvas, inpaint with expand."""
 
 
-async def handle(request: EditRequest, ctx: Context) -> CallToolResult:
-    return await run_image_tool(ctx, request)
-
-
 def register(server: MCPServer) -> None:
-    bind_tool(
-        server,
-        EditRequest,
-        handle,
-        name="edit",
-        title="Edit image",
-        description=DESCRIPTION,
-        annotations=ToolAnnotations(
-            title="Edit image", read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=True
-        ),
-    )
+    bind_image_tool(server, EditRequest, name="edit", title="Edit image", description=DESCRIPTION)

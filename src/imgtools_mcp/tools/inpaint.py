@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from mcp.server.mcpserver import Context, MCPServer
-from mcp_types import CallToolResult, ToolAnnotations
+from mcp.server.mcpserver import MCPServer
 
 from ..params import InpaintRequest
-from .present import bind_tool, run_image_tool
+from .present import bind_image_tool
 
 DESCRIPTION = """Repaint part of an image, keeping every other pixel exactly, or outpaint (grow the canvas, paint the new border).
 Say where with exactly one of:
@@ -20,23 +19,5 @@ Chain results by passing an output's imgtools://images/<id> as `image`.
 Output keeps the image's size (plus expand); costs like generate. For the whole image use edit."""
 
 
-async def handle(request: InpaintRequest, ctx: Context) -> CallToolResult:
-    return await run_image_tool(ctx, request)
-
-
 def register(server: MCPServer) -> None:
-    bind_tool(
-        server,
-        InpaintRequest,
-        handle,
-        name="inpaint",
-        title="Inpaint / outpaint image",
-        description=DESCRIPTION,
-        annotations=ToolAnnotations(
-            title="Inpaint / outpaint image",
-            read_only_hint=False,
-            destructive_hint=False,
-            idempotent_hint=False,
-            open_world_hint=True,
-        ),
-    )
+    bind_image_tool(server, InpaintRequest, name="inpaint", title="Inpaint / outpaint image", description=DESCRIPTION)

@@ -225,7 +225,7 @@ def compact_schema(schema: Any, drop: set[str]) -> Any:
     options = out.get("anyOf")
     if isinstance(options, list) and len(options) == 2 and {"type": "null"} in options:
         other = next(option for option in options if option != {"type": "null"})
-        if isinstance(other.get("type"), str):
+        if isinstance(other.get("type"), str) and "enum" not in other and "const" not in other:  # null is no enum member
             del out["anyOf"]
             out = {**other, **out, "type": [other["type"], "null"]}
     return out
@@ -288,3 +288,16 @@ def compact_tool_schemas(input_schema: dict[str, Any], output_schema: dict[str, 
     # Nested records refuse unknown keys at validation (a one-line error names them); the schema need not repeat it.
     defs = {name: {k: v for k, v in sub.items() if k != "additionalProperties"} for name, sub in listed.get("$defs", {}).items()}
     return ({**listed, "$defs": defs} if defs else listed), output
+
+
+def bind_image_tool(server: MCPServer, request_model: type[GenerationParams], *, name: str, title: str, description: str) -> None:
+    """Register generate, edit or inpaint: the request model is the schema, `run_image_tool` the handler. Each makes
+    new outputs (never read-only, idempotent or destructive) and may fetch http(s) images (open-world)."""
+
+    async def handle(request: GenerationParams, ctx: Context) -> CallToolResult:
+        return await run_image_tool(ctx, request)
+
+    annotations = ToolAnnotations(
+        title=title, read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=True
+    )
+    bind_tool(server, request_model, handle, name=name, title=title, description=description, annotations=annotations)
