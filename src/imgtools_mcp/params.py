@@ -65,13 +65,25 @@ class GenerateRequest(GenerationParams):
 IMAGE_REFERENCE = "an output id or imgtools://images/<id>, a path under the input roots, data: URL or base64, or http(s) URL"
 
 
+class ReferenceImage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    image: str = Field(min_length=1, description=f"A reference image: {IMAGE_REFERENCE}")
+    weight: float = Field(1.0, ge=0.0, le=2.0, description="How much it counts (recorded; 1 = as given)")
+
+
 class EditRequest(GenerationParams):
-    """Image + prompt to image (img2img)."""
+    """Image + prompt to image (img2img), or an instruction edit on an instruction-edit model."""
 
     image: str = Field(min_length=1, description=f"Start from: {IMAGE_REFERENCE}")
     strength: float = Field(
         0.6, ge=0.0, le=1.0,
-        description="0 keeps the input, 1 ignores it (0.3 touch-up, 0.6 restyle, 0.8+ new); runs ~strength*steps steps",
+        description="0 keeps the input, 1 ignores it (0.3 touch-up, 0.6 restyle, 0.8+ new); runs ~strength*steps steps; "
+        "unused by instruction-edit models",
+    )
+    reference_images: list[ReferenceImage] = Field(
+        default_factory=list, max_length=8,
+        description="More input images for multi-image instruction-edit models (Qwen-Image-Edit-Plus, FLUX.2)",
     )
     width: int | None = Field(
         None, ge=64, le=4096, multiple_of=8,

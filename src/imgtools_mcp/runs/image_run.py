@@ -20,7 +20,7 @@ from .. import __version__
 from ..engine.families import FamilyInfo
 from ..engine.request import EngineRequest, LoraWeight, ResolvedJob, RunOutput
 from ..infotext import format_infotext, lora_tag
-from ..params import MAX_SEED, GenerationParams, GenerationResult, ImageInfo
+from ..params import MAX_SEED, EditRequest, GenerationParams, GenerationResult, ImageInfo
 from ..store import StoredImage
 from .context import RunContext
 from .inputs import ImageInputs
@@ -78,6 +78,7 @@ def engine_request(ctx: RunContext, params: GenerationParams, inputs: ImageInput
         strength=inputs.strength,
         image=inputs.image,
         mask=inputs.mask,
+        reference_images=list(inputs.reference_images),
         loras=[LoraWeight(l.name, l.weight) for l in params.loras],
         # `speed` reaches the engine only when it asks for a step cache, so plain requests stay as they were.
         extra={**inputs.extra, **({"speed": params.speed} if params.speed != "quality" else {})},
@@ -102,14 +103,19 @@ def _infotext(job: ResolvedJob, run: RunOutput, seed: int, inputs: ImageInputs) 
     # A1111's `<lora:name:weight>` tags in the prompt are how A1111/SD.Next read LoRAs back.
     tags = [lora_tag(lora.name, lora.weight) for lora in run.loras if lora.weight]
     lora_hashes = ", ".join(f"{l.name}: {l.hash}" for l in run.loras if l.weight and l.hash) or None
+    # Forge's names where guidance is not classifier-free guidance (FLUX.1's distilled guidance).
+    guidance_field = {"distilled": "Distilled CFG Scale", "true_cfg": "True CFG scale"}.get(
+        job.family.family.guidance_knob, "CFG scale"
+    )
     fields = {
         "Steps": job.steps,
         "Sampler": run.sampler_label,
-        "CFG scale": job.guidance_scale,
+        guidance_field: job.guidance_scale,
         "Seed": seed,
         "Size": f"{job.width}x{job.height}",
         "Model": run.model.name,
-        "Denoising strength": job.strength,
+        "Family": job.family.family.id,
+        "Denoising strength": job.strength if job.mode != "instruct" else None,
         "Lora hashes": lora_hashes,
         "Step cache": _step_cache_field(run.engine.step_cache),
         **inputs.infotext,
@@ -172,6 +178,8 @@ async def run_and_save(ctx: RunContext, tool: str, plan: ImagePlan, inputs: Imag
 
 async def run_image(ctx: RunContext, tool: str, request: GenerationParams, prepare: Prepare) -> ImageRun:
     """The whole run of one image tool: resolve the model once, prepare the inputs, check, denoise, save."""
+    if isinstance(request, EditRequest) and request.model is None and ctx.settings.edit_model:
+        request = request.model_copy(update={"model": ctx.settings.edit_model})  # IMGTOOLS_EDIT_MODEL
     inputs = await prepare(ctx, request, await model_family(ctx, request.model))
     plan = await check(ctx, request, inputs)
     relay = ProgressRelay(ctx.sink)

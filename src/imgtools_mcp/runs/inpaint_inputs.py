@@ -104,7 +104,10 @@ async def prepare_inpaint(ctx: RunContext, request: InpaintRequest, family: Fami
     canvas, blurred = plan.canvas, masks.blur_mask(plan.mask, request.mask_blur)
     notes = list(plan.notes)
     if request.inpaint_area == "full":
-        size, note = size_for(canvas.size, ctx.settings.max_pixels, width=request.width, height=request.height)
+        size, note = size_for(
+            canvas.size, ctx.settings.max_pixels, width=request.width, height=request.height,
+            multiple=family.family.size_multiple,
+        )
         if note:
             notes.append(note)
         image, mask = canvas, blurred
@@ -115,11 +118,14 @@ async def prepare_inpaint(ctx: RunContext, request: InpaintRequest, family: Fami
         native_pixels = min(family.native_size**2, ctx.settings.max_pixels)
         preferred = (request.width, request.height) if request.width and request.height else None
         try:
-            box = masks.masked_crop_box(plan.mask, request.padding, canvas.size, working_size=preferred or (1, 1))
+            box = masks.masked_crop_box(
+                plan.mask, request.padding, canvas.size, working_size=preferred or (1, 1),
+                target_multiple=family.family.size_multiple,
+            )
         except ValueError as exc:
             raise RunInputError(f"mask: {exc}") from exc
         box_size = (box[2] - box[0], box[3] - box[1])
-        size = area_size(box_size, native_pixels, width=request.width, height=request.height)
+        size = area_size(box_size, native_pixels, width=request.width, height=request.height, multiple=family.family.size_multiple)
         image, mask = canvas.crop(box), blurred.crop(box)
         notes.append(f"inpainted the {box_size[0]}x{box_size[1]} area at {box[0]},{box[1]} at {size[0]}x{size[1]}")
         plan.description["crop_box"] = list(box)

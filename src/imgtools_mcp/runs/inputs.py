@@ -3,6 +3,7 @@ record (hash, reference, parent) and default working sizes."""
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,6 +34,8 @@ class ImageInputs:
     notes: list[str] = field(default_factory=list)
     parameters: dict[str, Any] = field(default_factory=dict)  # tool-specific entries of the reported `parameters`
     extra: dict[str, Any] = field(default_factory=dict)  # EngineRequest.extra: the control maps made for this request
+    # Instruction edits: extra images the model takes as its own inputs, with their weights (issue 13).
+    reference_images: list[tuple[Image.Image, float]] = field(default_factory=list)
     hires: Any = None  # generate's hires fix (params_structure.HiresRequest), run on the first pass's images
 
 
@@ -68,18 +71,20 @@ class InputRecord:
         }
 
 
-def _to_multiple(value: float, *, down: bool = False) -> int:
+def _round_to(value: float, *, down: bool = False, multiple: int = SIZE_MULTIPLE) -> int:
     # Half up, not Python's round-half-to-even: 84 px becomes 88, as a person would round it.
-    steps = math.floor(value / SIZE_MULTIPLE + (0 if down else 0.5))
-    return min(MAX_SIDE, max(MIN_SIDE, steps * SIZE_MULTIPLE))
+    steps = math.floor(value / multiple + (0 if down else 0.5))
+    return min(MAX_SIDE // multiple * multiple, max(-(-MIN_SIDE // multiple) * multiple, steps * multiple))
 
 
 def size_for(
-    size: tuple[int, int], max_pixels: int, *, width: int | None = None, height: int | None = None
+    size: tuple[int, int], max_pixels: int, *, width: int | None = None, height: int | None = None,
+    multiple: int = SIZE_MULTIPLE,
 ) -> tuple[tuple[int, int], str | None]:
     """Working size for an input of `size`: the explicit width/height, else the input's own size
-    rounded to multiples of 8 (one side given: the other keeps the aspect), scaled down to fit
-    `max_pixels`. Returns the size and a note when it differs from the input's."""
+    rounded to multiples of 8 (the family's size multiple; one side given: the other keeps the aspect),
+    scaled down to fit `max_pixels`. Returns the size and a note when it differs from the input's."""
+    _to_multiple = functools.partial(_round_to, multiple=multiple)
     src_w, src_h = size
     if width and height:
         return (width, height), None
@@ -91,7 +96,7 @@ def size_for(
         chosen = (_to_multiple(src_w), _to_multiple(src_h))
         if chosen[0] * chosen[1] > max_pixels:  # rounding up can cross the limit by a sliver
             chosen = (_to_multiple(src_w, down=True), _to_multiple(src_h, down=True))
-        reason = f"rounded to multiples of 8 (each side {MIN_SIDE}-{MAX_SIDE})"
+        reason = f"rounded to multiples of {multiple} (each side {MIN_SIDE}-{MAX_SIDE})"
     else:
         scale = math.sqrt(max_pixels / (src_w * src_h))
         chosen = (_to_multiple(src_w * scale, down=True), _to_multiple(src_h * scale, down=True))
@@ -101,8 +106,13 @@ def size_for(
     return chosen, f"worked at {chosen[0]}x{chosen[1]}: the {src_w}x{src_h} input {reason}"
 
 
-def area_size(box_size: tuple[int, int], pixels: int, *, width: int | None = None, height: int | None = None) -> tuple[int, int]:
-    """Working size for a crop: its aspect at about `pixels` pixels (the model's native area), multiples of 8."""
+def area_size(
+    box_size: tuple[int, int], pixels: int, *, width: int | None = None, height: int | None = None,
+    multiple: int = SIZE_MULTIPLE,
+) -> tuple[int, int]:
+    """Working size for a crop: its aspect at about `pixels` pixels (the model's native area), multiples of 8
+    (or the family's size multiple)."""
+    _to_multiple = functools.partial(_round_to, multiple=multiple)
     box_w, box_h = box_size
     if width and height:
         return width, height

@@ -5,6 +5,7 @@ from __future__ import annotations
 from PIL import Image
 
 from ..engine.families import FamilyInfo
+from ..engine.ip_adapter import DEFAULT_IP_ADAPTERS
 from ..params import EditRequest, GenerateRequest, GenerationParams, InpaintRequest
 from .context import RunContext
 from .image_run import Prepare
@@ -18,10 +19,13 @@ async def prepare_generate(ctx: RunContext, request: GenerationParams, family: F
 
 
 async def prepare_edit(ctx: RunContext, request: EditRequest, family: FamilyInfo) -> ImageInputs:
-    """The input image resolved and sized for img2img."""
+    """The input image resolved and sized for img2img, or for an instruction edit on an instruction-edit model."""
     resolved = await ctx.resolver.resolve(request.image, param="image")
     record = InputRecord.of(resolved)
-    size, note = size_for(resolved.image.size, ctx.settings.max_pixels, width=request.width, height=request.height)
+    size, note = size_for(
+        resolved.image.size, ctx.settings.max_pixels, width=request.width, height=request.height,
+        multiple=family.family.size_multiple,
+    )
     inputs = ImageInputs(
         mode="img2img",
         image=resolved.image,
@@ -32,6 +36,36 @@ async def prepare_edit(ctx: RunContext, request: EditRequest, family: FamilyInfo
         notes=[note] if note else [],
         parameters={"image": record.reference},
     )
+    if family.family.instruct:
+        # The prompt is the instruction; the image and any references are the model's own inputs (engine check() notes
+        # that strength does not apply).
+        inputs.mode = "instruct"
+        recorded = []
+        for index, ref in enumerate(request.reference_images):
+            resolved_ref = await ctx.resolver.resolve(ref.image, param=f"reference_images[{index}].image")
+            inputs.reference_images.append((resolved_ref.image, ref.weight))
+            ref_record = InputRecord.of(resolved_ref)
+            recorded.append({"image": ref_record.reference, "sha256": ref_record.sha256, "weight": ref.weight})
+        if recorded:
+            inputs.parameters["reference_images"] = [{"image": r["image"], "weight": r["weight"]} for r in recorded]
+            inputs.metadata["reference_images"] = recorded
+            inputs.infotext["Reference images"] = ", ".join(f"{r['image']}:{r['weight']:g}" for r in recorded)
+        inputs.infotext["Edit"] = "instruction"
+        return inputs
+    if request.reference_images and family.family.id in DEFAULT_IP_ADAPTERS:
+        # SD 1.x/SDXL: the references steer style or subject through an IP-Adapter (engine/ip_adapter.py).
+        recorded = []
+        for index, ref in enumerate(request.reference_images):
+            resolved_ref = await ctx.resolver.resolve(ref.image, param=f"reference_images[{index}].image")
+            inputs.extra.setdefault("ip_adapter", []).append((resolved_ref.image, ref.weight))
+            ref_record = InputRecord.of(resolved_ref)
+            recorded.append({"image": ref_record.reference, "sha256": ref_record.sha256, "weight": ref.weight})
+        inputs.parameters["reference_images"] = [{"image": r["image"], "weight": r["weight"]} for r in recorded]
+        inputs.metadata["reference_images"] = recorded
+        inputs.infotext["IP-Adapter"] = ", ".join(f"{r['image'][:60]}:{r['weight']:g}" for r in recorded)
+        inputs.notes.append("reference_images: applied through IP-Adapter (one adapter; the weights' mean is its scale)")
+    elif request.reference_images:
+        inputs.notes.append(f"reference_images: {family.family.label} is not an instruction-edit model; they were not used")
     if family.inpainting:
         # A 9-channel UNet cannot run img2img; inpainting all of the image is the same operation for it.
         inputs.mode = "inpaint"
@@ -61,6 +95,8 @@ def references_of(request: GenerationParams) -> list[tuple[str, str, str]]:
     refs = []
     if isinstance(request, EditRequest | InpaintRequest):
         refs.append((request.image, "image", "RGB"))
+    if isinstance(request, EditRequest):
+        refs += [(ref.image, f"reference_images[{i}].image", "RGB") for i, ref in enumerate(request.reference_images)]
     if isinstance(request, InpaintRequest) and request.mask is not None:
         refs.append((request.mask, "mask", "L"))
     return refs
