@@ -213,7 +213,9 @@ async def run_refine(ctx: RunContext, plan: RefinePlan) -> RefineOutcome:
         if failure is None:
             if scope.cancelled_caught or (ctx.stop.requested and state.stop_reason is None):
                 state.stop_reason = "cancelled"
-            relay.post(grand_total, f"done: {state.stop_reason}")
+            # A cancelled loop ends where it stopped; one that finished (or reached its target early) ends the bar.
+            final = relay.reported if state.stop_reason == "cancelled" else grand_total
+            relay.post(final, f"done: {state.stop_reason}")
     if failure is not None:
         raise failure
     return _outcome(plan, state, "cancelled" if state.stop_reason == "cancelled" else "done", started)
