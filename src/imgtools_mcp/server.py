@@ -22,9 +22,9 @@ from .images.refs import ImageResolver, UrlPolicy
 from .params import one_line_error
 from .store import OutputStore
 from .tasks import TaskManager
-from .tools import edit, engine_status, generate, inpaint, models, resources, sweep, tasks
+from .tools import critique, edit, engine_status, generate, inpaint, models, resources, sweep, tasks
 from .tools import prompts, refine, upscale, vision
-from .tools.present import compact_tool_schemas
+from .tools.schemas import compact_tool_schemas
 from .tools.vision_common import build_vlm
 from .ui.viewer import ViewerApp, hide_app_only_for_plain_clients
 
@@ -34,7 +34,7 @@ INSTRUCTIONS = (
     "Image tools on a local diffusers engine. Outputs are referenced by id or imgtools://images/<id>; "
     "pass them as `image` to edit/inpaint. Long calls accept background=true and return a job id for get_job."
 )
-TOOL_FAMILIES = (generate, edit, inpaint, upscale, sweep, models, engine_status, vision, refine, tasks, resources, prompts)
+TOOL_FAMILIES = (generate, edit, inpaint, upscale, sweep, models, engine_status, vision, critique, refine, tasks, resources, prompts)
 
 
 class ImgToolsServer(MCPServer[AppContext]):

@@ -1,8 +1,8 @@
-"""The VLM tools that look without making anything: `describe_image`, `describe_video` and `critique`."""
+"""The VLM tools that look without making anything: `describe_image` and `describe_video` (`critique` is beside them)."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import anyio
 from mcp.server.mcpserver import Context, MCPServer
@@ -10,11 +10,10 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp_types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..app import AppContext
 from ..images.refs import ResolvedImage, shorten_reference
 from ..images.video_refs import VIDEO_FORMS, resolve_video
 from ..params import IMAGE_REFERENCE
-from ..vlm import Critique, MediaError, VLMUsage, probe_video, sample_frames
+from ..vlm import MediaError, VLMUsage, probe_video, sample_frames
 from ..vlm.media import DEFAULT_VIDEO_MAX_BYTES
 from .present import app_of, bind_tool
 from .vision_common import require_vlm, usage_text, wait_progress
@@ -64,20 +63,6 @@ class DescribeVideoRequest(BaseModel):
     )
 
 
-class CritiqueRequest(BaseModel):
-    """An image and the goal it was made for."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    image: str = Field(min_length=1, description=f"The image to judge: {IMAGE_REFERENCE}")
-    goal: str = Field(min_length=1, max_length=4000, description="What the image should show: the brief it is judged against")
-    parameters: dict[str, Any] | None = Field(
-        None,
-        description="Generation parameters it was made with (prompt, steps, guidance_scale, sampler, ...), so the advice "
-        "can refer to them; default for an output id: the parameters in its sidecar",
-    )
-
-
 # ----- results -----
 
 
@@ -120,18 +105,6 @@ class DescribeVideoResult(BaseModel):
     usage: VLMUsage = Field(description="Tokens (and cost in USD when the provider reports it)")
     video: VideoInfoResult
     frames: list[SampledFrameInfo] = Field(description="The frames the VLM saw, with their times in the video")
-
-
-class CritiqueResultOut(BaseModel):
-    """critique's structured result."""
-
-    critique: Critique
-    model: str = Field(description="The VLM that answered")
-    usage: VLMUsage = Field(description="Tokens (and cost in USD when the provider reports it)")
-    image: InputImage
-    goal: str
-    parameters: dict[str, Any] | None = Field(None, description="The generation parameters the critic was shown")
-    parameters_source: Literal["request", "sidecar", "none"]
 
 
 # ----- handlers -----
@@ -200,54 +173,6 @@ async def describe_video(request: DescribeVideoRequest, ctx: Context) -> CallToo
     )
 
 
-async def critique(request: CritiqueRequest, ctx: Context) -> CallToolResult:
-    app = app_of(ctx)
-    vlm = require_vlm(app)
-    resolved = await app.resolver.resolve(request.image, param="image")
-    parameters, source = request.parameters, "request"
-    if parameters is None and resolved.output_id is not None:
-        parameters, source = sidecar_parameters(app, resolved.output_id), "sidecar"
-    if parameters is None:
-        source = "none"
-    result = await vlm.critique(resolved.image, request.goal, parameters, on_wait=wait_progress(ctx))
-    structured = CritiqueResultOut(
-        critique=result.critique,
-        model=result.model,
-        usage=result.usage,
-        image=input_image(resolved),
-        goal=request.goal,
-        parameters=parameters,
-        parameters_source=source,
-    )
-    return CallToolResult(
-        content=[TextContent(type="text", text=critique_text(result.critique) + f" ({result.model}; {usage_text(result.usage)})")],
-        structured_content=structured.model_dump(mode="json"),
-    )
-
-
-def sidecar_parameters(app: AppContext, output_id: str) -> dict[str, Any] | None:
-    """The parameters an output was made with, as its sidecar records them (None when it has none)."""
-    try:
-        metadata = app.store.read_metadata(output_id)
-    except (KeyError, OSError, ValueError):
-        return None
-    parameters = metadata.get("parameters")
-    return parameters if isinstance(parameters, dict) else None
-
-
-def critique_text(critique: Critique) -> str:
-    text = f"score {critique.score:g}/10 (adherence {critique.prompt_adherence:g}, quality {critique.visual_quality:g}): {critique.summary}"
-    if critique.problems:
-        text += " Problems: " + "; ".join(critique.problems) + "."
-    text += f" Revised prompt: {critique.revised_prompt}"
-    if critique.negative_prompt_additions:
-        text += f" | add to negative: {', '.join(critique.negative_prompt_additions)}"
-    advice = {k: v for k, v in critique.parameter_advice.model_dump().items() if v is not None}
-    if advice:
-        text += " | parameters: " + ", ".join(f"{k}={v}" for k, v in advice.items())
-    return text
-
-
 DESCRIBE_IMAGE = """Ask the vision-language model about one or more images: a detailed description by default, or an
 answer to `question` (compare them, read text, spot defects, check a detail). Images are output ids or other references.
 Returns the answer as text; structured_content adds the model and token use (and cost when the provider reports it).
@@ -257,12 +182,6 @@ DESCRIBE_VIDEO = """Ask the vision-language model about a video. The server samp
 max_frames spread over the whole video), labels each with its timestamp and sends them; the answer can cite times.
 Accepts mp4, webm, mov, mkv, gif, ... as a file under the input roots, a data: URL/base64, or an http(s) URL
 (inline and downloaded videos up to 100 MB)."""
-
-CRITIQUE = """Judge an image against the goal it was made for, as a strict art director: score 0-10, the visible
-problems (most important first), a complete revised prompt, negative-prompt additions and parameter advice, as
-structured_content. For an output id the generation parameters are read from its sidecar.
-Cost: one VLM call (tokens reported). Use refine to run generate -> critique -> revise rounds automatically."""
-
 
 def register(server: MCPServer) -> None:
     bind_tool(
@@ -274,9 +193,4 @@ def register(server: MCPServer) -> None:
         server, DescribeVideoRequest, describe_video, name="describe_video", title="Describe video",
         description=DESCRIBE_VIDEO, output_model=DescribeVideoResult,
         annotations=ToolAnnotations(title="Describe video", **VLM_ANNOTATIONS),
-    )
-    bind_tool(
-        server, CritiqueRequest, critique, name="critique", title="Critique image",
-        description=CRITIQUE, output_model=CritiqueResultOut,
-        annotations=ToolAnnotations(title="Critique image", **VLM_ANNOTATIONS),
     )

@@ -1,0 +1,92 @@
+"""The schemas a client sees in tools/list, compacted: no per-field titles, null defaults or repeated descriptions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+_ANNOTATION_KEYS = {"title"}  # pydantic's per-field titles repeat the field names; nothing reads them
+
+
+def compact_schema(schema: Any, drop: set[str]) -> Any:
+    """`schema` without the keywords in `drop` (a property that happens to be named like one is kept), and each
+    optional field written once: `{"type": ["integer", "null"]}` for pydantic's anyOf-with-null and default null."""
+    if isinstance(schema, list):
+        return [compact_schema(item, drop) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key in drop and not isinstance(value, dict | list):
+            continue
+        if key == "default" and ("default" in drop or value is None):
+            continue
+        if key in ("properties", "$defs", "patternProperties"):
+            out[key] = {name: compact_schema(sub, drop) for name, sub in value.items()}
+        else:
+            out[key] = compact_schema(value, drop)
+    options = out.get("anyOf")
+    if isinstance(options, list) and len(options) == 2 and {"type": "null"} in options:
+        other = next(option for option in options if option != {"type": "null"})
+        if isinstance(other.get("type"), str) and "enum" not in other and "const" not in other:  # null is no enum member
+            del out["anyOf"]
+            out = {**other, **out, "type": [other["type"], "null"]}
+    return out
+
+
+def _refs(schema: Any) -> set[str]:
+    if isinstance(schema, dict):
+        found = {schema["$ref"].rsplit("/", 1)[-1]} if isinstance(schema.get("$ref"), str) else set()
+        return found.union(*(_refs(value) for value in schema.values()))
+    if isinstance(schema, list):
+        return set().union(*(_refs(value) for value in schema))
+    return set()
+
+
+def _reachable(names: set[str], defs: dict[str, Any]) -> set[str]:
+    seen: set[str] = set()
+    while names - seen:
+        name = (names - seen).pop()
+        seen.add(name)
+        names |= _refs(defs.get(name, {}))
+    return seen
+
+
+def _undocument_union_members(schema: dict[str, Any]) -> dict[str, Any]:
+    """A tagged union's members (sweep's base: generate, edit and inpaint requests) are documented by their own
+    tools; here they keep their types and bounds, not the descriptions again."""
+    defs = schema.get("$defs", {})
+    properties = schema.get("properties", {})
+    tagged = {name for name, sub in properties.items() if "discriminator" in sub}
+    if not tagged or not defs:
+        return schema
+    in_unions = _reachable(_refs([properties[name] for name in tagged]), defs)
+    elsewhere = _reachable(_refs([sub for name, sub in properties.items() if name not in tagged]), defs)
+    quiet = {name: compact_schema(defs[name], {"description"}) for name in in_unions - elsewhere}
+    return {**schema, "$defs": {**defs, **quiet}}
+
+
+def _shallow_output(schema: dict[str, Any]) -> dict[str, Any]:
+    """A result's own fields with their types; nested records are objects (they are described in the tool's text
+    and the input schemas, and every nesting level costs the host's context again)."""
+    def flatten(sub: Any) -> Any:
+        if isinstance(sub, dict):
+            if "$ref" in sub:
+                return {"type": "object"}
+            return {key: flatten(value) for key, value in sub.items()}
+        if isinstance(sub, list):
+            return [flatten(value) for value in sub]
+        return sub
+
+    return {key: flatten(value) for key, value in schema.items() if key != "$defs"}
+
+
+def compact_tool_schemas(input_schema: dict[str, Any], output_schema: dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The schemas as listed: what costs a host's context and tells nothing is left out (issue: the whole list
+    within 8k tokens, held by tests/test_tool_list.py)."""
+    output = None
+    if output_schema is not None:
+        output = _shallow_output(compact_schema(output_schema, {"title", "description", "default"}))
+    listed = _undocument_union_members(compact_schema(input_schema, _ANNOTATION_KEYS))
+    # Nested records refuse unknown keys at validation (a one-line error names them); the schema need not repeat it.
+    defs = {name: {k: v for k, v in sub.items() if k != "additionalProperties"} for name, sub in listed.get("$defs", {}).items()}
+    return ({**listed, "$defs": defs} if defs else listed), output
