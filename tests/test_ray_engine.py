@@ -195,7 +195,11 @@ async def test_progress_streams_and_cancel_frees_the_replica(ray_replicas, tmp_p
                 await first_step.wait()
             tg.cancel_scope.cancel()
         # The replica stops at its next step: nothing is running anywhere within a few seconds.
-        replicas = await wait_until(client, lambda rs: len(live(rs)) == 2 and not any(r["running"] for r in rs), timeout=20)
+        # Replicas push their status on each change, so a snapshot taken between "run ended" and "queue emptied" may
+        # still count the run that was stopping: wait for both.
+        replicas = await wait_until(
+            client, lambda rs: len(live(rs)) == 2 and not any(r["running"] or r["waiting"] for r in rs), timeout=20
+        )
         assert all(r["waiting"] == 0 for r in replicas)
         assert len(long_steps) < LONG["steps"]
         with anyio.fail_after(60):
@@ -307,7 +311,8 @@ async def test_a_front_that_dies_frees_its_replica(ray_replicas, tmp_path: Path)
             line = await anyio.to_thread.run_sync(front.stdout.readline)
         assert line.startswith("step"), line
         async with Client(build_server(ray_settings(tmp_path, model))) as client:
-            assert any(r["running"] for r in live(await engine_replicas(client)))
+            # The replica's status reaches the board a moment after its first step: wait for it rather than race it.
+            await wait_until(client, lambda rs: any(r["running"] for r in live(rs)), timeout=30)
             front.kill()
             # Serve would let an orphaned stream run to its end; the replica sees the front's lease gone.
             await wait_until(client, lambda rs: not any(r["running"] for r in live(rs)), timeout=30)
