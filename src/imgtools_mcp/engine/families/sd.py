@@ -59,6 +59,14 @@ _COMMON = dict(
     negative_prompt=True,
 )
 
+# SD 1.x and 2.x run through the same pipelines; only their text encoders and native sizes differ.
+_SD_PIPELINES = {
+    "txt2img": "StableDiffusionPipeline",
+    "img2img": "StableDiffusionImg2ImgPipeline",
+    "inpaint": "StableDiffusionInpaintPipeline",
+    "instruct": None,
+}
+
 SD1 = register(
     FamilySpec(
         id="sd1",
@@ -68,12 +76,7 @@ SD1 = register(
         priority=0,
         state_dict_fallback=True,
         single_file_class="StableDiffusionPipeline",
-        pipelines={
-            "txt2img": "StableDiffusionPipeline",
-            "img2img": "StableDiffusionImg2ImgPipeline",
-            "inpaint": "StableDiffusionInpaintPipeline",
-            "instruct": None,
-        },
+        pipelines=dict(_SD_PIPELINES),
         native_size=512,
         default_steps=25,
         default_guidance=7.0,
@@ -97,12 +100,7 @@ SD2 = register(
         priority=10,
         state_dict_markers=("cond_stage_model.model.",),
         single_file_class="StableDiffusionPipeline",
-        pipelines={
-            "txt2img": "StableDiffusionPipeline",
-            "img2img": "StableDiffusionImg2ImgPipeline",
-            "inpaint": "StableDiffusionInpaintPipeline",
-            "instruct": None,
-        },
+        pipelines=dict(_SD_PIPELINES),
         native_size=768,
         default_steps=25,
         default_guidance=7.0,
