@@ -146,7 +146,8 @@ def main() -> int:
     result: dict = {"family": args.family, "device": args.device, "dtype": "bf16", "size": spec["size"],
                     "batch": spec["batch"], "text_tokens": spec["text_tokens"], "full_weights_bytes": full_bytes,
                     "machine": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-                    "note": "CPU shared with other work while measured" if args.device == "cpu" else ""}
+                    "note": "CPU shared with other work while measured" if args.device == "cpu" else "",
+                    "loadavg_start": list(os.getloadavg())}
     if full_bytes * 1.3 < budget and not args.reduced:
         model = build(args.family, {}, dtype, args.device)
         times = time_steps(model, kwargs, args.repeats, args.device)
@@ -179,6 +180,7 @@ def main() -> int:
                       reduced={"blocks": [first, second], "seconds": measured},
                       how=("asked for (--reduced)" if full_bytes * 1.3 < budget else f"too big for {budget / GB:.0f} GB here")
                           + f": measured with {first} and {second} blocks, extrapolated linearly to {full_blocks}")
+    result["loadavg_end"] = list(os.getloadavg())
     if args.device.startswith("cuda"):
         result["peak_bytes"] = torch.cuda.max_memory_allocated()
     else:
@@ -200,7 +202,8 @@ def main() -> int:
     if spec.get("note") and result["extrapolated"]:
         lines.append(f"- {spec['note']}")
     if result["note"]:
-        lines.append(f"- {result['note']}")
+        load = ", ".join(f"{x:.1f}" for x in result["loadavg_start"] + result["loadavg_end"][:1])
+        lines.append(f"- {result['note']} (load average 1/5/15 min at start, 1 min at end: {load}; {result['cpu_count']} cores)")
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
