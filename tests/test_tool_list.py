@@ -86,3 +86,55 @@ async def test_image_inputs_accept_urls_so_they_are_open_world(client: Client) -
     tools = {tool.name: tool for tool in (await client.list_tools()).tools}
     for name in ("edit", "inpaint"):
         assert tools[name].annotations.open_world_hint is True, name
+
+
+PROBES = (None, 0, -1, 0.5, 7, 10**7, "", "x", "euler", True, [], [1], {}, {"name": "x"})
+
+
+def _without_nested_closed_records(schema: dict) -> dict:
+    """The request schema as listed promises less than the server enforces in one way only: nested records do not
+    say additionalProperties: false (the server still refuses unknown keys)."""
+    defs = {name: {k: v for k, v in sub.items() if k != "additionalProperties"} for name, sub in schema.get("$defs", {}).items()}
+    return {**schema, "$defs": defs} if defs else schema
+
+
+def _variants(properties: dict, base: dict) -> list[dict]:
+    """`base` with each property in turn set to each probe value, or removed."""
+    out = []
+    for name in properties:
+        out.append({key: value for key, value in base.items() if key != name})
+        out += [{**base, name: value} for value in PROBES]
+    return out
+
+
+async def test_listed_schemas_accept_exactly_what_the_full_schemas_accept(client: Client, settings) -> None:
+    # The compaction (shared fields, merged types, no titles or repeated descriptions) must not change which
+    # arguments a client's validator accepts: each listed schema is compared with the server's full one.
+    from jsonschema import Draft202012Validator
+    from mcp.server.mcpserver import MCPServer
+
+    from imgtools_mcp.server import build_server
+
+    full = {tool.name: tool.input_schema for tool in await MCPServer.list_tools(build_server(settings))}
+    listed = {tool.name: tool.input_schema for tool in (await client.list_tools()).tools}
+    starts = {
+        "generate": {"prompt": "a"}, "edit": {"prompt": "a", "image": "i"}, "inpaint": {"prompt": "a", "image": "i", "mask": "m"},
+        "sweep": {"base": {"prompt": "a"}, "x": {"param": "seed", "values": [1]}}, "refine": {"goal": "a"},
+    }
+    checked = 0
+    for name, schema in listed.items():
+        original = Draft202012Validator(_without_nested_closed_records(full[name]))
+        compact = Draft202012Validator(schema)
+        start = starts.get(name, {key: "x" for key in schema.get("required", [])})
+        cases = _variants(full[name].get("properties", {}), start)
+        if name == "sweep":
+            for tool, base in (("generate", {"prompt": "a"}), ("edit", starts["edit"]), ("inpaint", starts["inpaint"])):
+                member = full[name]["$defs"][f"{tool.capitalize()}Base"]
+                nested = [{"control": [{"type": "canny", "image": "i"}]}, {"loras": [{"name": "l"}]}]
+                for changed in _variants(member["properties"], {**base, "tool": tool}) + [{**base, "tool": tool, **n} for n in nested]:
+                    cases.append({**start, "base": changed})
+                cases.append({**start, "base": {**base, "tool": tool}, "x": {"param": "seed", "values": [1.5, "a", True, [64, 64], None]}})
+        for arguments in cases:
+            assert original.is_valid(arguments) == compact.is_valid(arguments), (name, arguments)
+            checked += 1
+    assert checked > 1000, checked

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 _ANNOTATION_KEYS = {"title"}  # pydantic's per-field titles repeat the field names; nothing reads them
+_NUMBER_KEYS = {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf", "default"}
 
 
 def compact_schema(schema: Any, drop: set[str]) -> Any:
@@ -20,8 +21,12 @@ def compact_schema(schema: Any, drop: set[str]) -> Any:
             continue
         if key == "default" and ("default" in drop or value is None):
             continue
+        if key == "additionalProperties" and value is True:  # JSON Schema's own default
+            continue
         if key in ("properties", "$defs", "patternProperties"):
             out[key] = {name: compact_schema(sub, drop) for name, sub in value.items()}
+        elif key in _NUMBER_KEYS and isinstance(value, float) and value.is_integer():
+            out[key] = int(value)  # 1 and 1.0 are the same JSON Schema number
         else:
             out[key] = compact_schema(value, drop)
     options = out.get("anyOf")
@@ -30,7 +35,24 @@ def compact_schema(schema: Any, drop: set[str]) -> Any:
         if isinstance(other.get("type"), str) and "enum" not in other and "const" not in other:  # null is no enum member
             del out["anyOf"]
             out = {**other, **out, "type": [other["type"], "null"]}
-    return out
+    return _merge_plain_types(out)
+
+
+def _merge_plain_types(schema: dict[str, Any]) -> dict[str, Any]:
+    """anyOf over bare types (and at most one array) as one type list: the same values, written once."""
+    options = schema.get("anyOf")
+    if not isinstance(options, list) or len(options) < 2:
+        return schema
+    arrays = [option for option in options if option.get("type") == "array"]
+    plain = all(isinstance(option.get("type"), str) and set(option) <= ({"type", "items"} if option in arrays else {"type"})
+                for option in options)
+    if not plain or len(arrays) > 1 or "type" in schema or "items" in schema:
+        return schema
+    merged = {key: value for key, value in schema.items() if key != "anyOf"}
+    merged["type"] = [option["type"] for option in options]
+    if arrays and "items" in arrays[0]:
+        merged["items"] = arrays[0]["items"]
+    return merged
 
 
 def _refs(schema: Any) -> set[str]:
@@ -53,7 +75,8 @@ def _reachable(names: set[str], defs: dict[str, Any]) -> set[str]:
 
 def _undocument_union_members(schema: dict[str, Any]) -> dict[str, Any]:
     """A tagged union's members (sweep's base: generate, edit and inpaint requests) are documented by their own
-    tools; here they keep their types and bounds, not the descriptions again."""
+    tools; here they keep their types and bounds, not the descriptions again, and the fields every member has alike
+    are written once, in a shared definition each member includes with allOf."""
     defs = schema.get("$defs", {})
     properties = schema.get("properties", {})
     tagged = {name for name, sub in properties.items() if "discriminator" in sub}
@@ -62,7 +85,45 @@ def _undocument_union_members(schema: dict[str, Any]) -> dict[str, Any]:
     in_unions = _reachable(_refs([properties[name] for name in tagged]), defs)
     elsewhere = _reachable(_refs([sub for name, sub in properties.items() if name not in tagged]), defs)
     quiet = {name: compact_schema(defs[name], {"description"}) for name in in_unions - elsewhere}
-    return {**schema, "$defs": {**defs, **quiet}}
+    defs = {**defs, **quiet}
+    for name in sorted(tagged):
+        members = [ref.rsplit("/", 1)[-1] for ref in _refs(properties[name].get("oneOf", [])) if ref.rsplit("/", 1)[-1] in quiet]
+        defs = _share_common_fields(defs, sorted(members), f"{name.capitalize()}Common")
+    return {**schema, "$defs": defs}
+
+
+def _share_common_fields(defs: dict[str, Any], members: list[str], shared: str) -> dict[str, Any]:
+    """Fields alike in every member (same schema, required in all or in none) move to `defs[shared]`; each member
+    becomes allOf that plus its own fields, which accepts exactly what it accepted before."""
+    if len(members) < 2 or shared in defs:
+        return defs
+    schemas = [defs[name] for name in members]
+    first = schemas[0].get("properties", {})
+
+    def required(sub: dict[str, Any], field: str) -> bool:
+        return field in sub.get("required", [])
+
+    common = [
+        field for field, sub in first.items()
+        if all(other.get("properties", {}).get(field) == sub for other in schemas[1:])
+        and len({required(other, field) for other in schemas}) == 1
+    ]
+    if not common:
+        return defs
+    out = {**defs, shared: {
+        "properties": {field: first[field] for field in common},
+        "required": [field for field in common if required(schemas[0], field)],
+        "type": "object",
+    }}
+    for name, sub in zip(members, schemas, strict=True):
+        own = {field: value for field, value in sub.get("properties", {}).items() if field not in common}
+        out[name] = {
+            "allOf": [{"$ref": f"#/$defs/{shared}"}],
+            "properties": own,
+            "required": [field for field in sub.get("required", []) if field not in common],
+            "type": "object",
+        }
+    return out
 
 
 def _shallow_output(schema: dict[str, Any]) -> dict[str, Any]:
@@ -85,8 +146,10 @@ def compact_tool_schemas(input_schema: dict[str, Any], output_schema: dict[str, 
     within 8k tokens, held by tests/test_tool_list.py)."""
     output = None
     if output_schema is not None:
-        output = _shallow_output(compact_schema(output_schema, {"title", "description", "default"}))
+        output = compact_schema(_shallow_output(compact_schema(output_schema, {"title", "description", "default"})), set())
     listed = _undocument_union_members(compact_schema(input_schema, _ANNOTATION_KEYS))
     # Nested records refuse unknown keys at validation (a one-line error names them); the schema need not repeat it.
-    defs = {name: {k: v for k, v in sub.items() if k != "additionalProperties"} for name, sub in listed.get("$defs", {}).items()}
+    # A record's own description (its class docstring) is left out: the field that takes it describes it.
+    defs = {name: {k: v for k, v in sub.items() if k not in ("additionalProperties", "description")}
+            for name, sub in listed.get("$defs", {}).items()}
     return ({**listed, "$defs": defs} if defs else listed), output
