@@ -3,7 +3,7 @@
 Parts (real-size architectures with random weights, built from the configs in unet_step.py; nothing downloaded):
 1. speed: it/s at the family's native size, batch 1 and 4, fp16 and bf16; plain eager diffusers, the same
    in channels-last memory format (which the engine does not use: these rows are why), and the engine's torch
-   setup with regional torch.compile (IMGTOOLS_TORCH_COMPILE); peak memory of each. it/s is read from step timestamps (synchronised), excluding the first step.
+   fast path (fused QKV, the whole UNet compiled with CUDA graphs: IMGTOOLS_TORCH_COMPILE=cudagraphs); peak memory of each. it/s is read from step timestamps (synchronised), excluding the first step.
 2. memory plans: each MemoryPlan applied with the engine's own apply_memory_plan, timed with the VAE decode,
    its peak allocated memory measured; then for budgets of 4, 8 and 12 GiB: which plans fit, the fastest that
    fits, the planner's pick (choose_memory_plan on the device facts with that budget), and a run of the pick
@@ -115,6 +115,7 @@ def speed_part(
     family: str, args: argparse.Namespace, deadline: Deadline, facts: Any, tok: Path, *, dtypes: tuple[str, ...], compile_only: bool
 ) -> list[dict]:
     """it/s of eager diffusers and the engine's torch setup (or only the compiled setup) at batch 1 and 4."""
+    from imgtools_mcp.engine.backends.fast_path import plan_fast_path
     from imgtools_mcp.engine.backends.torch_backend import TorchBackend
 
     rows: list[dict] = []
@@ -127,7 +128,7 @@ def speed_part(
         log(f"{family} {dtype_name}: building")
         pipe = build_pipeline(family, DTYPES[dtype_name], device, tok)
         if compile_only:
-            setups = ["", "engine torch backend + regional compile"]
+            setups = ["", "engine torch backend + fast path (fused QKV, CUDA graphs)"]
         else:
             setups = ["eager (plain diffusers)", "channels-last"]
         for setup in setups:
@@ -136,10 +137,10 @@ def speed_part(
                 for module in (pipe.unet, pipe.vae):
                     module.to(memory_format=torch.channels_last)
                 setup_s = time.perf_counter() - started
-            elif "compile" in setup:
+            elif "fast path" in setup:
                 started = time.perf_counter()
-                TorchBackend(SimpleNamespace(), facts).setup_pipeline(pipe, "sdxl" if family == "sdxl" else "sd1",
-                                                                      dtype_name, compile_unet=True)  # fmt: skip
+                TorchBackend(SimpleNamespace(), facts).setup_pipeline(
+                    pipe, "sdxl" if family == "sdxl" else "sd1", dtype_name, fast_path=plan_fast_path(facts, "cudagraphs"))
                 setup_s = time.perf_counter() - started
             else:
                 setup_s = 0.0

@@ -26,6 +26,20 @@ def _split_paths(value: object) -> object:
     return value
 
 
+COMPILE_MODES = ("auto", "off", "regional", "cudagraphs")
+_COMPILE_ALIASES = {"true": "regional", "1": "regional", "yes": "regional", "on": "regional",
+                    "false": "off", "0": "off", "no": "off"}  # fmt: skip
+
+
+def normalize_compile(value: object) -> str:
+    """IMGTOOLS_TORCH_COMPILE: auto, off, regional or cudagraphs; the old booleans still work (true = regional)."""
+    name = str(value).strip().lower()
+    name = _COMPILE_ALIASES.get(name, name)
+    if name not in COMPILE_MODES:
+        raise ValueError(f"must be one of {', '.join(COMPILE_MODES)} (or true/false); got {value!r}")
+    return name
+
+
 PathList = Annotated[list[Path], NoDecode]
 StrList = Annotated[list[str], NoDecode]
 
@@ -104,9 +118,10 @@ class Settings(BaseSettings):
         DEFAULT_CACHE_DIR,
         description="Where compiled backend models are kept between runs (OpenVINO IR and compiled blobs).",
     )
-    torch_compile: bool = Field(
-        False,
-        description="torch backend: compile the UNet's repeated blocks with torch.compile (slow first run per size).",
+    torch_compile: Literal["auto", "off", "regional", "cudagraphs"] = Field(
+        "auto",
+        description="torch backend: auto (cudagraphs on CUDA 8.0+, off elsewhere), off, regional (the denoiser's "
+        "repeated blocks) or cudagraphs (the whole denoiser with CUDA graphs); each size compiles on first use.",
     )
     engine: Literal["local", "ray"] = Field(
         "local",
@@ -170,6 +185,11 @@ class Settings(BaseSettings):
     @classmethod
     def _paths(cls, value: object) -> object:
         return _split_paths(value)
+
+    @field_validator("torch_compile", mode="before")
+    @classmethod
+    def _compile_mode(cls, value: object) -> str:
+        return normalize_compile(value)
 
     @field_validator("model_cache_bytes", mode="before")
     @classmethod

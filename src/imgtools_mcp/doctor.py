@@ -106,6 +106,9 @@ def collect(settings: Settings) -> dict[str, Any]:
     report["backends"] = backend_report(facts)
     report["quantization"] = quantization_report(settings, facts, dtype.value, model)
     report["step_cache"] = step_cache_report(model)
+    from .engine.backends.fast_path import plan_fast_path
+
+    report["fast_path"] = plan_fast_path(facts, settings.torch_compile).as_dict()
     report["cache_dir"] = str(settings.cache_dir)
     report["output_dir"] = str(settings.output_dir)
     report["input_roots"] = [str(p) for p in settings.allowed_input_roots]
@@ -208,6 +211,9 @@ def doctor(settings: Settings, as_json: bool = False) -> int:
     print(f"speed:    step caches for {cache['denoiser'] or 'transformer'} models:")
     for speed, what in cache["speeds"].items():
         print(f"  - {speed}: {what}")
+    print("torch:    what the torch backend compiles and fuses here:")
+    for name, entry in report["fast_path"].items():
+        print(f"  - {name}: {entry['value']} — {entry['reason']}")
     print(f"cache:    {report['cache_dir']} (compiled backend models)")
     model = report["model"]
     if "problem" in model:

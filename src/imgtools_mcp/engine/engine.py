@@ -15,6 +15,7 @@ import torch
 
 from ..config import Settings
 from .backends import Backends, RequestShape
+from .backends.fast_path import compile_stance, eager_reason, unfuse_for_loras
 from .cache import LoadedModel, PipelineCache, default_budget, weights_bytes
 from .catalog import find_config_folder
 from .choice import Choice, choose_dtype
@@ -219,7 +220,7 @@ class Engine:
             pipe = load_pipeline(source, family, self.dtype, config=config, offline=self.offline)
         progress(f"loaded {source.name} in {time.perf_counter() - started:.1f} s; placing it on {self.device}", total, total)
         for done in self.backends.torch.setup_pipeline(
-            pipe, family.family.value, self.dtype_choice.value, compile_unet=self.settings.torch_compile
+            pipe, family.family.value, self.dtype_choice.value
         ):
             log.info("%s: %s", source.name, done)
         backend = self.backends.choose(family.family.value)
@@ -332,6 +333,13 @@ class Engine:
                 step_cache(model.pipeline(job.mode), job.request.extra.get("speed", "quality"), single_pass=single_pass)
             )
             backend_run = call_scope.enter_context(self.backends.running(model, model.pipeline(job.mode), shape, progress))
+            eager = eager_reason(
+                model.base, plan=model.plan, loras_active=shape.loras_active, speed=job.request.extra.get("speed", "quality"),
+                extras=bool(job.request.extra.get("control") or job.request.extra.get("ip_adapter")),
+            )
+            if eager is not None:
+                backend_run.notes.append(f"compiled denoiser not used for this request: {eager}")
+            call_scope.enter_context(compile_stance(eager))
             try:
                 images, label, steps_run = self._denoise(model, job, on_step, cancel)
             except torch.OutOfMemoryError:
@@ -343,7 +351,8 @@ class Engine:
                 warnings.append(f"out of memory with the {model.plan} plan; retried with {next_plan.value}")
                 log.warning(warnings[-1])
                 self._switch_plan(model, next_plan)
-                images, label, steps_run = self._denoise(model, job, on_step, cancel)
+                with compile_stance(eager_reason(model.base, plan=model.plan, loras_active=False, speed="quality", extras=False)):
+                    images, label, steps_run = self._denoise(model, job, on_step, cancel)
         if backend_run.prepare_seconds:
             self.cache.make_room(0, keep=source.key)  # compiled graphs count against the budget too
         denoise_s = time.perf_counter() - started - load_s
@@ -385,6 +394,10 @@ class Engine:
                 with watching_download(folder, lora.spec, progress):
                     lora = download_lora(lora, hub_cache=hf_cache_dir())
             wanted.append((lora, weight))
+        if wanted:
+            unfused = unfuse_for_loras(model.base)
+            if unfused is not None:
+                log.info("%s: %s", job.source.name, unfused)
         applied = model.adapters.apply(model.base, wanted, job.source.name)
         if any(weight for _, weight in wanted):
             self.cache.make_room(0, keep=job.source.key)  # new adapters count against the budget too

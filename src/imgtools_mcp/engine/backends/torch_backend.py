@@ -7,8 +7,9 @@ What it sets up on a freshly loaded pipeline (every model gets this, whatever it
   8-10% slower at batch 4 and was within noise at batch 1, so weights keep the default layout;
 - the VAE's own dtype from `choose_vae_dtype`: an SDXL VAE in fp16 overflows (black images), so it is kept
   in bf16 or fp32 and its inputs are cast on the way in, instead of being moved up and down every call;
-- with IMGTOOLS_TORCH_COMPILE, regional `torch.compile` of the UNet's repeated transformer blocks
-  (compiles on the first request of each size: minutes on a CPU, so it is off by default).
+- the GPU fast path of `fast_path.py` (IMGTOOLS_TORCH_COMPILE): fused QKV projections on CUDA, and the denoiser
+  compiled whole with CUDA graphs (`auto` on CUDA 8.0+) or by repeated blocks (`regional`); off on a CPU by default,
+  where compiling takes minutes per size.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 
 from ..choice import choose_vae_dtype
 from .base import Backend, Capabilities
+from .fast_path import FastPath, apply_fast_path, plan_fast_path
 
 log = logging.getLogger(__name__)
 
@@ -40,18 +42,22 @@ class TorchBackend(Backend):
     def prepare(self, model: Any, shape: Any, progress: Any = None) -> dict[str, str]:
         return {}
 
-    def setup_pipeline(self, pipe: Any, family: str, dtype: str, *, compile_unet: bool) -> list[str]:
+    @property
+    def fast_path(self) -> FastPath:
+        """What this device compiles and fuses, with the reasons (engine_status and doctor show it)."""
+        return plan_fast_path(self.facts, getattr(self.settings, "torch_compile", "auto"))
+
+    def setup_pipeline(self, pipe: Any, family: str, dtype: str, *, fast_path: FastPath | None = None) -> list[str]:
         """Per-pipeline settings made once after loading; returns what was done, for the load log."""
         done: list[str] = []
         vae = getattr(pipe, "vae", None)
         if vae is not None and isinstance(vae, torch.nn.Module):
             done += keep_vae_in_safe_dtype(vae, self.facts, dtype, family)
-        unet = getattr(pipe, "unet", None)
-        if compile_unet and unet is not None and getattr(unet, "_repeated_blocks", None):
-            # Regional: each repeated block compiles once and is reused, minutes less than compiling the whole UNet.
-            unet.compile_repeated_blocks(fullgraph=True)
-            done.append("UNet transformer blocks compiled with torch.compile (regional)")
+        done += apply_fast_path(pipe, fast_path or self.fast_path)
         return done
+
+    def describe(self) -> dict[str, Any]:
+        return {"id": self.id, "fast_path": self.fast_path.as_dict()}
 
 
 def keep_vae_in_safe_dtype(vae: torch.nn.Module, facts: "DeviceFacts", dtype: str, family: str) -> list[str]:
