@@ -75,7 +75,8 @@ async def test_two_controls_and_a_window_of_steps(engine: Engine) -> None:
 def test_unsupported_pairs_and_bad_windows_name_the_parameter(tmp_path: Path, tiny_models: dict[str, Path], controlnet_dir: Path) -> None:
     sdxl = Engine(Settings(model=str(tiny_models["sdxl"]), output_dir=tmp_path, device="cpu", hf_offline=True, controlnet_dirs=[controlnet_dir]))
     request = EngineRequest(mode="txt2img", model=None, prompt="x", steps=2, extra={"control": [ControlInput("lineart", canny_map())]})
-    with pytest.raises(InvalidRequestError, match=r"control\[0\]\.type: no ControlNet for 'lineart' on sdxl models; supported: .*sd1:canny"):
+    # SDXL has no one-type lineart ControlNet in the registry, so lineart goes to its union ControlNet.
+    with pytest.raises(InvalidRequestError, match=r"control\[0\]\.model: the ControlNet 'xinsir/controlnet-union-sdxl-1.0' is not in"):
         sdxl.check(request)
     sd15 = Engine(Settings(model=str(tiny_models["sd15"]), output_dir=tmp_path, device="cpu", hf_offline=True, controlnet_dirs=[controlnet_dir]))
     for control, message in [

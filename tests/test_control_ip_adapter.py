@@ -88,3 +88,64 @@ async def test_edit_restyles_with_a_reference_image_through_the_client(tmp_path:
     assert any("IP-Adapter" in warning for warning in data["warnings"])
     _, _, fields = parse_infotext(Image.open(data["images"][0]["path"]).text["parameters"])
     assert fields["IP-Adapter"].endswith(":1")
+
+
+def _data_url(image: Image.Image) -> str:
+    import base64
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def _pixels(result) -> np.ndarray:
+    return np.asarray(Image.open(result.structured_content["images"][0]["path"]).convert("RGB"), dtype=np.int16)
+
+
+async def test_generate_and_inpaint_take_reference_images_through_the_client(
+    tmp_path: Path, tiny_models: dict[str, Path], adapter_dir: Path
+) -> None:
+    from mcp import Client
+
+    from imgtools_mcp.server import build_server
+
+    settings = Settings(model=str(tiny_models["sd15"]), output_dir=tmp_path / "out", device="cpu", hf_offline=True, lora_dirs=[adapter_dir])
+    generate = {"prompt": "a ball", "width": 64, "height": 64, "steps": 2, "seed": 4}
+    ref = _data_url(reference())
+    picture = Image.new("RGB", (64, 64), (90, 120, 150))
+    inpaint = {"prompt": "a ball", "image": _data_url(picture), "mask_shapes": [{"type": "rect", "x": 16, "y": 16, "width": 32, "height": 32}],
+               "mask_blur": 0, "steps": 2, "seed": 4, "reference_images": [{"image": ref}]}
+    async with Client(build_server(settings)) as client:
+        plain = await client.call_tool("generate", generate)
+        steered = await client.call_tool("generate", {**generate, "reference_images": [{"image": ref, "weight": 1.0}]})
+        silent = await client.call_tool("generate", {**generate, "reference_images": [{"image": ref, "weight": 0.0}]})
+        painted = await client.call_tool("inpaint", inpaint)
+    for result in (plain, steered, silent, painted):
+        assert not result.is_error, result.content
+    assert np.abs(_pixels(steered) - _pixels(plain)).mean() > 1, "the reference image had no effect on generate"
+    assert np.array_equal(_pixels(silent), _pixels(plain)), "weight 0 must run as no reference"
+    assert steered.structured_content["parameters"]["reference_mechanism"] == "ip-adapter"
+    assert silent.structured_content["parameters"]["reference_mechanism"] == "none"
+    assert painted.structured_content["parameters"]["reference_mechanism"] == "ip-adapter"
+    outside = np.ones((64, 64), dtype=bool)
+    outside[16:48, 16:48] = False
+    assert np.array_equal(_pixels(painted)[outside], np.asarray(picture, dtype=np.int16)[outside])
+
+
+async def test_a_family_without_a_reference_mechanism_is_a_tool_error(tmp_path: Path) -> None:
+    from mcp import Client
+
+    from imgtools_mcp.server import build_server
+    from imgtools_mcp.testing import make_test_model
+
+    model = make_test_model(tmp_path / "tiny-sd3", "sd3")
+    settings = Settings(model=str(model), output_dir=tmp_path / "out", device="cpu", hf_offline=True)
+    async with Client(build_server(settings)) as client:
+        result = await client.call_tool(
+            "generate", {"prompt": "x", "width": 64, "height": 64, "steps": 2, "reference_images": [{"image": _data_url(reference())}]}
+        )
+    assert result.is_error
+    text = result.content[0].text
+    assert "reference_images" in text and "SD 3/3.5" in text
+    assert "FLUX.2" in text and "through IP-Adapter: " in text and "SD 1.x" in text

@@ -22,6 +22,24 @@ class LoraRequest(BaseModel):
     weight: float = Field(1.0, ge=-4.0, le=4.0, description="0 off, 1 full")
 
 
+IMAGE_REFERENCE = "an output id or imgtools://images/<id>, a path under the input roots, data: URL or base64, or http(s) URL"
+
+
+class ReferenceImage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    image: str = Field(min_length=1, description="Image reference (as `image`)")
+    weight: float = Field(1.0, ge=0.0, le=2.0, description="0 off; the IP-Adapter scale (native inputs: on/off)")
+
+
+def reference_images_field() -> Any:
+    """One `reference_images` for generate, edit and inpaint: the mechanism is the family's (IP-Adapter or native)."""
+    return Field(
+        default_factory=list, max_length=8,
+        description="Images to take style or subject from (IP-Adapter, or the model's own inputs)",
+    )
+
+
 class GenerationParams(BaseModel):
     """Parameters shared by generate, edit and inpaint (and the base of sweep)."""
 
@@ -60,16 +78,7 @@ class GenerateRequest(GenerationParams):
     hires: HiresRequest | None = Field(
         None, description="Hires fix: generate at width x height, enlarge, repaint at the large size"
     )
-
-
-IMAGE_REFERENCE = "an output id or imgtools://images/<id>, a path under the input roots, data: URL or base64, or http(s) URL"
-
-
-class ReferenceImage(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    image: str = Field(min_length=1, description=f"A reference image: {IMAGE_REFERENCE}")
-    weight: float = Field(1.0, ge=0.0, le=2.0, description="How much it counts (recorded; 1 = as given)")
+    reference_images: list[ReferenceImage] = reference_images_field()
 
 
 class EditRequest(GenerationParams):
@@ -81,10 +90,7 @@ class EditRequest(GenerationParams):
         description="0 keeps the input, 1 ignores it (0.3 touch-up, 0.6 restyle, 0.8+ new); runs ~strength*steps steps; "
         "unused by instruction-edit models",
     )
-    reference_images: list[ReferenceImage] = Field(
-        default_factory=list, max_length=8,
-        description="More input images for multi-image instruction-edit models (Qwen-Image-Edit-Plus, FLUX.2)",
-    )
+    reference_images: list[ReferenceImage] = reference_images_field()
     width: int | None = Field(
         None, ge=64, le=4096, multiple_of=8,
         description="Default: the input's, rounded to 8 (aspect kept if one side is given)",
@@ -134,6 +140,7 @@ class InpaintRequest(GenerationParams):
     expand: Expand | None = Field(
         None, description="Outpaint: grow the canvas by {left, right, top, bottom} px and paint the border"
     )
+    reference_images: list[ReferenceImage] = reference_images_field()
     mask_blur: float = Field(4.0, ge=0.0, le=64.0, description="Feather the mask edge (px)")
     invert_mask: bool = Field(False, description="Repaint the black part instead")
     inpaint_area: Literal["full", "masked"] = Field(

@@ -1,4 +1,5 @@
-"""ControlNet: which weights serve each family x control type, finding and loading them, and the pipeline call with them.
+"""ControlNet: finding the weights for each entry (engine/control_registry.py says which serve a family), loading
+them, and the pipeline call with them.
 
 A run makes the control maps (images/control_maps.py) and passes them in `EngineRequest.extra["control"]`
 as a list of ControlInput; the engine checks them with `check_controls` and runs them with `control_call`.
@@ -7,6 +8,7 @@ The ControlNet pipelines are built with `from_pipe`, so they share the loaded mo
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from dataclasses import dataclass
@@ -15,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
+from .control_registry import CONTROLNETS, MODE_LABELS, supported_pairs
 from .errors import InvalidRequestError
 
 if TYPE_CHECKING:
@@ -25,46 +28,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
-
-# Default weights per (family id, control type): the ones SD.Next and A1111 users reach for first.
-DEFAULT_CONTROLNETS: dict[tuple[str, str], str] = {
-    ("sd1", "canny"): "lllyasviel/control_v11p_sd15_canny",
-    ("sd1", "depth"): "lllyasviel/control_v11f1p_sd15_depth",
-    ("sd1", "pose"): "lllyasviel/control_v11p_sd15_openpose",
-    ("sd1", "lineart"): "lllyasviel/control_v11p_sd15_lineart",
-    ("sd1", "scribble"): "lllyasviel/control_v11p_sd15_scribble",
-    ("sd1", "tile"): "lllyasviel/control_v11f1e_sd15_tile",
-    ("sdxl", "canny"): "diffusers/controlnet-canny-sdxl-1.0",
-    ("sdxl", "depth"): "diffusers/controlnet-depth-sdxl-1.0",
-    ("sdxl", "pose"): "thibaud/controlnet-openpose-sdxl-1.0",
-    ("sdxl", "scribble"): "xinsir/controlnet-scribble-sdxl-1.0",
-    ("sdxl", "tile"): "xinsir/controlnet-tile-sdxl-1.0",
-    ("flux", "canny"): "InstantX/FLUX.1-dev-Controlnet-Canny",
-    ("flux", "depth"): "Shakker-Labs/FLUX.1-dev-ControlNet-Depth",
-}
-
-# diffusers pipeline classes per family id and mode.
-_PIPELINES: dict[str, dict[str, str]] = {
-    "sd1": {
-        "txt2img": "StableDiffusionControlNetPipeline",
-        "img2img": "StableDiffusionControlNetImg2ImgPipeline",
-        "inpaint": "StableDiffusionControlNetInpaintPipeline",
-    },
-    "sdxl": {
-        "txt2img": "StableDiffusionXLControlNetPipeline",
-        "img2img": "StableDiffusionXLControlNetImg2ImgPipeline",
-        "inpaint": "StableDiffusionXLControlNetInpaintPipeline",
-    },
-}
-_PIPELINES["sd2"] = _PIPELINES["sd1"]
-_PIPELINES["flux"] = {
-    "txt2img": "FluxControlNetPipeline",
-    "img2img": "FluxControlNetImg2ImgPipeline",
-    "inpaint": "FluxControlNetInpaintPipeline",
-}
-# The ControlNet classes (one, several) per family; SD 1.x/2.x/SDXL share diffusers' ControlNetModel.
-_NETS: dict[str, tuple[str, str]] = {"flux": ("FluxControlNetModel", "FluxMultiControlNetModel")}
-_SD_NETS = ("ControlNetModel", "MultiControlNetModel")
+UNION = "union"  # `model: "union"`: the family's union ControlNet, with the control mode of the entry's type
 
 
 @dataclass(frozen=True)
@@ -76,7 +40,7 @@ class ControlInput:
     weight: float = 1.0
     start: float = 0.0
     end: float = 1.0
-    model: str | None = None  # ControlNet weights: a folder, a name in IMGTOOLS_CONTROLNET_DIRS or a hub id
+    model: str | None = None  # ControlNet weights: a folder, a name in IMGTOOLS_CONTROLNET_DIRS, a hub id or "union"
 
 
 @dataclass(frozen=True)
@@ -84,34 +48,43 @@ class ControlNetSource:
     spec: str
     path: Path | None  # None: a hub id not yet downloaded
     name: str
+    union: bool = False
+    mode: int | None = None  # the union's control_mode for this entry's type; None for one-type ControlNets
 
     @property
     def key(self) -> str:
         return str(self.path) if self.path else self.spec
 
+    def describe(self) -> dict[str, Any]:
+        """What the result and infotext record about the ControlNet an entry ran with."""
+        return {"controlnet": self.name, "controlnet_model": self.spec, "union": self.union, "control_mode": self.mode}
 
-def supported_pairs() -> list[str]:
-    pairs = sorted(f"{family}:{kind}" for family, kind in DEFAULT_CONTROLNETS)
-    return pairs + ["sd1/sd2/sdxl/flux:image (with model)"]
+
+def _unsupported(param: str, message: str) -> InvalidRequestError:
+    return InvalidRequestError(param, f"{message}; supported: {'; '.join(supported_pairs())}")
 
 
-def resolve_controlnet(
-    spec: str | None, family_id: str, kind: str, *, dirs: list[Path], offline: bool, param: str
-) -> ControlNetSource:
-    """A ControlNet folder: the request's `model`, else the registry's default found in the folders or the hub cache."""
-    if spec is None:
-        spec = DEFAULT_CONTROLNETS.get((family_id, kind))
-        if spec is None:
-            if kind == "image":
-                raise InvalidRequestError(f"{param}.model", "type 'image' needs the ControlNet the map is for (a folder, name or hub id)")
-            raise InvalidRequestError(
-                f"{param}.type", f"no ControlNet for {kind!r} on {family_id} models; supported: {', '.join(supported_pairs())}"
-            )
+def _union_config(path: Path | None) -> tuple[bool, int | None]:
+    """Whether a ControlNet folder holds a union ControlNet, and how many control modes it has."""
+    if path is None:
+        return False, None
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return False, None
+    if config.get("_class_name") == "ControlNetUnionModel":
+        return True, config.get("num_control_type", 6)
+    if config.get("num_mode") is not None:  # FLUX.1 union: FluxControlNetModel with a mode embedding
+        return True, config["num_mode"]
+    return False, None
+
+
+def _locate(spec: str, dirs: list[Path], offline: bool, param: str) -> tuple[Path | None, str]:
     name = spec.rstrip("/").rsplit("/", 1)[-1]
     candidates = [Path(spec).expanduser()] + [Path(d).expanduser() / spec for d in dirs] + [Path(d).expanduser() / name for d in dirs]
     for path in candidates:
         if path.is_dir() and (path / "config.json").is_file():
-            return ControlNetSource(spec, path.resolve(), path.name)
+            return path.resolve(), path.name
     if not _HUB_ID.match(spec):
         raise InvalidRequestError(
             f"{param}.model", f"{spec!r} is not a ControlNet folder (with config.json), a name in IMGTOOLS_CONTROLNET_DIRS or a hub id"
@@ -120,33 +93,91 @@ def resolve_controlnet(
 
     cached = _hub_cache_snapshot(spec)
     if cached is not None and (cached / "config.json").is_file():
-        return ControlNetSource(spec, cached, name)
+        return cached, name
     if offline:
         raise InvalidRequestError(
             f"{param}.model",
             f"the ControlNet {spec!r} is not in IMGTOOLS_CONTROLNET_DIRS or the HuggingFace cache and offline mode is on; "
             f"run `hf download {spec}` where the hub is reachable, or put its folder in IMGTOOLS_CONTROLNET_DIRS",
         )
-    return ControlNetSource(spec, None, name)
+    return None, name
+
+
+def resolve_controlnet(
+    spec: str | None, family_id: str, kind: str, *, dirs: list[Path], offline: bool, param: str, prefer_union: bool = False
+) -> ControlNetSource:
+    """The entry's ControlNet: its `model`, else the family's one-type ControlNet for the type, else the family's union.
+
+    `model: "union"` (or `prefer_union` without a model) picks the family's union ControlNet, and a folder whose config
+    is a union ControlNet runs as one; a union gets the control mode of the entry's type from the registry.
+    """
+    table = CONTROLNETS[family_id]
+    wants_union = spec == UNION or (spec is None and (table.union_only(kind) or (prefer_union and kind in table.union_modes)))
+    if spec is None or spec == UNION:
+        if wants_union and table.union is None:
+            raise _unsupported(f"{param}.model", f"{family_id} models have no union ControlNet here")
+        spec = table.union if wants_union else table.dedicated.get(kind)
+        if spec is None:
+            if kind == "image":
+                raise InvalidRequestError(f"{param}.model", "type 'image' needs the ControlNet the map is for (a folder, name or hub id)")
+            raise _unsupported(f"{param}.type", f"no ControlNet for {kind!r} on {family_id} models")
+    path, name = _locate(spec, dirs, offline, param)
+    is_union, modes = _union_config(path)
+    if not (wants_union or is_union or spec == table.union):
+        return ControlNetSource(spec, path, name)
+    if kind not in table.union_modes:
+        known = ", ".join(table.union_modes) or "none"
+        if kind == "image" and table.union_modes:
+            raise InvalidRequestError(
+                f"{param}.type", f"the union ControlNet {name} needs the map's type to pick its control mode ({known}); 'image' gives none"
+            )
+        raise _unsupported(f"{param}.type", f"the union ControlNet {name} on {family_id} models serves {known}, not {kind!r}")
+    mode = table.union_modes[kind]
+    if mode is not None and modes is not None and mode >= modes:
+        raise InvalidRequestError(
+            f"{param}.type",
+            f"{kind!r} is control mode {mode} but the union ControlNet {name} has {modes} modes (0-{modes - 1}); "
+            "use union weights that have it (e.g. ProMax) or a one-type ControlNet as model",
+        )
+    return ControlNetSource(spec, path, name, union=True, mode=mode)
 
 
 def check_controls(
-    controls: Any, family: "FamilyInfo", *, dirs: list[Path], offline: bool, param: str = "control"
+    controls: Any, family: "FamilyInfo", *, dirs: list[Path], offline: bool, mode: str | None = None, param: str = "control"
 ) -> list[ControlNetSource]:
-    """Refuse what cannot run before anything loads: wrong shapes, unsupported family x type, missing weights."""
+    """Refuse what cannot run before anything loads: wrong shapes, unsupported family x type x mode, missing weights."""
     if not isinstance(controls, list) or not all(isinstance(c, ControlInput) for c in controls):
         raise InvalidRequestError(param, "must be a list of ControlInput")
     family_id = family.family.id
-    if family_id not in _PIPELINES:
-        raise InvalidRequestError(
-            param, f"ControlNet is not available for {family.family.label} models here; supported: {', '.join(supported_pairs())}"
-        )
+    label = family.family.label
+    table = CONTROLNETS.get(family_id)
+    if table is None:
+        raise _unsupported(param, f"ControlNet is not available for {label} models here")
+    if mode is not None and mode not in table.pipelines:
+        runs = "/".join(MODE_LABELS[m] for m in table.pipelines)
+        raise _unsupported(param, f"ControlNet on {label} models runs on {runs} only (diffusers has no {MODE_LABELS.get(mode, mode)} pipeline for it)")
     sources = []
     for index, control in enumerate(controls):
         where = f"{param}[{index}]"
         if not 0 <= control.start < control.end <= 1:
             raise InvalidRequestError(f"{where}.start", f"start and end are fractions of the steps with 0 <= start < end <= 1 (got {control.start:g}, {control.end:g})")
+        if not table.windows and (control.start, control.end) != (0.0, 1.0):
+            raise InvalidRequestError(f"{where}.start", f"{label} ControlNets act on every step; leave start 0 and end 1")
         sources.append(resolve_controlnet(control.model, family_id, control.type, dirs=dirs, offline=offline, param=where))
+    if table.union_pipelines is not None and any(s.union for s in sources) and not all(s.union for s in sources):
+        # Union and one-type ControlNets run in different pipelines here (SDXL): entries without a model go union too.
+        for index, control in enumerate(controls):
+            where = f"{param}[{index}]"
+            if sources[index].union:
+                continue
+            if control.model is None and control.type in table.union_modes:
+                sources[index] = resolve_controlnet(None, family_id, control.type, dirs=dirs, offline=offline, param=where, prefer_union=True)
+            else:
+                raise InvalidRequestError(
+                    f"{where}.model",
+                    f"{label} runs union and one-type ControlNets in separate pipelines; give every entry a union model "
+                    "('union' or a union folder), or none a union one",
+                )
     return sources
 
 
@@ -156,8 +187,9 @@ def _load_controlnet(model: "LoadedModel", source: ControlNetSource) -> Any:
     if key not in model.variants:
         import diffusers
 
+        table = CONTROLNETS[model.family.family.id]
         where = str(source.path) if source.path is not None else source.spec
-        net_class = getattr(diffusers, _NETS.get(model.family.family.id, _SD_NETS)[0])
+        net_class = getattr(diffusers, table.union_net if source.union and table.union_net else table.net)
         controlnet = net_class.from_pretrained(where, torch_dtype=model.dtype)
         # Offload hooks belong to the base pipeline's modules; the ControlNet simply lives on the execution device.
         device = getattr(model.base, "_execution_device", None) or model.device
@@ -187,11 +219,37 @@ def from_pipe_keeping_dtypes(cls: Any, base: Any, **components: Any) -> Any:
     return pipe
 
 
+def _diffusers_class(name: str) -> Any:
+    import diffusers
+    import diffusers.models
+
+    return getattr(diffusers, name, None) or getattr(diffusers.models, name)  # MultiControlNetUnionModel: models only
+
+
+def _combined(family_id: str, nets: list[Any], sources: list[ControlNetSource]) -> tuple[Any, str]:
+    """The ControlNet the pipeline gets: one, or several in the family's multi class, and a key for that shape.
+
+    Several entries on one FLUX.1 union run as diffusers' multi-input union (the weights held once, each entry with its
+    own map, mode, weight and window). SDXL's union takes several maps in one pass but scales them inside its fuser,
+    so weight 0 would not switch an entry off; there each entry runs as its own net (the same weights, shared).
+    """
+    table = CONTROLNETS[family_id]
+    union_run = table.union_pipelines is not None and sources[0].union
+    if len(nets) == 1:
+        return (_diffusers_class(table.union_multi)([nets[0]]) if union_run else nets[0]), "one"
+    if family_id == "flux" and all(s.union for s in sources) and len({s.key for s in sources}) == 1:
+        return _diffusers_class(table.multi)([nets[0]]), "union-inputs"
+    multi = table.union_multi if union_run else table.multi
+    return _diffusers_class(multi)(nets), "multi"
+
+
 def control_call(model: "LoadedModel", job: "ResolvedJob", pipe: Any, kwargs: dict[str, Any], sources: list[ControlNetSource]) -> tuple[Any, dict[str, Any]]:
     """The ControlNet pipeline for this job's mode (sharing the model's weights) and the call's extra arguments."""
     import diffusers
 
     family_id = job.family.family.id
+    table = CONTROLNETS[family_id]
+    union_run = table.union_pipelines is not None and sources[0].union
     controls: list[ControlInput] = job.request.extra["control"]
     nets = [_load_controlnet(model, source) for source in sources]
     denoiser = model.base.components.get("unet") or model.base.components.get("transformer")
@@ -199,25 +257,27 @@ def control_call(model: "LoadedModel", job: "ResolvedJob", pipe: Any, kwargs: di
     for net in nets:
         if denoiser_dtype is not None and net.dtype != denoiser_dtype:
             net.to(dtype=denoiser_dtype)  # the ControlNet's residuals are added to the denoiser's, in its dtype
-    key = f"control:{job.mode}:" + "|".join(source.key for source in sources)
+    controlnet, shape = _combined(family_id, nets, sources)
+    key = f"control:{job.mode}:{shape}:" + "|".join(source.key for source in sources)
     if key not in model.variants:
-        cls = getattr(diffusers, _PIPELINES[family_id][job.mode])
-        controlnet = nets[0] if len(nets) == 1 else getattr(diffusers, _NETS.get(family_id, _SD_NETS)[1])(nets)
+        cls = getattr(diffusers, (table.union_pipelines if union_run else table.pipelines)[job.mode])
         variant = from_pipe_keeping_dtypes(cls, model.base, controlnet=controlnet)
         variant.set_progress_bar_config(disable=True)
         model.variants[key] = variant
     control_pipe = model.variants[key]
     control_pipe.scheduler = pipe.scheduler  # the sampler this request chose
     maps = [c.image.convert("RGB").resize((job.width, job.height), Image.Resampling.LANCZOS) for c in controls]
-    single = len(controls) == 1
-    extra: dict[str, Any] = {
-        "controlnet_conditioning_scale": controls[0].weight if single else [c.weight for c in controls],
-        "control_guidance_start": controls[0].start if single else [c.start for c in controls],
-        "control_guidance_end": controls[0].end if single else [c.end for c in controls],
-    }
-    # SD's text-to-image ControlNet pipelines take the map as `image`; their img2img/inpaint keep `image` for the
-    # picture, and FLUX's take `control_image` in every mode.
-    map_kwarg = "image" if job.mode == "txt2img" and family_id not in _NETS else "control_image"
+    # The SDXL union pipeline holds even one union in its multi class, so it takes lists like several entries.
+    single = len(controls) == 1 and not union_run
+    extra: dict[str, Any] = {"controlnet_conditioning_scale": controls[0].weight if single else [c.weight for c in controls]}
+    if table.windows:
+        extra["control_guidance_start"] = controls[0].start if single else [c.start for c in controls]
+        extra["control_guidance_end"] = controls[0].end if single else [c.end for c in controls]
+    if any(s.mode is not None for s in sources):
+        extra["control_mode"] = sources[0].mode if single else [s.mode for s in sources]
+    # SD's one-type text-to-image ControlNet pipelines take the map as `image`; their img2img/inpaint keep `image` for
+    # the picture, and the others take `control_image` in every mode.
+    map_kwarg = "image" if job.mode == "txt2img" and table.map_kwarg_txt2img == "image" and not union_run else "control_image"
     extra[map_kwarg] = maps[0] if single else maps
     if job.mode == "txt2img":
         extra.update(width=job.width, height=job.height)
@@ -229,10 +289,3 @@ def control_call(model: "LoadedModel", job: "ResolvedJob", pipe: Any, kwargs: di
             control_pipe._execution_device, kwargs["generator"],
         )
     return control_pipe, {**kwargs, **extra}
-
-
-def describe_controls(controls: list[ControlInput], sources: list[ControlNetSource]) -> list[dict[str, Any]]:
-    return [
-        {"type": c.type, "weight": c.weight, "start": c.start, "end": c.end, "model": s.spec, "name": s.name}
-        for c, s in zip(controls, sources, strict=True)
-    ]

@@ -127,11 +127,13 @@ class Engine:
             raise InvalidRequestError("image", f"{request.mode} needs an input image")
         if request.mode == "inpaint" and request.mask is None:
             raise InvalidRequestError("mask", "inpaint needs a mask")
+        controlnets: list[dict] = []
         for key in request.extra:
             if key == "control":  # ControlNet maps (engine/control.py): family x type checked against its registry
                 from .control import check_controls
 
-                check_controls(request.extra[key], family, dirs=self.settings.controlnet_dirs, offline=self.offline)
+                sources = check_controls(request.extra[key], family, dirs=self.settings.controlnet_dirs, offline=self.offline, mode=request.mode)
+                controlnets = [source.describe() for source in sources]
                 continue
             if key == "ip_adapter":  # reference images on SD 1.x/SDXL (engine/ip_adapter.py), adapters found like LoRAs
                 from .ip_adapter import check_ip_adapter
@@ -169,7 +171,7 @@ class Engine:
         loras = self.resolve_loras(request.loras, family, source.name)
         if request.extra.get("speed", "quality") != "quality" and family.family.denoiser == "unet":
             notes.append(f"speed: {label} models (UNet) run at quality; step caches apply to transformer families")
-        return ResolvedJob(request, source, family, loras, width, height, steps, guidance, notes=notes)
+        return ResolvedJob(request, source, family, loras, width, height, steps, guidance, notes=notes, controlnets=controlnets)
 
     async def acheck(self, request: EngineRequest, on_progress: ProgressCallback | None = None) -> ResolvedJob:
         """`check` off the event loop: a first use of a model may scan folders or download it from the hub."""
@@ -444,7 +446,9 @@ class Engine:
         if job.request.extra.get("control"):
             from .control import check_controls, control_call
 
-            sources = check_controls(job.request.extra["control"], job.family, dirs=self.settings.controlnet_dirs, offline=self.offline)
+            sources = check_controls(
+                job.request.extra["control"], job.family, dirs=self.settings.controlnet_dirs, offline=self.offline, mode=job.mode
+            )
             pipe, kwargs = control_call(model, job, pipe, kwargs, sources)
         with contextlib.ExitStack() as adapters:
             if job.request.extra.get("ip_adapter"):

@@ -1,14 +1,16 @@
-"""IP-Adapter for SD 1.x and SDXL: reference images steer style or subject, with the adapter loaded for the call only.
+"""IP-Adapter for SD 1.x, SDXL and FLUX.1: reference images steer style or subject, the adapter loaded for the call only.
 
 A run passes `EngineRequest.extra["ip_adapter"]` as a list of (image, weight); the engine checks it with
 `check_ip_adapter` and wraps the pipeline call in `loaded_for_call`. Adapters are found like LoRAs: a folder
-laid out as the hub repo (h94/IP-Adapter) in IMGTOOLS_LORA_DIRS, the HuggingFace cache, or the hub.
+laid out as the hub repo (h94/IP-Adapter, XLabs-AI/flux-ip-adapter) in IMGTOOLS_LORA_DIRS, the HuggingFace cache,
+or the hub. FLUX.1's adapter (XLabs; the one layout diffusers' FluxIPAdapterMixin loads) reads CLIP ViT-L/14
+image embeddings from a separate repo, found the same way.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,11 +32,15 @@ class AdapterLayout:
     subfolder: str
     weight_name: str
     image_encoder_folder: str = "image_encoder"
+    image_encoder_repo: str | None = None  # the encoder is a repo of its own (FLUX.1), not a folder of the adapter's
 
 
 DEFAULT_IP_ADAPTERS: dict[str, AdapterLayout] = {
     "sd1": AdapterLayout("h94/IP-Adapter", "models", "ip-adapter_sd15.safetensors"),
     "sdxl": AdapterLayout("h94/IP-Adapter", "sdxl_models", "ip-adapter_sdxl.safetensors"),
+    "flux": AdapterLayout(
+        "XLabs-AI/flux-ip-adapter", "", "ip_adapter.safetensors", image_encoder_repo="openai/clip-vit-large-patch14"
+    ),
 }
 
 
@@ -42,6 +48,7 @@ DEFAULT_IP_ADAPTERS: dict[str, AdapterLayout] = {
 class AdapterSource:
     location: str  # a local folder laid out like the repo, or the repo id (diffusers fetches it)
     layout: AdapterLayout
+    image_encoder: str | None = None  # FLUX.1: the encoder's folder or repo id
 
     @property
     def name(self) -> str:
@@ -49,9 +56,33 @@ class AdapterSource:
 
 
 def _has_layout(folder: Path, layout: AdapterLayout) -> bool:
+    if layout.image_encoder_repo is not None:
+        return (folder / layout.subfolder / layout.weight_name).is_file()
     return (folder / layout.subfolder / layout.weight_name).is_file() and (
         folder / layout.subfolder / layout.image_encoder_folder
     ).is_dir()
+
+
+def _find_repo(repo: str, dirs: list[Path], found: Callable[[Path], bool]) -> Path | None:
+    """`<dir>/<repo name>` in the LoRA folders, else the HuggingFace cache's snapshot, when `found` accepts it."""
+    from .loader import _hub_cache_snapshot
+
+    name = repo.rsplit("/", 1)[-1]
+    for folder in dirs:
+        candidate = Path(folder).expanduser() / name
+        if found(candidate):
+            return candidate.resolve()
+    cached = _hub_cache_snapshot(repo)
+    return cached if cached is not None and found(cached) else None
+
+
+def _missing(what: str, repo: str, include: str | None) -> InvalidRequestError:
+    fetch = f"hf download {repo}" + (f" --include '{include}'" if include else "")
+    return InvalidRequestError(
+        "reference_images",
+        f"the IP-Adapter {what} is not in IMGTOOLS_LORA_DIRS or the HuggingFace cache and offline mode is on; "
+        f"run `{fetch}` where the hub is reachable",
+    )
 
 
 def resolve_ip_adapter(family: "FamilyInfo", *, dirs: list[Path], offline: bool) -> AdapterSource:
@@ -60,27 +91,20 @@ def resolve_ip_adapter(family: "FamilyInfo", *, dirs: list[Path], offline: bool)
     if layout is None:
         raise InvalidRequestError(
             "reference_images",
-            f"{family.family.label} models take no reference images here (IP-Adapter is wired for SD 1.x and SDXL; "
-            "instruction-edit families take them natively)",
+            f"{family.family.label} models take no reference images through IP-Adapter here "
+            "(IP-Adapter is wired for SD 1.x, SDXL and FLUX.1)",
         )
-    repo_name = layout.repo.rsplit("/", 1)[-1]
-    for folder in dirs:
-        candidate = Path(folder).expanduser() / repo_name
-        if _has_layout(candidate, layout):
-            return AdapterSource(str(candidate.resolve()), layout)
-    from .loader import _hub_cache_snapshot
-
-    cached = _hub_cache_snapshot(layout.repo)
-    if cached is not None and _has_layout(cached, layout):
-        return AdapterSource(str(cached), layout)
-    if offline:
-        raise InvalidRequestError(
-            "reference_images",
-            f"the IP-Adapter {layout.repo}/{layout.subfolder}/{layout.weight_name} is not in IMGTOOLS_LORA_DIRS or the "
-            f"HuggingFace cache and offline mode is on; run `hf download {layout.repo} --include '{layout.subfolder}/*'` "
-            "where the hub is reachable",
-        )
-    return AdapterSource(layout.repo, layout)
+    where = _find_repo(layout.repo, dirs, lambda folder: _has_layout(folder, layout))
+    if where is None and offline:
+        name = "/".join(part for part in (layout.repo, layout.subfolder, layout.weight_name) if part)
+        raise _missing(name, layout.repo, f"{layout.subfolder}/*" if layout.subfolder else None)
+    encoder = None
+    if layout.image_encoder_repo is not None:
+        found = _find_repo(layout.image_encoder_repo, dirs, lambda folder: (folder / "config.json").is_file())
+        if found is None and offline:
+            raise _missing(f"image encoder {layout.image_encoder_repo}", layout.image_encoder_repo, None)
+        encoder = str(found) if found is not None else layout.image_encoder_repo
+    return AdapterSource(str(where) if where is not None else layout.repo, layout, encoder)
 
 
 def check_ip_adapter(references: Any, family: "FamilyInfo", *, dirs: list[Path], offline: bool) -> AdapterSource:
@@ -100,10 +124,16 @@ def loaded_for_call(pipe: Any, references: list[tuple[Any, float]], source: Adap
     One adapter takes every reference image; it has one scale, so the weights' mean is used.
     """
     layout = source.layout
-    pipe.load_ip_adapter(
-        source.location, subfolder=layout.subfolder, weight_name=layout.weight_name,
-        image_encoder_folder=layout.image_encoder_folder,
-    )
+    if source.image_encoder is not None:  # FLUX.1 (FluxIPAdapterMixin): the encoder from its own repo, in the model's dtype
+        pipe.load_ip_adapter(
+            source.location, weight_name=layout.weight_name, subfolder=layout.subfolder,
+            image_encoder_pretrained_model_name_or_path=source.image_encoder, image_encoder_dtype=pipe.transformer.dtype,
+        )
+    else:
+        pipe.load_ip_adapter(
+            source.location, subfolder=layout.subfolder, weight_name=layout.weight_name,
+            image_encoder_folder=layout.image_encoder_folder,
+        )
     try:
         pipe.set_ip_adapter_scale(sum(weight for _, weight in references) / len(references))
         images = [image.convert("RGB") for image, _ in references]

@@ -74,6 +74,14 @@ def pipeline_kwargs(
         kwargs.update(width=job.width, height=job.height)
     else:
         raise ValueError(f"mode: {job.mode!r} has no pipeline call for the {spec.label} family")
+    if request.reference_images and job.mode != "instruct":
+        # Native reference images outside an instruction edit: FLUX.2's `image` list, klein inpaint's `image_reference`.
+        from .references import route_for
+
+        route = route_for(spec, job.mode, job.family.pipeline_for(job.mode))
+        assert route is not None and route.kwarg is not None  # check() refused every other case
+        references = [ref.convert("RGB") for ref, _ in request.reference_images]
+        kwargs[route.kwarg] = references if route.kwarg == "image" else references[0]
     if spec.call_kwargs is not None:
         kwargs = spec.call_kwargs(job, kwargs)
     return kwargs

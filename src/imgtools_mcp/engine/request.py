@@ -72,6 +72,7 @@ class ResolvedJob:
     steps: int
     guidance_scale: float
     notes: list[str] = field(default_factory=list)  # what the caller should be told (e.g. a parameter ignored)
+    controlnets: list[dict[str, Any]] = field(default_factory=list)  # per control entry: the ControlNet it runs with
 
     # Short names for what generate() and the tools read most.
     @property

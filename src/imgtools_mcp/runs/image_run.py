@@ -96,6 +96,10 @@ async def check(ctx: RunContext, params: GenerationParams, inputs: ImageInputs) 
         inputs.parameters["control"] = controls.parameters
     inputs.hires = getattr(params, "hires", None)
     job = await ctx.engine.acheck(engine_request(ctx, params, inputs))
+    if job.controlnets and "control" in inputs.parameters:
+        from .structure import record_controlnets
+
+        record_controlnets(job.controlnets, inputs.parameters["control"], inputs.infotext)
     return ImagePlan(job, {**job.used(), **inputs.parameters}, [*inputs.notes, *job.notes])
 
 

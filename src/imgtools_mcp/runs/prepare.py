@@ -1,21 +1,74 @@
-"""What generate and edit add to the shared parameters, and which preparation each request type gets."""
+"""What generate and edit add to the shared parameters (and every tool's reference images), and which preparation each
+request type gets."""
 
 from __future__ import annotations
 
 from PIL import Image
 
 from ..engine.families import FamilyInfo
-from ..engine.ip_adapter import DEFAULT_IP_ADAPTERS
+from ..engine.references import families_that_can, route_for
 from ..params import EditRequest, GenerateRequest, GenerationParams, InpaintRequest
-from .context import RunContext
+from .context import RunContext, RunInputError
 from .image_run import Prepare
 from .inpaint_inputs import prepare_inpaint
 from .inputs import ImageInputs, InputRecord, size_for
 
 
-async def prepare_generate(ctx: RunContext, request: GenerationParams, family: FamilyInfo) -> ImageInputs:
-    """Nothing but the mode: text to image."""
-    return ImageInputs(mode="txt2img")
+async def add_references(ctx: RunContext, request: GenerationParams, family: FamilyInfo, inputs: ImageInputs) -> None:
+    """`reference_images` for the mode the inputs settled on: the model's own inputs where its pipeline takes them,
+    else an IP-Adapter (engine/references.py decides); a family with neither is a one-line error naming those that can.
+    Weight 0 turns an image off, so a request whose weights are all 0 runs as one without references."""
+    references = list(getattr(request, "reference_images", None) or [])
+    if not references:
+        return
+    route = route_for(family.family, inputs.mode, family.pipeline_for(inputs.mode))
+    if route is None:
+        raise RunInputError(
+            f"reference_images: {family.family.label} models cannot take reference images in {inputs.mode} "
+            f"(families that can: {families_that_can(inputs.mode)})"
+        )
+    recorded, active = [], []
+    for index, ref in enumerate(references):
+        resolved = await ctx.resolver.resolve(ref.image, param=f"reference_images[{index}].image")
+        record = InputRecord.of(resolved)  # URLs without their query, data URLs shortened
+        recorded.append({"image": record.reference, "sha256": record.sha256, "weight": ref.weight})
+        if ref.weight > 0:
+            active.append((resolved.image, ref.weight))
+    if len(active) > route.limit:
+        besides = " besides `image`" if inputs.mode == "instruct" else ""
+        raise RunInputError(
+            f"reference_images: {family.family.label} takes at most {route.limit} reference image(s){besides} "
+            f"(got {len(active)})"
+        )
+    mechanism = route.mechanism if active else "none"
+    inputs.parameters["reference_images"] = [{"image": r["image"], "weight": r["weight"]} for r in recorded]
+    inputs.parameters["reference_mechanism"] = mechanism
+    inputs.metadata["reference_images"] = {"mechanism": mechanism, "images": recorded}
+    listed = ", ".join(f"{r['image'][:60]}:{r['weight']:g}" for r in recorded)
+    if mechanism == "ip-adapter":
+        inputs.extra["ip_adapter"] = active
+        inputs.infotext["IP-Adapter"] = listed  # the field A1111's IP-Adapter extensions write
+        inputs.notes.append("reference_images: applied through IP-Adapter (one adapter; the weights' mean is its scale)")
+    elif mechanism == "native":
+        inputs.reference_images = active
+        inputs.infotext["Reference images"] = listed
+        inputs.notes.append(f"reference_images: {family.family.label} takes them as its own inputs (weights only switch them on or off)")
+    else:
+        inputs.notes.append("reference_images: every weight is 0; none was applied")
+
+
+async def prepare_generate(ctx: RunContext, request: GenerateRequest, family: FamilyInfo) -> ImageInputs:
+    """Text to image, with any reference images."""
+    inputs = ImageInputs(mode="txt2img")
+    await add_references(ctx, request, family, inputs)
+    return inputs
+
+
+async def prepare_inpaint_with_references(ctx: RunContext, request: InpaintRequest, family: FamilyInfo) -> ImageInputs:
+    """Image, mask and working area (runs/inpaint_inputs.py), with any reference images."""
+    inputs = await prepare_inpaint(ctx, request, family)
+    await add_references(ctx, request, family, inputs)
+    return inputs
 
 
 async def prepare_edit(ctx: RunContext, request: EditRequest, family: FamilyInfo) -> ImageInputs:
@@ -40,43 +93,19 @@ async def prepare_edit(ctx: RunContext, request: EditRequest, family: FamilyInfo
         # The prompt is the instruction; the image and any references are the model's own inputs (engine check() notes
         # that strength does not apply).
         inputs.mode = "instruct"
-        recorded = []
-        for index, ref in enumerate(request.reference_images):
-            resolved_ref = await ctx.resolver.resolve(ref.image, param=f"reference_images[{index}].image")
-            inputs.reference_images.append((resolved_ref.image, ref.weight))
-            ref_record = InputRecord.of(resolved_ref)
-            recorded.append({"image": ref_record.reference, "sha256": ref_record.sha256, "weight": ref.weight})
-        if recorded:
-            inputs.parameters["reference_images"] = [{"image": r["image"], "weight": r["weight"]} for r in recorded]
-            inputs.metadata["reference_images"] = recorded
-            inputs.infotext["Reference images"] = ", ".join(f"{r['image']}:{r['weight']:g}" for r in recorded)
         inputs.infotext["Edit"] = "instruction"
-        return inputs
-    if request.reference_images and family.family.id in DEFAULT_IP_ADAPTERS:
-        # SD 1.x/SDXL: the references steer style or subject through an IP-Adapter (engine/ip_adapter.py).
-        recorded = []
-        for index, ref in enumerate(request.reference_images):
-            resolved_ref = await ctx.resolver.resolve(ref.image, param=f"reference_images[{index}].image")
-            inputs.extra.setdefault("ip_adapter", []).append((resolved_ref.image, ref.weight))
-            ref_record = InputRecord.of(resolved_ref)
-            recorded.append({"image": ref_record.reference, "sha256": ref_record.sha256, "weight": ref.weight})
-        inputs.parameters["reference_images"] = [{"image": r["image"], "weight": r["weight"]} for r in recorded]
-        inputs.metadata["reference_images"] = recorded
-        inputs.infotext["IP-Adapter"] = ", ".join(f"{r['image'][:60]}:{r['weight']:g}" for r in recorded)
-        inputs.notes.append("reference_images: applied through IP-Adapter (one adapter; the weights' mean is its scale)")
-    elif request.reference_images:
-        inputs.notes.append(f"reference_images: {family.family.label} is not an instruction-edit model; they were not used")
-    if family.inpainting:
+    elif family.inpainting:
         # A 9-channel UNet cannot run img2img; inpainting all of the image is the same operation for it.
         inputs.mode = "inpaint"
         inputs.mask = Image.new("L", resolved.image.size, 255)
         inputs.notes.append("inpainting checkpoint: the edit ran as an inpaint of the whole image")
+    await add_references(ctx, request, family, inputs)
     return inputs
 
 
 # Most specific first: a sweep's base types subclass these.
 PREPARE: tuple[tuple[type[GenerationParams], str, Prepare], ...] = (
-    (InpaintRequest, "inpaint", prepare_inpaint),
+    (InpaintRequest, "inpaint", prepare_inpaint_with_references),
     (EditRequest, "edit", prepare_edit),
     (GenerateRequest, "generate", prepare_generate),
 )
@@ -95,8 +124,7 @@ def references_of(request: GenerationParams) -> list[tuple[str, str, str]]:
     refs = []
     if isinstance(request, EditRequest | InpaintRequest):
         refs.append((request.image, "image", "RGB"))
-    if isinstance(request, EditRequest):
-        refs += [(ref.image, f"reference_images[{i}].image", "RGB") for i, ref in enumerate(request.reference_images)]
+    refs += [(ref.image, f"reference_images[{i}].image", "RGB") for i, ref in enumerate(getattr(request, "reference_images", []))]
     if isinstance(request, InpaintRequest) and request.mask is not None:
         refs.append((request.mask, "mask", "L"))
     return refs

@@ -55,6 +55,17 @@ async def prepare_controls(ctx: "RunContext", controls: list[ControlRequest]) ->
     return plan
 
 
+def record_controlnets(controlnets: list[dict[str, Any]], parameters: list[dict[str, Any]], infotext: dict[str, Any]) -> None:
+    """Name in the result and the infotext the ControlNet each entry ran with (and a union's control mode)."""
+    for index, (used, entry) in enumerate(zip(controlnets, parameters, strict=True)):
+        entry.update(used)
+        field_name = f"ControlNet {index}"
+        model = used["controlnet"] + (f", Union Mode: {used['control_mode']}" if used["control_mode"] is not None else "")
+        if field_name in infotext:
+            head, _, rest = infotext[field_name].partition(", Weight: ")
+            infotext[field_name] = f"{head.split(', Model: ')[0]}, Model: {model}, Weight: {rest}"
+
+
 async def apply_hires(
     ctx: "RunContext", hires: HiresRequest, job: "ResolvedJob", images: list[Image.Image], relay: "ProgressRelay"
 ) -> tuple[list[Image.Image], dict[str, Any], list[str]]:

@@ -43,17 +43,19 @@ def check_family_request(family: FamilyInfo, request: Any, width: int, height: i
         raise InvalidRequestError("loras", f"{spec.label} models take no LoRAs here")
     references = list(getattr(request, "reference_images", []) or [])
     if references:
-        limit = spec.max_reference_images if mode == "instruct" else 0
-        if limit == 0:
-            takers = [s.label for s in registry.all() if s.max_reference_images > 0]
+        # Native reference images (the model's own inputs); IP-Adapter ones arrive as extra["ip_adapter"].
+        from ..references import families_that_can, route_for
+
+        route = route_for(spec, mode, family.pipeline_for(mode))
+        if route is None or route.mechanism != "native":
             raise InvalidRequestError(
                 "reference_images",
-                f"{spec.label} models take no reference images"
-                + (f" (instruction-edit families that do: {', '.join(takers)})" if takers else ""),
+                f"{spec.label} models take no reference images here (families that do: {families_that_can(mode)})",
             )
-        if len(references) > limit:
+        if len(references) > route.limit:
+            besides = " besides `image`" if mode == "instruct" else ""
             raise InvalidRequestError(
-                "reference_images", f"{spec.label} takes at most {limit} reference image(s) besides `image` (got {len(references)})"
+                "reference_images", f"{spec.label} takes at most {route.limit} reference image(s){besides} (got {len(references)})"
             )
     if request.negative_prompt and not spec.negative_prompt:
         notes.append(f"negative_prompt does not apply to {spec.label} (no classifier-free guidance); it was not used")
