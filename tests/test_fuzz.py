@@ -406,13 +406,7 @@ def bad_safetensors(folder: Path) -> dict[str, str]:
 
 @pytest.mark.parametrize("extra", [
     pytest.param({}, id="every-parameter"),
-    pytest.param(
-        {"sweep": [("x", {"param": "steps", "start": 1, "stop": 1e308, "count": 3})]},
-        id="sweep-stop",
-        # Pending: issue 14 items 6/9, the sweep axis bound, belongs to the sweep run (A1, runs/sweep); drop the
-        # mark once `stop` is bounded at the edge.
-        marks=pytest.mark.xfail(reason="issue 14 item 6/9: unbounded sweep stop (runs/sweep)", strict=False),
-    ),
+    pytest.param({"sweep": [("x", {"param": "steps", "start": 1, "stop": 1e308, "count": 3})]}, id="sweep-stop"),
 ])
 def test_the_probes_inputs_name_their_parameter_on_every_tool(tiny_sd15: Path, tmp_path: Path,
                                                               caplog: pytest.LogCaptureFixture, extra: dict) -> None:

@@ -52,7 +52,7 @@ def numeric_kind(request_model: type[BaseModel], param: str) -> type | None:
 
 def range_values(start: float, stop: float, count: int, kind: type, param: str) -> list[Any]:
     """`count` evenly spaced values from start to stop inclusive; integers round half up, sizes to multiples of 8."""
-    raw = [start] if count == 1 else [start + (stop - start) * i / (count - 1) for i in range(count)]
+    raw = [start] if count == 1 else [start + (stop - start) * (i / (count - 1)) for i in range(count)]
     if kind is float:
         return [round(value, 6) for value in raw]
     if param in ("width", "height"):

@@ -13,6 +13,7 @@ AxisName = Literal["x", "y", "z"]
 BaseToolName = Literal["generate", "edit", "inpaint"]
 CellStatus = Literal["done", "error", "cancelled"]
 MAX_AXIS_VALUES = 1000  # far above any cell limit; keeps a range from building a huge list before that check
+RANGE_BOUND = 2.0**53  # a range's ends: every integer parameter (seeds included) fits, and the arithmetic stays finite
 AxisValue = float | int | str | bool | list[int] | None
 
 
@@ -44,8 +45,8 @@ class SweepAxis(BaseModel):
         "weight), or another scalar parameter of the base tool",
     )
     values: list[AxisValue] | None = Field(None, min_length=1, max_length=MAX_AXIS_VALUES, description="The values, in order")
-    start: float | None = Field(None, allow_inf_nan=False, description="Range: first value")
-    stop: float | None = Field(None, allow_inf_nan=False, description="Range: last value (inclusive)")
+    start: float | None = Field(None, allow_inf_nan=False, ge=-RANGE_BOUND, le=RANGE_BOUND, description="Range: first value")
+    stop: float | None = Field(None, allow_inf_nan=False, ge=-RANGE_BOUND, le=RANGE_BOUND, description="Range: last value (inclusive)")
     count: int | None = Field(
         None, ge=1, le=MAX_AXIS_VALUES, description="Range: how many evenly spaced values (rounded for integers, sizes to 8)"
     )
