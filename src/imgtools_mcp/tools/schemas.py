@@ -19,7 +19,7 @@ def compact_schema(schema: Any, drop: set[str]) -> Any:
     for key, value in schema.items():
         if key in drop and not isinstance(value, dict | list):
             continue
-        if key == "default" and ("default" in drop or value is None):
+        if key == "default" and ("default" in drop or value is None or value == []):  # absent is null / empty
             continue
         if key == "additionalProperties" and value is True:  # JSON Schema's own default
             continue
@@ -71,6 +71,54 @@ def _reachable(names: set[str], defs: dict[str, Any]) -> set[str]:
         seen.add(name)
         names |= _refs(defs.get(name, {}))
     return seen
+
+
+def _ref_counts(schema: Any, counts: dict[str, int]) -> dict[str, int]:
+    if isinstance(schema, dict):
+        if isinstance(schema.get("$ref"), str):
+            name = schema["$ref"].rsplit("/", 1)[-1]
+            counts[name] = counts.get(name, 0) + 1
+        for value in schema.values():
+            _ref_counts(value, counts)
+    elif isinstance(schema, list):
+        for value in schema:
+            _ref_counts(value, counts)
+    return counts
+
+
+def _inline_single_use(schema: dict[str, Any]) -> dict[str, Any]:
+    """A definition referenced once is written where it is used (a tagged union's members stay definitions: the
+    discriminator names them); `anyOf: [{that record}, null]` becomes one record schema that also allows null."""
+    defs = dict(schema.get("$defs", {}))
+    tagged = {target.rsplit("/", 1)[-1] for sub in schema.get("properties", {}).values() if isinstance(sub, dict)
+              for target in sub.get("discriminator", {}).get("mapping", {}).values()}
+    while True:
+        counts = _ref_counts({key: value for key, value in schema.items() if key != "$defs"}, {})
+        counts = _ref_counts(list(defs.values()), counts)
+        once = {name for name, count in counts.items() if count == 1 and name in defs and name not in tagged}
+        once -= _refs(list(defs[name] for name in once))  # a nested single-use record moves with its parent later
+        if not once:
+            break
+
+        def put(sub: Any) -> Any:
+            if isinstance(sub, list):
+                return [put(item) for item in sub]
+            if not isinstance(sub, dict):
+                return sub
+            if isinstance(sub.get("$ref"), str) and sub["$ref"].rsplit("/", 1)[-1] in once:
+                return {**defs[sub["$ref"].rsplit("/", 1)[-1]], **{k: v for k, v in sub.items() if k != "$ref"}}
+            out = {key: put(value) for key, value in sub.items()}
+            options = out.get("anyOf")
+            if isinstance(options, list) and len(options) == 2 and {"type": "null"} in options:
+                other = next(option for option in options if option != {"type": "null"})
+                if other.get("type") == "object" and not {"enum", "const", "anyOf", "oneOf", "allOf"} & set(other):
+                    out = {**other, **{k: v for k, v in out.items() if k != "anyOf"}, "type": ["object", "null"]}
+            return out
+
+        schema = {key: put(value) for key, value in schema.items() if key != "$defs"}
+        defs = {name: put(sub) for name, sub in defs.items() if name not in once}
+        schema = {**schema, "$defs": defs} if defs else schema
+    return schema
 
 
 def _undocument_union_members(schema: dict[str, Any]) -> dict[str, Any]:
@@ -152,4 +200,4 @@ def compact_tool_schemas(input_schema: dict[str, Any], output_schema: dict[str, 
     # A record's own description (its class docstring) is left out: the field that takes it describes it.
     defs = {name: {k: v for k, v in sub.items() if k not in ("additionalProperties", "description")}
             for name, sub in listed.get("$defs", {}).items()}
-    return ({**listed, "$defs": defs} if defs else listed), output
+    return _inline_single_use({**listed, "$defs": defs} if defs else listed), output
