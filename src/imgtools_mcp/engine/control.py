@@ -156,28 +156,36 @@ def check_controls(
     if mode is not None and mode not in table.pipelines:
         runs = "/".join(MODE_LABELS[m] for m in table.pipelines)
         raise _unsupported(param, f"ControlNet on {label} models runs on {runs} only (diffusers has no {MODE_LABELS.get(mode, mode)} pipeline for it)")
-    sources = []
     for index, control in enumerate(controls):
         where = f"{param}[{index}]"
         if not 0 <= control.start < control.end <= 1:
             raise InvalidRequestError(f"{where}.start", f"start and end are fractions of the steps with 0 <= start < end <= 1 (got {control.start:g}, {control.end:g})")
         if not table.windows and (control.start, control.end) != (0.0, 1.0):
             raise InvalidRequestError(f"{where}.start", f"{label} ControlNets act on every step; leave start 0 and end 1")
-        sources.append(resolve_controlnet(control.model, family_id, control.type, dirs=dirs, offline=offline, param=where))
+    if table.max_controls is not None and len(controls) > table.max_controls:
+        raise InvalidRequestError(param, f"{label} runs {table.max_controls} ControlNet entry per request (diffusers' pipeline takes one)")
+    # Entries with a model (or only a union for their type) first: where union and one-type ControlNets run in separate
+    # pipelines (SDXL), one union among them sends the entries without a model to the union as well.
+    resolved: dict[int, ControlNetSource] = {}
+    deferred = []
+    for index, control in enumerate(controls):
+        if table.union_pipelines is not None and control.model is None and not table.union_only(control.type) and control.type in table.union_modes:
+            deferred.append(index)
+            continue
+        resolved[index] = resolve_controlnet(control.model, family_id, control.type, dirs=dirs, offline=offline, param=f"{param}[{index}]")
+    to_union = any(s.union for s in resolved.values())
+    for index in deferred:
+        resolved[index] = resolve_controlnet(
+            None, family_id, controls[index].type, dirs=dirs, offline=offline, param=f"{param}[{index}]", prefer_union=to_union
+        )
+    sources = [resolved[index] for index in range(len(controls))]
     if table.union_pipelines is not None and any(s.union for s in sources) and not all(s.union for s in sources):
-        # Union and one-type ControlNets run in different pipelines here (SDXL): entries without a model go union too.
-        for index, control in enumerate(controls):
-            where = f"{param}[{index}]"
-            if sources[index].union:
-                continue
-            if control.model is None and control.type in table.union_modes:
-                sources[index] = resolve_controlnet(None, family_id, control.type, dirs=dirs, offline=offline, param=where, prefer_union=True)
-            else:
-                raise InvalidRequestError(
-                    f"{where}.model",
-                    f"{label} runs union and one-type ControlNets in separate pipelines; give every entry a union model "
-                    "('union' or a union folder), or none a union one",
-                )
+        index = next(i for i, s in enumerate(sources) if not s.union)
+        raise InvalidRequestError(
+            f"{param}[{index}].model",
+            f"{label} runs union and one-type ControlNets in separate pipelines; give every entry a union model "
+            "('union' or a union folder), or none a union one",
+        )
     return sources
 
 

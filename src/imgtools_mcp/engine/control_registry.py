@@ -23,6 +23,7 @@ class FamilyControlNets:
     union_multi: str | None = None
     union_pipelines: dict[str, str] | None = None  # when union ControlNets run in other pipelines (SDXL)
     windows: bool = True  # the pipelines take control_guidance_start/end
+    max_controls: int | None = None  # entries per request when the pipelines take one ControlNet only (Z-Image)
     map_kwarg_txt2img: str = "control_image"  # SD 1.x/2.x/SDXL text-to-image take the map as `image`
 
     def types(self) -> list[str]:

@@ -13,14 +13,15 @@ LATENT = 16  # SD3's inpaint pipeline insists on the real 16 latent channels
 T5_WIDTH = 2 * CLIP_HIDDEN  # SD3 pads the two CLIPs' joined hidden states to T5's width
 
 
-def make_tiny_sd3(folder: Path, seed: int = 0) -> Path:
+def make_tiny_sd3(folder: Path, seed: int = 0, *, num_layers: int = 1) -> Path:
+    """`num_layers` 2 or more for ControlNet tests: SD3 adds ControlNet residuals to every block but the last."""
     from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline
 
     folder = Path(folder)
     torch.manual_seed(seed)
     tokenizer, tokenizer_3 = clip_tokenizer(), t5_tokenizer()
     transformer = SD3Transformer2DModel(
-        sample_size=8, patch_size=2, in_channels=LATENT, out_channels=LATENT, num_layers=1, attention_head_dim=8,
+        sample_size=8, patch_size=2, in_channels=LATENT, out_channels=LATENT, num_layers=num_layers, attention_head_dim=8,
         num_attention_heads=4, joint_attention_dim=T5_WIDTH, caption_projection_dim=32,
         pooled_projection_dim=2 * CLIP_HIDDEN, pos_embed_max_size=32,
     )
