@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+from pathlib import Path
 
 import anyio
 import numpy as np
@@ -12,6 +13,7 @@ import pytest
 from mcp import Client
 from PIL import Image
 
+from imgtools_mcp.config import Settings
 from imgtools_mcp.infotext import parse_infotext
 from imgtools_mcp.server import build_server
 
@@ -109,7 +111,7 @@ async def test_every_sampler_runs(client: Client) -> None:
         assert fields["Sampler"], sampler
 
 
-async def test_one_progress_notification_per_step(client: Client) -> None:
+async def test_one_progress_notification_per_step_after_the_load_is_reported(client: Client, settings: Settings) -> None:
     seen: list[tuple[float, float | None, str | None]] = []
 
     async def progress(done: float, total: float | None, message: str | None) -> None:
@@ -117,9 +119,44 @@ async def test_one_progress_notification_per_step(client: Client) -> None:
 
     result = await client.call_tool("generate", {"prompt": "x", "width": 64, "height": 64, "steps": 5}, progress_callback=progress)
     assert not result.is_error
-    assert [s[0] for s in seen] == [1, 2, 3, 4, 5]
+    steps = [s for s in seen if (s[2] or "").startswith("step ")]
+    assert [s[0] for s in steps] == [1, 2, 3, 4, 5]
     assert {s[1] for s in seen} == {5}
     assert seen[-1][2] == "step 5 / 5"
+    # A fresh server loads the model first: that is reported before step 1, below it, rising (MCP asks for rising progress).
+    loading = seen[: len(seen) - len(steps)]
+    assert loading and all(0 < s[0] < 1 for s in loading), seen
+    assert any(s[2].startswith(f"loading {Path(settings.model).name}") for s in loading), loading
+    values = [s[0] for s in seen]
+    assert values == sorted(set(values)), values
+
+    # Loaded now: the next call reports its steps and nothing else.
+    seen.clear()
+    await client.call_tool("generate", {"prompt": "x", "width": 64, "height": 64, "steps": 5}, progress_callback=progress)
+    assert [s[0] for s in seen] == [1, 2, 3, 4, 5]
+
+
+async def test_hires_progress_runs_on_over_both_passes(client: Client) -> None:
+    seen: list[tuple[float, float | None, str | None]] = []
+
+    async def progress(done: float, total: float | None, message: str | None) -> None:
+        seen.append((done, total, message))
+
+    hires = {"scale": 2, "denoise": 0.5}
+    result = await client.call_tool(
+        "generate", {"prompt": "x", **SMALL, "steps": 4, "num_images": 2, "hires": hires}, progress_callback=progress
+    )
+    assert not result.is_error, result.content[0].text
+    values = [s[0] for s in seen]
+    assert values == sorted(set(values)), seen  # the hires pass's steps start again at 1; the bar does not
+    # First pass 4 steps, then each image's hires pass (4 x 0.5 = 2 steps): one bar of 8.
+    steps = [(s[0], s[2]) for s in seen if "step " in (s[2] or "")]
+    assert [value for value, _ in steps] == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert [message for _, message in steps][4:] == [
+        "hires: image 1 / 2, step 1 / 2", "hires: image 1 / 2, step 2 / 2",
+        "hires: image 2 / 2, step 1 / 2", "hires: image 2 / 2, step 2 / 2",
+    ]
+    assert {s[1] for s in seen} == {8}
 
 
 async def test_cancelled_call_stops_and_engine_is_free(client: Client) -> None:

@@ -3,6 +3,7 @@
 generate, edit and inpaint are this path with different ImageInputs; a sweep cell and a refine round too.
 The model is resolved once per request (`model_family`, for what the inputs need of its family), the
 engine checks the whole request once (`engine.acheck` → ResolvedJob) and `engine.generate` runs that as is.
+Each of the three reports its slow first-use work (download, load, conversion) to the run's progress relay.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from PIL import Image
 
 from .. import __version__
 from ..engine.families import FamilyInfo
-from ..engine.request import EngineRequest, LoraWeight, ResolvedJob, RunOutput
+from ..engine.request import EngineRequest, LoraWeight, ProgressCallback, ResolvedJob, RunOutput
 from ..infotext import format_infotext, lora_tag
 from ..params import MAX_SEED, EditRequest, GenerationParams, GenerationResult, ImageInfo
 from ..store import StoredImage
@@ -48,13 +49,21 @@ class ImageRun:
     result: GenerationResult
 
 
-async def model_family(ctx: RunContext, spec: str | None) -> FamilyInfo:
-    """The model's family, for what the inputs depend on; off the event loop (a first use may scan or download).
+async def model_family(ctx: RunContext, spec: str | None, on_progress: ProgressCallback | None = None) -> FamilyInfo:
+    """The model's family, for what the inputs depend on; off the event loop (a first use may scan or download,
+    which `on_progress` hears).
 
     The engine remembers what it resolved, so its check of the whole request finds the model again for free.
     """
-    _, family = await ctx.engine.aresolve(spec)
+    _, family = await ctx.engine.aresolve(spec, on_progress)
     return family
+
+
+def planned_steps(job: ResolvedJob) -> int:
+    """The denoising steps the job's pipeline call runs: an img2img or inpaint call runs steps x strength of them."""
+    if job.strength is not None and job.mode in ("img2img", "inpaint"):
+        return max(1, int(job.steps * job.strength))
+    return job.steps
 
 
 def pick_seed(seed: int | None) -> int:
@@ -85,7 +94,9 @@ def engine_request(ctx: RunContext, params: GenerationParams, inputs: ImageInput
     )
 
 
-async def check(ctx: RunContext, params: GenerationParams, inputs: ImageInputs) -> ImagePlan:
+async def check(
+    ctx: RunContext, params: GenerationParams, inputs: ImageInputs, on_progress: ProgressCallback | None = None
+) -> ImagePlan:
     """The engine fills every default from the model's family and checks sizes, strength and LoRAs, once."""
     if params.control and "control" not in inputs.extra:
         from .structure import prepare_controls  # ControlNet maps are made (and saved) once per request
@@ -95,7 +106,7 @@ async def check(ctx: RunContext, params: GenerationParams, inputs: ImageInputs) 
         inputs.infotext.update(controls.infotext)
         inputs.parameters["control"] = controls.parameters
     inputs.hires = getattr(params, "hires", None)
-    job = await ctx.engine.acheck(engine_request(ctx, params, inputs))
+    job = await ctx.engine.acheck(engine_request(ctx, params, inputs), on_progress)
     if job.controlnets and "control" in inputs.parameters:
         from .structure import record_controlnets
 
@@ -139,7 +150,17 @@ def _step_cache_field(cache: dict[str, Any] | None) -> str | None:
 async def run_and_save(ctx: RunContext, tool: str, plan: ImagePlan, inputs: ImageInputs, relay: ProgressRelay) -> ImageRun:
     """Denoise the checked request and save every image with its infotext and sidecar."""
     started = time.perf_counter()
-    run = await ctx.engine.generate(plan.job, relay.on_step, ticket=ctx.ticket)
+    steps = planned_steps(plan.job)
+    hires_band = None
+    if inputs.hires is not None:
+        from .structure import split_for_hires  # one bar over both passes: the first pass's steps, then the hires pass's
+
+        hires_band = split_for_hires(relay, plan.job, inputs.hires, steps)
+    relay.expected_steps = steps
+    if relay.share is None:
+        relay.expected_total = relay.offset + steps
+    # Loading, LoRA downloads and backend conversion report below the first step, on the same bar.
+    run = await ctx.engine.generate(plan.job, relay.on_step, ticket=ctx.ticket, on_progress=relay.on_progress)
     model, engine = run.model.as_dict(), run.engine.as_dict()
     loras = [lora.as_dict() for lora in run.loras]
     saved_at = time.perf_counter()
@@ -147,6 +168,8 @@ async def run_and_save(ctx: RunContext, tool: str, plan: ImagePlan, inputs: Imag
     if inputs.hires is not None:
         from .structure import apply_hires, hires_infotext  # A1111's hires fix: enlarge, then img2img at that size
 
+        assert hires_band is not None
+        relay.segment(*hires_band)
         images, hires_used, hires_notes = await apply_hires(ctx, inputs.hires, plan.job, images, relay)
         plan.used["hires"] = hires_used
         inputs.infotext.update(hires_infotext(hires_used))
@@ -184,10 +207,10 @@ async def run_image(ctx: RunContext, tool: str, request: GenerationParams, prepa
     """The whole run of one image tool: resolve the model once, prepare the inputs, check, denoise, save."""
     if isinstance(request, EditRequest) and request.model is None and ctx.settings.edit_model:
         request = request.model_copy(update={"model": ctx.settings.edit_model})  # IMGTOOLS_EDIT_MODEL
-    inputs = await prepare(ctx, request, await model_family(ctx, request.model))
-    plan = await check(ctx, request, inputs)
     relay = ProgressRelay(ctx.sink)
-    async with relay.running():
+    async with relay.running():  # from the start: a first use downloads while resolving, loads and converts later
+        inputs = await prepare(ctx, request, await model_family(ctx, request.model, relay.on_progress))
+        plan = await check(ctx, request, inputs, relay.on_progress)
         return await run_and_save(ctx, tool, plan, inputs, relay)
 
 

@@ -66,10 +66,29 @@ def record_controlnets(controlnets: list[dict[str, Any]], parameters: list[dict[
             infotext[field_name] = f"{head.split(', Model: ')[0]}, Model: {model}, Weight: {rest}"
 
 
+def split_for_hires(relay: "ProgressRelay", job: "ResolvedJob", hires: HiresRequest, first_steps: int) -> tuple[float, float, str]:
+    """Give the first pass its part of the run's progress and return (offset, share, prefix) for the hires pass.
+
+    A bare run's bar becomes both passes' steps (the first pass's stay 1..N); a share (a sweep cell, a refine
+    round) is divided in proportion to the steps of each pass, so progress never goes back between them.
+    """
+    later = max(1, int((hires.steps or job.steps) * hires.denoise)) * len(job.request.seeds)
+    offset, prefix = relay.offset, relay.prefix
+    units = relay.share if relay.share is not None else float(first_steps + later)
+    if relay.grand_total is None:
+        relay.grand_total = offset + units
+    cut = units * first_steps / (first_steps + later)
+    relay.segment(offset, cut, prefix)
+    return offset + cut, units - cut, prefix
+
+
 async def apply_hires(
     ctx: "RunContext", hires: HiresRequest, job: "ResolvedJob", images: list[Image.Image], relay: "ProgressRelay"
 ) -> tuple[list[Image.Image], dict[str, Any], list[str]]:
-    """Each first-pass image enlarged (upscaler or Lanczos) and repainted by img2img at the large size, as one tile."""
+    """Each first-pass image enlarged (upscaler or Lanczos) and repainted by img2img at the large size, as one tile.
+
+    The relay's segment is the hires pass's part of the bar (`split_for_hires`); each image fills an equal part.
+    """
     from ..engine.upscale import DetailPass, resolve_upscaler, upscale_on_engine
 
     request = job.request
@@ -93,8 +112,12 @@ async def apply_hires(
     notes: list[str] = []
     info: dict[str, Any] = {}
     scale = 4 if hires.scale > 2 else 2
+    band_offset, prefix = relay.offset, relay.prefix
+    each = (relay.share if relay.share is not None else float(steps * len(images))) / len(images)
     for index, (image, seed) in enumerate(zip(images, request.seeds, strict=True)):
-        relay.post(relay.reported, f"hires: image {index + 1} / {len(images)}")
+        relay.segment(band_offset + index * each, each, f"{prefix}hires: image {index + 1} / {len(images)}, ")
+        relay.expected_steps = max(1, int(steps * hires.denoise))
+        relay.note(f"enlarging to {width}x{height}")
         if source is not None:
             enlarged_run = await upscale_on_engine(ctx.engine, image, scale, upscaler=source, tile=256, overlap=16, ticket=ctx.ticket)
             enlarged = enlarged_run.image
