@@ -22,21 +22,21 @@ class LoraRequest(BaseModel):
     weight: float = Field(1.0, ge=-4.0, le=4.0, description="0 off, 1 full")
 
 
-IMAGE_REFERENCE = "an output id or imgtools://images/<id>, a path under the input roots, data: URL or base64, or http(s) URL"
+IMAGE_REFERENCE = "output id or imgtools://images/<id>, path under the input roots, data: URL/base64 or http(s) URL"
 
 
 class ReferenceImage(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    image: str = Field(min_length=1, description="Image reference (as `image`)")
-    weight: float = Field(1.0, ge=0.0, le=2.0, description="0 off; the IP-Adapter scale (native inputs: on/off)")
+    image: str = Field(min_length=1, description="As `image`")
+    weight: float = Field(1.0, ge=0.0, le=2.0, description="0 off; IP-Adapter scale (native inputs: on/off)")
 
 
 def reference_images_field() -> Any:
     """One `reference_images` for generate, edit and inpaint: the mechanism is the family's (IP-Adapter or native)."""
     return Field(
         default_factory=list, max_length=8,
-        description="Images to take style or subject from (IP-Adapter, or the model's own inputs)",
+        description="Style/subject images (as `image`; weight 0 off): IP-Adapter or the model's own inputs",
     )
 
 
@@ -48,7 +48,7 @@ class GenerationParams(BaseModel):
     prompt: str = Field(min_length=1, max_length=4000, description="What to draw")
     negative_prompt: str = Field("", max_length=4000, description="What to avoid")
     model: str | None = Field(
-        None, description="HF id, diffusers folder or .safetensors file; default: the server's"
+        None, description="HF id, diffusers folder or .safetensors; default: the server's"
     )
     width: int | None = Field(None, ge=64, le=4096, multiple_of=8, description="Default: the model's native size")
     height: int | None = Field(None, ge=64, le=4096, multiple_of=8, description="Default: the model's native size")
@@ -58,16 +58,16 @@ class GenerationParams(BaseModel):
     )
     sampler: SamplerName = Field("default", description="'default': the model's own")
     seed: int | None = Field(
-        None, ge=-1, le=MAX_SEED, description="Omitted or -1: random (reported); image i uses seed+i"
+        None, ge=-1, le=MAX_SEED, description="-1/omitted: random (reported); image i uses seed+i"
     )
     num_images: int = Field(1, ge=1, le=8, description="Images per call")
-    loras: list[LoraRequest] = Field(default_factory=list, max_length=8, description="LoRAs as [{name, weight}]")
+    loras: list[LoraRequest] = Field(default_factory=list, max_length=8, description="LoRAs: name a file in IMGTOOLS_LORA_DIRS, path or HF id; weight 0 off, 1 full")
     control: list[ControlRequest] = Field(
         default_factory=list, max_length=4,
-        description="ControlNets: keep the edges/depth/pose of an image; each map is saved as an output",
+        description="ControlNets: follow an image's edges/depth/pose (type image: it is the map); start/end: fraction of steps; maps are saved as outputs",
     )
     speed: Literal["quality", "balanced", "fast"] = Field(
-        "quality", description="Step cache on transformer models: balanced/fast reuse work between similar steps"
+        "quality", description="balanced/fast reuse work across steps (transformer models)"
     )
     background: bool = Field(False, description="Return a job id at once; poll get_job")
 
@@ -76,7 +76,7 @@ class GenerateRequest(GenerationParams):
     """Text to image."""
 
     hires: HiresRequest | None = Field(
-        None, description="Hires fix: generate at width x height, enlarge, repaint at the large size"
+        None, description="Hires fix: generate, enlarge by scale (upscaler: as upscale's model, default Lanczos), repaint with denoise"
     )
     reference_images: list[ReferenceImage] = reference_images_field()
 
@@ -84,20 +84,19 @@ class GenerateRequest(GenerationParams):
 class EditRequest(GenerationParams):
     """Image + prompt to image (img2img), or an instruction edit on an instruction-edit model."""
 
-    image: str = Field(min_length=1, description=f"Start from: {IMAGE_REFERENCE}")
+    image: str = Field(min_length=1, description=f"Start image: {IMAGE_REFERENCE}")
     strength: float = Field(
         0.6, ge=0.0, le=1.0,
-        description="0 keeps the input, 1 ignores it (0.3 touch-up, 0.6 restyle, 0.8+ new); runs ~strength*steps steps; "
-        "unused by instruction-edit models",
+        description="0 keeps the input, 1 ignores it; unused by instruction-edit models",
     )
     reference_images: list[ReferenceImage] = reference_images_field()
     width: int | None = Field(
         None, ge=64, le=4096, multiple_of=8,
-        description="Default: the input's, rounded to 8 (aspect kept if one side is given)",
+        description="Default: the input's (one side given: aspect kept)",
     )
     height: int | None = Field(
         None, ge=64, le=4096, multiple_of=8,
-        description="Default: the input's, rounded to 8 (aspect kept if one side is given)",
+        description="Default: the input's (one side given: aspect kept)",
     )
 
 
@@ -124,41 +123,41 @@ class Expand(BaseModel):
 class InpaintRequest(GenerationParams):
     """Image + mask to image: repaint the masked part (or the new border when expanding), keep the rest."""
 
-    image: str = Field(min_length=1, description=f"Image to change: {IMAGE_REFERENCE}")
+    image: str = Field(min_length=1, description=f"Image: {IMAGE_REFERENCE}")
     mask: str | None = Field(
         None, min_length=1,
-        description="Mask image (forms as `image`): white repaint, black keep; resized to fit",
+        description="Mask image (as `image`): white repaint, black keep",
     )
     mask_prompt: str | None = Field(
         None, min_length=1, max_length=500,
-        description="What to repaint in words ('the cup'); the VLM finds it, the mask is an output",
+        description="What to repaint, in words; the VLM finds it",
     )
     mask_shapes: list[MaskShape] | None = Field(
         None, min_length=1, max_length=32,
-        description="Areas to repaint: [{type: rect|ellipse, x, y, width, height}], fractions of the image if all <= 1, else px",
+        description="Shapes to repaint (x, y: top-left); fractions of the image if all values <= 1, else px",
     )
     expand: Expand | None = Field(
-        None, description="Outpaint: grow the canvas by {left, right, top, bottom} px and paint the border"
+        None, description="Outpaint: px to add per side"
     )
     reference_images: list[ReferenceImage] = reference_images_field()
     mask_blur: float = Field(4.0, ge=0.0, le=64.0, description="Feather the mask edge (px)")
     invert_mask: bool = Field(False, description="Repaint the black part instead")
     inpaint_area: Literal["full", "masked"] = Field(
         "full",
-        description="full: the whole image; masked: a crop around the mask at the model's size (detail), pasted back",
+        description="masked: a crop around the mask at the model's size (more detail), pasted back",
     )
     padding: int = Field(32, ge=0, le=1024, description="masked: context px around the mask")
     strength: float = Field(
         0.99, ge=0.0, le=1.0,
-        description="0.99 repaints the area; 0.5-0.8 keeps its colours and layout",
+        description="0.99 repaints; 0.5-0.8 keeps colours and layout",
     )
     width: int | None = Field(
         None, ge=64, le=4096, multiple_of=8,
-        description="Working size (output keeps the image's plus expand); default: the image's, for masked the model's",
+        description="Working size; default: the image's (masked: the model's)",
     )
     height: int | None = Field(
         None, ge=64, le=4096, multiple_of=8,
-        description="Working size (output keeps the image's plus expand); default: the image's, for masked the model's",
+        description="Working size; default: the image's (masked: the model's)",
     )
 
     @model_validator(mode="after")

@@ -16,10 +16,10 @@ class ControlRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     type: ControlTypeName = Field(description="Map made from image; image: it is the map")
-    image: str = Field(min_length=1, description="Image reference (as `image`)")
+    image: str = Field(min_length=1, description="As `image`")
     weight: float = Field(1.0, ge=0.0, le=2.0, description="Strength, 0 off")
-    start: float = Field(0.0, ge=0.0, le=1.0, description="Start, fraction of steps")
-    end: float = Field(1.0, ge=0.0, le=1.0, description="End, fraction of steps")
+    start: float = Field(0.0, ge=0.0, le=1.0, description="Fraction of steps")
+    end: float = Field(1.0, ge=0.0, le=1.0, description="Fraction of steps")
     model: str | None = Field(None, min_length=1, description="ControlNet; default by family and type")
 
     @model_validator(mode="after")

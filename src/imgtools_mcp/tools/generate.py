@@ -8,10 +8,9 @@ from ..params import GenerateRequest
 from .present import bind_image_tool
 
 DESCRIPTION = """Make image(s) from a text prompt with the local diffusion engine.
-Returns a thumbnail and an imgtools://images/<id> link per image; pass the id to edit/inpaint to keep working on it.
-Omitted width/height/steps/guidance come from the model family; the seed is always reported, reuse it to reproduce.
-Cost: steps x the device's time per step (a fraction of a second on a GPU, seconds on a CPU; engine_status shows
-the device). Use sweep to compare parameter values, refine to iterate toward a goal with critique."""
+Each image comes back as a thumbnail and an imgtools://images/<id> link; pass the id to edit/inpaint to keep working.
+Omitted size, steps and guidance follow the model family; the seed is reported (reuse it to reproduce).
+Cost: steps x time per step (engine_status shows the device). Compare values with sweep; iterate toward a goal with refine."""
 
 
 def register(server: MCPServer) -> None:

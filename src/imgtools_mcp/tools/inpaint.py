@@ -7,16 +7,12 @@ from mcp.server.mcpserver import MCPServer
 from ..params import InpaintRequest
 from .present import bind_image_tool
 
-DESCRIPTION = """Repaint part of an image, keeping every other pixel exactly, or outpaint (grow the canvas, paint the new border).
-Say where with exactly one of:
-- `mask_shapes` (easiest): rects/ellipses, fractions of the image when x, y, width, height are all <= 1, else
-  pixels; e.g. [{"type": "ellipse", "x": 0.3, "y": 0.1, "width": 0.4, "height": 0.4}] for the upper middle.
-- `mask`: a mask image reference (white = repaint, black = keep).
-- `expand`: {left, right, top, bottom} pixels to add; the output is that much larger.
-The prompt says what should appear there (for expand: the whole scene).
-Chain results by passing an output's imgtools://images/<id> as `image`.
-`inpaint_area: "masked"` works on a crop around the mask: more detail for small areas.
-Output keeps the image's size (plus expand); costs like generate. For the whole image use edit."""
+DESCRIPTION = """Repaint part of an image, keeping every other pixel, or outpaint (grow the canvas, paint the new border).
+Say where with exactly one of: `mask_shapes` (easiest; e.g. [{"type": "ellipse", "x": 0.3, "y": 0.1, "width": 0.4,
+"height": 0.4}] is the upper middle), `mask` (white = repaint, black = keep), `mask_prompt` (the VLM finds it) or
+`expand` (px per side; the output grows). The prompt says what goes there (for expand: the whole scene).
+`image` can be an output's imgtools://images/<id>. `inpaint_area: "masked"` works on a crop: more detail for small
+areas. Costs like generate. For the whole image use edit."""
 
 
 def register(server: MCPServer) -> None:

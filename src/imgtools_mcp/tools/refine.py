@@ -14,14 +14,11 @@ from ..runs.vlm_messages import usage_text
 from .present import app_of, bind_tool, image_blocks, result_of, run_here_or_as_task, started_result
 from .vision_common import require_vlm
 
-DESCRIPTION = """Art-direct an image toward a goal without a human in the loop. Each round makes num_images candidates
-(real outputs), has the vision-language model critique each against the goal (score 0-10),
-keeps the best so far, then asks the VLM for a revised prompt/negative prompt/parameters that fix the most important
-remaining problem, seeing every earlier round so it does not repeat itself. Stops at target_score, max_rounds, max_cost
-(USD) or cancellation. The seed is fixed across rounds, so rounds differ by what the VLM changed; model, size and
-LoRAs stay as given; steps may at most double. Returns the best image and the per-round history (prompts, parameters,
-image ids, scores, problems, revision rationale) and the VLM tokens/cost. background=true returns a job id;
-cancel_job keeps the best so far. Cost per round: num_images generations and critiques plus one revision call."""
+DESCRIPTION = """Art-direct an image toward a goal: each round makes num_images candidates, the VLM scores each against the
+goal (0-10), the best so far is kept, and the VLM revises prompt, negative prompt and parameters to fix the main
+remaining problem, seeing earlier rounds. Stops at target_score, max_rounds, max_cost or cancel (the best is kept).
+The seed is fixed; model, size and LoRAs stay; steps may at most double. Returns the best image, each round's
+prompts, scores and revisions, and the VLM cost. Per round: num_images generations and critiques, one revision."""
 
 
 async def present(outcome: RefineOutcome) -> CallToolResult:

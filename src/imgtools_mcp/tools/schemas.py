@@ -197,7 +197,8 @@ def compact_tool_schemas(input_schema: dict[str, Any], output_schema: dict[str, 
         output = compact_schema(_shallow_output(compact_schema(output_schema, {"title", "description", "default"})), set())
     listed = _undocument_union_members(compact_schema(input_schema, _ANNOTATION_KEYS))
     # Nested records refuse unknown keys at validation (a one-line error names them); the schema need not repeat it.
-    # A record's own description (its class docstring) is left out: the field that takes it describes it.
-    defs = {name: {k: v for k, v in sub.items() if k not in ("additionalProperties", "description")}
+    # A record's description and its fields' are left out: the field that takes it says what a caller must know
+    # (its types, bounds and defaults stay).
+    defs = {name: {k: v for k, v in compact_schema(sub, {"description"}).items() if k != "additionalProperties"}
             for name, sub in listed.get("$defs", {}).items()}
     return _inline_single_use({**listed, "$defs": defs} if defs else listed), output

@@ -17,13 +17,12 @@ from .present import app_of, bind_tool, image_blocks, resource_link, result_of, 
 
 MAX_Z_THUMBNAILS = 4
 
-DESCRIPTION = """Compare parameter values: run one base request (of generate, edit or inpaint) for every combination of
-up to three axes and get every cell as an output plus a labelled grid (X columns, Y rows, one grid per Z value and a
-sheet of all). Axes: {param, values: [...]} or {param, start, stop, count}; params: seed, steps, guidance_scale,
-sampler, strength, width, height, size ('WxH'), model, negative_prompt, prompt, prompt_sr (first value is searched in
-the prompt and replaced by each value), lora:<name> (weight). One seed is used for every cell unless seed is swept.
-Invalid values become labelled placeholder tiles; cancelling keeps the finished cells and a grid of them.
-Costs one generation per cell; use background=true for long sweeps and poll get_job."""
+DESCRIPTION = """Compare parameter values: run one base request (generate, edit or inpaint) for every combination of up to
+three axes; every cell is an output, plus a labelled grid (X columns, Y rows, a grid per Z value and a sheet of all).
+Axis: {param, values} or {param, start, stop, count}. param: seed, steps, guidance_scale, sampler, strength, width,
+height, size ('WxH'), model, prompt, negative_prompt, prompt_sr (the first value is replaced in the prompt by each),
+lora:<name> (its weight), or another scalar parameter. One seed for every cell unless seed is swept. Invalid values
+become labelled placeholder tiles; cancelling keeps finished cells. Costs a generation per cell."""
 
 
 def summary(plan: SweepPlan, result: SweepResult) -> str:
