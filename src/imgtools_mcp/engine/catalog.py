@@ -184,10 +184,11 @@ def _config_matches(folder: Path, header: SafetensorsHeader) -> bool:
 def find_config_folder(checkpoint: Path, family: FamilyInfo, model_dirs: list[Path], hub_cache: Path) -> Path | None:
     """A local diffusers folder of the checkpoint's family and shapes (model folders first, then the HF cache).
 
-    A GGUF transformer takes the first folder of its family: its shapes are checked when diffusers loads it.
+    A transformer file (GGUF or .safetensors of a DiT family) takes the first folder of its family: its shapes are
+    checked when diffusers loads it.
     """
-    gguf = checkpoint.suffix.lower() == ".gguf"
-    header = None if gguf else read_header(checkpoint)
+    by_shapes = checkpoint.suffix.lower() != ".gguf" and family.family.denoiser == "unet"
+    header = read_header(checkpoint) if by_shapes else None
     catalog = Catalog()
     scan_model_dirs(model_dirs, catalog)
     scan_hf_cache(hub_cache, catalog)

@@ -152,8 +152,8 @@ def load_pipeline(
     import diffusers
     assert source.path is not None
     try:
-        if source.kind == "file" and source.path.suffix.lower() == ".gguf":
-            pipe = _load_gguf_transformer_pipeline(source, family, dtype, config)
+        if source.kind == "file" and (source.path.suffix.lower() == ".gguf" or transformer_only_file(source.path, family)):
+            pipe = _load_transformer_file_pipeline(source, family, dtype, config)
         elif source.kind == "file":
             if family.family.single_file_class is None:
                 raise ModelLoadError(f"model: {source.name!r}: single-file {family.family.label} checkpoints are not supported")
@@ -195,25 +195,42 @@ def gguf_tensor_names(path: Path) -> list[str]:
     return [tensor.name for tensor in GGUFReader(str(path)).tensors]
 
 
-def _load_gguf_transformer_pipeline(source: ModelSource, family: FamilyInfo, dtype: torch.dtype, config: Path | None) -> Any:
-    """A GGUF-quantized transformer in the pipeline of a same-family diffusers folder (diffusers dequantizes per layer)."""
+# Tensor-name prefixes of a VAE inside a single file: such a file carries the whole pipeline, not only a transformer.
+_WHOLE_PIPELINE_MARKERS = ("first_stage_model.", "vae.")
+
+
+def transformer_only_file(path: Path, family: FamilyInfo) -> bool:
+    """Whether a .safetensors file of a DiT family holds its transformer alone (FLUX.1, Chroma, Qwen-Image and
+    Z-Image files are usually published so); a file with a VAE inside is a whole pipeline for `from_single_file`."""
+    if family.family.denoiser != "transformer":
+        return False
+    names = read_header(path).tensors
+    return not any(name.startswith(_WHOLE_PIPELINE_MARKERS) for name in names)
+
+
+def _load_transformer_file_pipeline(source: ModelSource, family: FamilyInfo, dtype: torch.dtype, config: Path | None) -> Any:
+    """A transformer file (GGUF-quantized, which diffusers dequantizes per layer, or .safetensors in the original or
+    diffusers layout) in the pipeline of a same-family diffusers folder, which gives the text encoders, VAE and
+    scheduler."""
     import json
 
     import diffusers
     from diffusers import GGUFQuantizationConfig
 
     assert source.path is not None
+    gguf = source.path.suffix.lower() == ".gguf"
     if config is None:
         raise ModelLoadError(
-            f"model: {source.name!r} is a GGUF {family.family.label} transformer; the rest of its pipeline (text encoders, "
-            f"VAE, scheduler) comes from a {family.family.label} diffusers folder in IMGTOOLS_MODEL_DIRS or the HF cache, "
-            "and none is there"
+            f"model: {source.name!r} is a {'GGUF ' if gguf else ''}{family.family.label} transformer; the rest of its "
+            f"pipeline (text encoders, VAE, scheduler) comes from a {family.family.label} diffusers folder in "
+            "IMGTOOLS_MODEL_DIRS or the HF cache, and none is there"
         )
     index = json.loads((config / "model_index.json").read_text())
     transformer_class = getattr(diffusers, index["transformer"][1])
+    quantization = {"quantization_config": GGUFQuantizationConfig(compute_dtype=dtype)} if gguf else {}
     transformer = transformer_class.from_single_file(
         str(source.path),
-        quantization_config=GGUFQuantizationConfig(compute_dtype=dtype),
+        **quantization,
         config=str(config),
         subfolder="transformer",
         torch_dtype=dtype,

@@ -15,7 +15,8 @@ SD3 = register(
         denoiser="transformer",
         denoiser_classes=("SD3Transformer2DModel",),
         priority=30,
-        state_dict_markers=("joint_blocks.",),
+        # The original MMDiT layout, or a transformer saved in diffusers' own layout (only SD3 patches with a conv).
+        state_dict_markers=("joint_blocks.", "pos_embed.proj."),
         single_file_class="StableDiffusion3Pipeline",
         pipelines={
             "txt2img": "StableDiffusion3Pipeline",
