@@ -109,12 +109,15 @@ class OpenAILoopback:
         scorer: Scorer = brightness_score,
         revision: dict[str, Any] | Callable[[RecordedRequest], dict[str, Any]] | None = None,
         model_name: str | None = None,
+        regions: list[dict[str, Any]] | Callable[[RecordedRequest], list[dict[str, Any]]] | None = None,
     ) -> None:
         """`api_key` None accepts any key (like a local server); `scorer` computes critique scores from the
-        last image received; `revision` is the revision JSON to return (or a function of the request)."""
+        last image received; `revision` is the revision JSON to return (or a function of the request);
+        `regions` the critique's problem regions (or a function of the request; None: the field is left out)."""
         self.api_key = api_key
         self.scorer = scorer
         self.revision = revision
+        self.regions = regions
         self.model_name = model_name
         self._lock = threading.Lock()
         self._script: list[Scripted] = []
@@ -372,7 +375,7 @@ class OpenAILoopback:
             score = 0.0
         else:
             score = max(0.0, min(10.0, float(self.scorer(record.images[-1]))))
-        return {
+        critique: dict[str, Any] = {
             "summary": f"scored {score:.2f} from {_image_facts(record.images[-1]) if record.images else 'nothing'}",
             "problems": ["too dark"] if score < 5 else [],
             "prompt_adherence": score,
@@ -384,6 +387,9 @@ class OpenAILoopback:
                 "steps": 30, "guidance_scale": 7.0, "sampler": "euler_a", "strength": None, "notes": None
             },
         }
+        if self.regions is not None:
+            critique["regions"] = self.regions(record) if callable(self.regions) else self.regions
+        return critique
 
     def _usage(self, record: RecordedRequest, content: str, *, openrouter: bool) -> dict[str, Any]:
         text_chars = sum(len(text) for text in record.texts)

@@ -8,6 +8,7 @@ import threading
 from pathlib import Path
 
 import anyio
+import numpy as np
 import pytest
 from mcp import Client
 from openai_loopback import OpenAILoopback, RecordedRequest, Scripted, brightness_score
@@ -15,8 +16,11 @@ from PIL import Image
 from pydantic import SecretStr
 
 from imgtools_mcp.config import Settings
+from imgtools_mcp.images.masks import blur_mask
 from imgtools_mcp.infotext import parse_infotext
+from imgtools_mcp.runs.refine.repair import decide
 from imgtools_mcp.server import build_server
+from imgtools_mcp.vlm import Critique
 
 pytestmark = pytest.mark.anyio
 
@@ -257,3 +261,135 @@ async def test_refine_refuses_bad_arguments_before_generating(settings: Settings
                 assert error_of(await client.call_tool("refine", arguments)).startswith(start), arguments
         assert loopback.chat_requests == []
     assert not list(settings.output_dir.glob("*.png"))
+
+
+# ----- repair rounds: inpaint the critic's problem regions, keep the rest -----
+
+TOP_LEFT = {"problem": "a smudge top left", "bbox_2d": [0, 0, 500, 500], "prompt": "a clean white wall"}
+
+
+def pixels(path: str | Path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB")).astype(int)
+
+
+async def test_a_repair_round_inpaints_only_the_regions_the_critic_named(settings: Settings) -> None:
+    with OpenAILoopback(api_key=KEY, revision=marker_revision, regions=[TOP_LEFT]) as loopback:
+        async with Client(build_server(with_vlm(settings, loopback.base_url))) as client:
+            result = await client.call_tool(
+                "refine",
+                {"goal": "a lamp", **SMALL, "seed": 5, "num_images": 1, "max_rounds": 2, "target_score": 10, "strategy": "repair"},
+            )
+        assert loopback.problems == []
+        revisions = [r for r in loopback.chat_requests if r.kind == "revision"]
+    assert not result.is_error, result.content[0].text
+    first, second = result.structured_content["rounds"]
+    assert first["action"] == "regenerate" and first["action_reason"] == "the first round generates from the prompt"
+    assert first["mask_id"] is None and first["regions"] == []
+    assert second["action"] == "repair"
+    assert second["action_reason"] == "strategy=repair: 1 region(s) covering 25% of the image"
+    assert second["source_id"] == first["best_id"] and second["prompt"] == "a clean white wall"
+    assert second["regions"] == [{**TOP_LEFT, "bbox_2d": [0.0, 0.0, 500.0, 500.0]}]
+    assert "regenerate (the first round" in revisions[0].texts[0]  # the reviser sees what each round did
+
+    # The mask is an output: the region's box at the image's size.
+    mask = Image.open(settings.output_dir / f"{second['mask_id']}.png").convert("L")
+    inside = np.asarray(mask) > 127
+    assert inside[:32, :32].all() and not inside[32:, :].any() and not inside[:, 32:].any()
+
+    # Pixels outside the (feathered) mask are the previous round's exactly; inside, they were repainted.
+    before, after = pixels(first["candidates"][0]["path"]), pixels(second["candidates"][0]["path"])
+    kept = np.asarray(blur_mask(mask, 4.0)) == 0
+    assert kept.sum() > 0.5 * kept.size and (after[kept] == before[kept]).all()
+    assert np.abs(after[inside] - before[inside]).mean() > 1
+
+    repaired = second["candidates"][0]["path"]
+    meta = sidecar(repaired)
+    assert meta["parent"] == first["best_id"] and meta["refine"]["action"] == "repair"
+    assert meta["parameters"]["mask_made"] == second["mask_id"] and meta["refine"]["regions"][0]["problem"] == TOP_LEFT["problem"]
+    _, _, fields = parse_infotext(Image.open(repaired).text["parameters"])
+    assert fields["Refine round"] == "2/2 (repair)" and "Mask" in fields
+
+
+@pytest.mark.parametrize(
+    ("strategy", "box", "score", "action", "reason"),
+    [
+        ("auto", [0, 0, 500, 500], 6.0, "repair", "auto: 1 region(s) covering 25% of the image and score 6: the problems are local"),
+        ("auto", [0, 0, 1000, 800], 6.0, "regenerate", "auto: 1 region(s) covering 80% of the image, over 40%: the problems are not local"),
+        ("auto", [0, 0, 500, 500], 3.0, "regenerate", "auto: score 3 is under 5: too far off to repair"),
+        ("regenerate", [0, 0, 500, 500], 6.0, "regenerate", "strategy=regenerate"),
+    ],
+)
+async def test_auto_repairs_local_problems_and_regenerates_otherwise(
+    settings: Settings, strategy: str, box: list[int], score: float, action: str, reason: str
+) -> None:
+    region = {"problem": "a flaw", "bbox_2d": box, "prompt": None}
+    with OpenAILoopback(api_key=KEY, scorer=lambda image: score, regions=[region]) as loopback:
+        async with Client(build_server(with_vlm(settings, loopback.base_url))) as client:
+            arguments = {"goal": "a lamp", **SMALL, "num_images": 1, "max_rounds": 2, "target_score": 10}
+            result = await client.call_tool("refine", {**arguments, "strategy": strategy})
+    assert not result.is_error, result.content[0].text
+    second = result.structured_content["rounds"][1]
+    assert (second["action"], second["action_reason"]) == (action, reason), second["action_reason"]
+    made = {c["id"] for r in result.structured_content["rounds"] for c in r["candidates"]}
+    outputs = {path.stem for path in settings.output_dir.glob("*.png")}
+    if action == "repair":
+        assert second["mask_id"] in outputs and second["regions"] and second["source_id"]
+        assert second["prompt"] == "revised prompt after 1 round(s)"  # no region prompt: the revised prompt
+    else:
+        assert second["mask_id"] is None and second["regions"] == [] and second["source_id"] is None
+        assert outputs == made  # no mask was made
+        assert sidecar(second["candidates"][0]["path"])["parameters"].get("mask") is None
+
+
+def critique_with(regions: list[dict], score: float = 6.0) -> Critique:
+    return Critique.model_validate({
+        "summary": "s", "problems": ["p"], "regions": regions, "prompt_adherence": score, "visual_quality": score,
+        "score": score, "revised_prompt": "r", "negative_prompt_additions": [], "parameter_advice": {},
+    })
+
+
+def test_the_decision_when_repair_is_not_possible_or_did_not_help() -> None:
+    local = critique_with([TOP_LEFT])
+    assert decide("auto", None, can_inpaint=True, family="sd15").action == "regenerate"
+    no_inpaint = decide("repair", local, can_inpaint=False, family="qwen-image")
+    assert no_inpaint.action == "regenerate" and "(qwen-image) has no inpaint pipeline" in no_inpaint.reason
+    empty = decide("repair", critique_with([]), can_inpaint=True, family="sd15")
+    assert empty.action == "regenerate" and empty.reason == "strategy=repair: the critic named no local regions; regenerated"
+    assert decide("auto", local, can_inpaint=True, family="sd15", repeated=True).action == "regenerate"
+    assert decide("repair", local, can_inpaint=True, family="sd15", repeated=True).action == "repair"
+    # Two overlapping boxes count once: 25% + 25% - 6.25% overlap.
+    overlapping = critique_with([TOP_LEFT, {**TOP_LEFT, "bbox_2d": [250, 250, 750, 750]}])
+    assert "covering 44% of the image" in decide("auto", overlapping, can_inpaint=True, family="sd15").reason
+
+
+async def test_a_bad_strategy_is_a_tool_error_naming_the_allowed_values(settings: Settings) -> None:
+    with OpenAILoopback(api_key=KEY) as loopback:
+        async with Client(build_server(with_vlm(settings, loopback.base_url))) as client:
+            text = error_of(await client.call_tool("refine", {"goal": "x", **SMALL, "strategy": "fix"}))
+        assert loopback.chat_requests == []
+    assert text.startswith("strategy:") and all(name in text for name in ("'auto'", "'regenerate'", "'repair'"))
+
+
+async def test_critique_returns_the_problem_regions_cleaned(settings: Settings) -> None:
+    regions = [
+        {"problem": "garbled sign", "bbox_2d": [600, 700, 1004, 900], "prompt": " a sign reading OPEN "},
+        {"problem": "a sliver", "bbox_2d": [10, 10, 14, 500], "prompt": None},  # too thin: dropped
+        {"problem": "in pixels", "bbox_2d": [0, 0, 1400, 300], "prompt": None},  # not on the grid: dropped
+        {"problem": "everything", "bbox_2d": [0, 0, 1000, 1000], "prompt": None},  # the whole image: dropped
+        {"problem": "hand", "bbox_2d": [400, 300, 200, 100], "prompt": None},  # corners swapped: put in order
+    ]
+    with OpenAILoopback(api_key=KEY, regions=regions) as loopback:
+        async with Client(build_server(with_vlm(settings, loopback.base_url))) as client:
+            made = (await client.call_tool("generate", {"prompt": "a shop", **SMALL})).structured_content["images"][0]
+            result = await client.call_tool("critique", {"image": made["id"], "goal": "a shop with an OPEN sign"})
+        assert loopback.problems == []  # the regions are in the strict schema the server was sent
+        (request,) = loopback.chat_requests
+    assert not result.is_error, result.content[0].text
+    schema = request.body["response_format"]["json_schema"]["schema"]
+    assert schema["properties"]["regions"]["items"]["required"] == ["problem", "bbox_2d", "prompt"]
+    assert '"regions"' in request.texts[0] and "0-1000 grid" in request.texts[0]
+    assert result.structured_content["critique"]["regions"] == [
+        {"problem": "garbled sign", "bbox_2d": [600.0, 700.0, 1000.0, 900.0], "prompt": "a sign reading OPEN"},
+        {"problem": "hand", "bbox_2d": [200.0, 100.0, 400.0, 300.0], "prompt": None},
+    ]
+    assert "Regions (0-1000 grid): garbled sign [600, 700, 1000, 900]; hand [200, 100, 400, 300]." in result.content[0].text

@@ -81,6 +81,9 @@ def critique_text(critique: Critique) -> str:
     text = f"score {critique.score:g}/10 (adherence {critique.prompt_adherence:g}, quality {critique.visual_quality:g}): {critique.summary}"
     if critique.problems:
         text += " Problems: " + "; ".join(critique.problems) + "."
+    if critique.regions:
+        boxes = "; ".join(f"{r.problem} [{', '.join(f'{v:g}' for v in r.bbox_2d)}]" for r in critique.regions)
+        text += f" Regions (0-1000 grid): {boxes}."
     text += f" Revised prompt: {critique.revised_prompt}"
     if critique.negative_prompt_additions:
         text += f" | add to negative: {', '.join(critique.negative_prompt_additions)}"

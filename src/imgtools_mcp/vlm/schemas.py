@@ -50,6 +50,16 @@ class ParameterAdvice(BaseModel):
     notes: str | None = None
 
 
+class ProblemRegion(BaseModel):
+    """Where one local problem is, so a repair can repaint just there (boxes as grounding gives them)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    problem: str = Field(description="what is wrong there")
+    bbox_2d: list[float] = Field(min_length=4, max_length=4, description="[x1, y1, x2, y2], 0-1000 relative to the image")
+    prompt: str | None = Field(default=None, description="what to paint there; null: the revised prompt")
+
+
 class Critique(BaseModel):
     """Structured judgement of one image against the goal it was generated for."""
 
@@ -57,6 +67,9 @@ class Critique(BaseModel):
 
     summary: str = Field(description="one-sentence verdict")
     problems: list[str] = Field(description="concrete, visible problems, most important first")
+    regions: list[ProblemRegion] = Field(
+        default_factory=list, description="boxes of the local problems; empty when they are global"
+    )
     prompt_adherence: float = Field(ge=0, le=10)
     visual_quality: float = Field(ge=0, le=10)
     score: float = Field(ge=0, le=10, description="overall, 10 = fully meets the goal")
@@ -71,6 +84,13 @@ class Critique(BaseModel):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @field_validator("regions")
+    @classmethod
+    def _clean_regions(cls, regions: list[ProblemRegion]) -> list[ProblemRegion]:
+        from .regions import clean_regions  # regions uses grounding, which imports this module
+
+        return clean_regions(regions)
 
 
 class Revision(BaseModel):

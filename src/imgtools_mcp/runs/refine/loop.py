@@ -11,17 +11,19 @@ from typing import Any, Literal
 import anyio
 import anyio.to_thread
 from PIL import Image
+from pydantic import ValidationError
 
 from ...engine.errors import EngineError, GenerationCancelled
-from ...params import ImageInfo
+from ...params import ImageInfo, one_line_error
 from ...store import atomic_write
 from ...vlm import Critique, CritiqueResult, VLMClient, VLMError, VLMUsage
-from ..context import RunContext, RunFailed
+from ..context import RunContext, RunFailed, RunInputError
 from ..image_run import check, run_and_save
 from ..inputs import ImageInputs
 from ..progress import ProgressRelay
 from ..vlm_messages import vlm_error_message
 from .models import RefineBest, RefineCandidate, RefineResult, RefineRound
+from .repair import Decision, Repair, decide, repair_inputs
 from .state import Best, RefinePlan, RefineState, apply_revision
 
 log = logging.getLogger(__name__)
@@ -62,9 +64,12 @@ def _record_critique(ctx: RunContext, image_id: str, critique: Critique, refine_
         log.warning("could not add the critique to %s's sidecar: %s", image_id, exc)
 
 
-def _history_entry(number: int, state: RefineState, used: dict[str, Any], critique: Critique, scores: list) -> dict[str, Any]:
+def _history_entry(
+    number: int, state: RefineState, used: dict[str, Any], critique: Critique, scores: list, decision: Decision
+) -> dict[str, Any]:
     return {
         "round": number,
+        "action": f"{decision.action} ({decision.reason})",
         "why_this_prompt": state.rationale or "the starting prompt",
         "prompt": used["prompt"],
         "negative_prompt": used["negative_prompt"],
@@ -80,20 +85,49 @@ def _history_entry(number: int, state: RefineState, used: dict[str, Any], critiq
     }
 
 
-async def _one_round(ctx: RunContext, plan: RefinePlan, state: RefineState, relay: ProgressRelay, number: int) -> None:
+def _decision(plan: RefinePlan, state: RefineState) -> Decision:
+    """Whether the coming round regenerates or repairs the best image's regions, and why."""
+    best = state.best
+    last = state.rounds[-1] if state.rounds else None
+    repeated = best is not None and last is not None and last.action == "repair" and last.source_id == best.stored.id
+    return decide(
+        plan.request.strategy, best.critique if best is not None else None,
+        can_inpaint=plan.family.family.pipeline_for("inpaint") is not None, family=plan.family.family.id,
+        repeated=repeated,
+    )
+
+
+async def _one_round(
+    ctx: RunContext, plan: RefinePlan, state: RefineState, relay: ProgressRelay, number: int, decision: Decision
+) -> None:
     request = plan.request
     label = f"round {number}/{request.max_rounds}"
     started = time.perf_counter()
     parent = state.best.stored.id if state.best is not None else None
-    inputs = ImageInputs(
-        mode="txt2img",
-        infotext={"Refine round": f"{number}/{request.max_rounds}"},
-        metadata={"parent": parent, "refine": {"id": plan.refine_id, "round": number, "goal": request.goal}},
-    )
+    refine_meta = {"id": plan.refine_id, "round": number, "goal": request.goal, "action": decision.action}
+    repair: Repair | None = None
+    if decision.action == "repair" and state.best is not None:
+        try:
+            repair = await repair_inputs(ctx, plan, state.best, decision.regions, number)
+        except (RunInputError, ValidationError) as exc:
+            why = one_line_error(exc) if isinstance(exc, ValidationError) else str(exc)
+            decision = Decision("regenerate", f"the repair could not run ({why}); regenerated")
+            refine_meta["action"] = "regenerate"
+    if repair is not None:
+        params, inputs = repair.request, repair.inputs
+        inputs.infotext["Refine round"] = f"{number}/{request.max_rounds} (repair)"
+        inputs.metadata["refine"] = {**refine_meta, "regions": [region.model_dump() for region in decision.regions]}
+    else:
+        params = plan.current
+        inputs = ImageInputs(
+            mode="txt2img",
+            infotext={"Refine round": f"{number}/{request.max_rounds}"},
+            metadata={"parent": parent, "refine": refine_meta},
+        )
     share = request.num_images * plan.first_steps
     relay.segment((number - 1) * share, share, f"{label}: ")
     try:
-        made = await run_and_save(ctx, "refine", await check(ctx, plan.current, inputs), inputs, relay)
+        made = await run_and_save(ctx, "refine", await check(ctx, params, inputs), inputs, relay)
     except GenerationCancelled:
         state.stop_reason = "cancelled"
         return
@@ -136,11 +170,13 @@ async def _one_round(ctx: RunContext, plan: RefinePlan, state: RefineState, rela
             round=number, prompt=used["prompt"], negative_prompt=used["negative_prompt"], parameters=used,
             candidates=candidates, best_score=round_best[0] if round_best else None,
             best_id=candidates[round_best[1]].id if round_best else None, usage=round_usage,
-            seconds=round(time.perf_counter() - started, 3),
+            seconds=round(time.perf_counter() - started, 3), action=decision.action, action_reason=decision.reason,
+            regions=decision.regions if repair is not None else [],
+            source_id=parent if repair is not None else None, mask_id=repair.mask.id if repair is not None else None,
         )
     )
     if round_best is not None:
-        state.history.append(_history_entry(number, state, used, round_best[2], [c.score for c in candidates]))
+        state.history.append(_history_entry(number, state, used, round_best[2], [c.score for c in candidates], decision))
     if errors:
         if state.best is None:
             kept = ", ".join(c.id for c in candidates)
@@ -173,7 +209,7 @@ async def _loop(ctx: RunContext, plan: RefinePlan, state: RefineState, relay: Pr
         if ctx.stop.requested:
             state.stop_reason = "cancelled"
             return
-        await _one_round(ctx, plan, state, relay, number)
+        await _one_round(ctx, plan, state, relay, number, _decision(plan, state))
         if state.stop_reason is not None or _stop_after_round(plan, state, number):
             return
         relay.post(number * request.num_images * plan.first_steps, f"round {number}/{request.max_rounds}: revising the prompt")

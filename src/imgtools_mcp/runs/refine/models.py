@@ -7,8 +7,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ...params import GenerationParams, ImageInfo
-from ...vlm import Critique, VLMUsage
+from ...vlm import Critique, ProblemRegion, VLMUsage
 
+Strategy = Literal["auto", "regenerate", "repair"]
 StopReason = Literal["target_score", "max_rounds", "max_cost", "cancelled", "vlm_error", "engine_error"]
 
 
@@ -31,6 +32,11 @@ class RefineRequest(GenerationParams):
     max_cost: float | None = Field(
         None, gt=0, description="USD budget for VLM calls; stops once reached (needs a provider reporting cost, e.g. OpenRouter)"
     )
+    strategy: Strategy = Field(
+        "auto",
+        description="repair: inpaint the critic's problem regions of the best image; regenerate: new images; "
+        "auto: repair when local (<=40% of the image, score>=5)",
+    )
     background: bool = Field(False, description="Return a job id at once; poll get_job for progress and the result")
 
 
@@ -52,6 +58,13 @@ class RefineRevision(BaseModel):
 
 class RefineRound(BaseModel):
     round: int
+    action: Literal["regenerate", "repair"] = Field(
+        "regenerate", description="regenerate: new images from the prompt; repair: the critic's regions of source_id inpainted"
+    )
+    action_reason: str = ""
+    regions: list[ProblemRegion] = Field(default_factory=list, description="The regions a repair repainted")
+    source_id: str | None = Field(None, description="The image a repair started from")
+    mask_id: str | None = Field(None, description="A repair's mask, saved as an output (white = repainted)")
     prompt: str
     negative_prompt: str
     parameters: dict[str, Any] = Field(description="Parameters actually used, after defaults")
