@@ -266,6 +266,41 @@ async def test_background_sweep_returns_a_job_and_get_job_the_result(client: Cli
     assert [b.type for b in status.content].count("image") == 1
 
 
+async def test_background_sweep_returns_its_job_before_any_model_is_resolved(client: Client) -> None:
+    # Bad axes or counts are refused by the call; resolving (or downloading) the models happens inside the job.
+    refused = await client.call_tool(
+        "sweep", {"base": BASE, "x": {"param": "colour", "values": [1]}, "background": True}
+    )
+    assert_one_line_error(refused, "x.param", "colour")
+    started = await client.call_tool(
+        "sweep",
+        {"base": {**BASE, "model": "nobody/not-in-cache"}, "x": {"param": "seed", "values": [1, 2]}, "background": True},
+    )
+    assert not started.is_error, started.content[0].text
+    assert started.structured_content["state"] == "started" and "(2 cells)" in started.content[0].text
+    with anyio.fail_after(60):
+        status = await client.call_tool("get_job", {"job_id": started.structured_content["job_id"], "wait_s": 30})
+    job = status.structured_content
+    assert job["state"] == "error" and job["error"].startswith("model:") and "nobody/not-in-cache" in job["error"], job
+
+
+async def test_a_fresh_sweep_reports_loading_before_its_first_step_on_one_rising_bar(client: Client) -> None:
+    seen: list[tuple[float, float | None, str | None]] = []
+
+    async def progress(done: float, total: float | None, message: str | None) -> None:
+        seen.append((done, total, message))
+
+    result = await client.call_tool(
+        "sweep", {"base": BASE, "x": {"param": "seed", "values": [1, 2]}}, progress_callback=progress
+    )
+    assert not result.is_error, result.content[0].text
+    values = [s[0] for s in seen]
+    assert values == sorted(set(values)), seen
+    first_step = next(i for i, s in enumerate(seen) if "step 1 /" in (s[2] or ""))
+    assert first_step > 0 and all("loading " in (s[2] or "") or "loaded " in (s[2] or "") for s in seen[:first_step]), seen
+    assert seen[first_step][0] == 1 and {s[1] for s in seen} == {4}
+
+
 async def test_cancel_job_keeps_finished_cells_and_returns_their_grid(client: Client) -> None:
     started = await client.call_tool(
         "sweep", {"base": BASE, "x": {"param": "steps", "values": [1, 1, 150, 150]}, "background": True}

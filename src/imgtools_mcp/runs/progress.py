@@ -60,7 +60,8 @@ class ProgressRelay:
         self.offset = 0.0
         self.share: float | None = None
         self.prefix = ""
-        self.reported = 0.0  # the furthest progress sent, so a run can top the bar up at its end
+        # The furthest progress sent (in this call, when the sink is shared), so a run can top the bar up at its end.
+        self.reported = (self.sink.sent if isinstance(self.sink, RisingSink) else None) or 0.0
         # The coming call's steps and the total to show before any step: known once the request is checked.
         self.expected_steps: int | None = None
         self.expected_total: float | None = None

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 from typing import Any
 
 from mcp.server.mcpserver import Context, MCPServer
 from mcp_types import CallToolResult, ToolAnnotations
 
 from ..runs.context import ResolveOnce, RunContext
+from ..runs.progress import ProgressRelay, rising
 from ..runs.sweep.axes import display
 from ..runs.sweep.models import SweepRequest, SweepResult
-from ..runs.sweep.plan import MAX_TEXT_ERRORS, SweepPlan, plan_sweep
+from ..runs.sweep.plan import MAX_TEXT_ERRORS, SweepPlan, check_sweep, plan_sweep
 from ..runs.sweep.run import SweepOutcome, axes_info, run_sweep
 from .present import app_of, bind_tool, image_blocks, resource_link, result_of, run_here_or_as_task, started_result
 
@@ -70,15 +72,20 @@ async def present(outcome: SweepOutcome) -> CallToolResult:
 
 async def handle(request: SweepRequest, ctx: Context) -> CallToolResult:
     resolver = ResolveOnce(app_of(ctx).resolver)  # every cell shares one fetch and decode of each input image
-    plan = await plan_sweep(app_of(ctx).run_context(resolver=resolver), request)
+    # Without the model: a background sweep's id comes back before any model is resolved or downloaded.
+    checked = await check_sweep(app_of(ctx).run_context(resolver=resolver), request)
 
     async def run(run_ctx: RunContext) -> SweepOutcome:
+        run_ctx = replace(run_ctx, sink=rising(run_ctx.sink))  # planning, then the cells: one rising bar
+        planning = ProgressRelay(run_ctx.sink)
+        async with planning.running():
+            plan = await plan_sweep(run_ctx, checked, planning.on_progress)
         return await run_sweep(run_ctx, plan)
 
     def started(task_id: str) -> CallToolResult:
-        ticket = SweepResult(tool=plan.tool, state="started", axes=axes_info(plan), base=plan.reported_base,
-                             seed=plan.seed, run_order=plan.order_params, job_id=task_id)
-        return started_result("sweep", task_id, ticket, f" ({len(plan.cells)} cells)")
+        ticket = SweepResult(tool=checked.tool, state="started", axes=axes_info(checked), base=checked.reported_base,
+                             seed=checked.seed, run_order=checked.order_params, job_id=task_id)
+        return started_result("sweep", task_id, ticket, f" ({checked.cell_count} cells)")
 
     return await run_here_or_as_task(
         ctx, "sweep", request.background, run, present, started, stoppable=True, resolver=resolver

@@ -1,4 +1,9 @@
-"""The plan of a sweep: the base checked, every cell's arguments checked up front, the run order and the grid sizes."""
+"""The plan of a sweep: the base checked, every cell's arguments checked up front, the run order and the grid sizes.
+
+Two parts: `check_sweep` needs no model (the axes, the cell count, the base's own limits and image references)
+and runs before a background job's id is returned; `plan_sweep` resolves each cell's model (which may download
+it) and runs inside the job.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ from PIL import Image
 from pydantic import ValidationError
 
 from ...engine.errors import EngineError
+from ...engine.request import ProgressCallback
 from ...images.grid import GridLayout, SheetLayout
 from ...images.refs import shorten_reference
 from ...params import GenerationParams, ImageInfo, one_line_error
@@ -21,7 +27,7 @@ from ...store import StoredImage
 from ..context import RunContext, RunInputError
 from ..image_run import ImagePlan, Prepare, check, model_family, pick_seed
 from ..inputs import ImageInputs
-from ..prepare import preparation_of
+from ..prepare import preparation_of, references_of
 from .axes import Axis, cell_arguments, resolve_axes
 from .layout import check_pixels, plan_layouts
 from .models import CellStatus, SweepCell, SweepRequest
@@ -78,6 +84,43 @@ class Cell:
 
 
 @dataclass
+class CheckedSweep:
+    """What a sweep is, checked without its model: enough to describe the job before it runs."""
+
+    tool: str
+    prepare: Prepare
+    base: GenerationParams
+    seed: int
+    axes: list[Axis]
+    ordered_axes: list[Axis]
+    grid_scale: float
+
+    @property
+    def cell_count(self) -> int:
+        count = 1
+        for axis in self.axes:
+            count *= len(axis.values)
+        return count
+
+    @property
+    def order_params(self) -> list[str]:
+        return [axis.param for axis in self.ordered_axes]
+
+    @property
+    def reported_base(self) -> dict[str, Any]:
+        return _reported(self.base.model_dump(mode="json"))
+
+
+def _reported(base_args: dict[str, Any]) -> dict[str, Any]:
+    """The base as results and sidecars show it: a megabyte of base64 image input is shortened, as every tool does."""
+    return {
+        name: shorten_reference(value) if name in ("image", "mask") and isinstance(value, str) else value
+        for name, value in base_args.items()
+        if name != "tool"
+    }
+
+
+@dataclass
 class SweepPlan:
     tool: str
     prepare: Prepare
@@ -97,12 +140,7 @@ class SweepPlan:
 
     @property
     def reported_base(self) -> dict[str, Any]:
-        """The base as results and sidecars show it: a megabyte of base64 image input is shortened, as every tool does."""
-        return {
-            name: shorten_reference(value) if name in ("image", "mask") and isinstance(value, str) else value
-            for name, value in self.base_args.items()
-            if name != "tool"
-        }
+        return _reported(self.base_args)
 
     def axis(self, name: str) -> Axis | None:
         return next((axis for axis in self.axes if axis.name == name), None)
@@ -117,9 +155,11 @@ def error_text(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-async def plan_cell(ctx: RunContext, prepare: Prepare, request: GenerationParams) -> tuple[ImageInputs, ImagePlan]:
-    inputs = await prepare(ctx, request, await model_family(ctx, request.model))
-    return inputs, await check(ctx, request, inputs)
+async def plan_cell(
+    ctx: RunContext, prepare: Prepare, request: GenerationParams, on_progress: ProgressCallback | None = None
+) -> tuple[ImageInputs, ImagePlan]:
+    inputs = await prepare(ctx, request, await model_family(ctx, request.model, on_progress))
+    return inputs, await check(ctx, request, inputs, on_progress)
 
 
 def _run_rank(param: str) -> int:
@@ -137,7 +177,9 @@ def _repeats(axes: list[Axis]) -> list[str]:
     return warnings
 
 
-async def _plan_cells(ctx: RunContext, prepare: Prepare, base: GenerationParams, axes: list[Axis]) -> list[Cell]:
+async def _plan_cells(
+    ctx: RunContext, prepare: Prepare, base: GenerationParams, axes: list[Axis], on_progress: ProgressCallback | None
+) -> list[Cell]:
     base_args = base.model_dump(mode="json")
     by_name = {axis.name: axis for axis in axes}
     ranges = [range(len(by_name[name].values)) if name in by_name else range(1) for name in ("z", "y", "x")]
@@ -148,7 +190,7 @@ async def _plan_cells(ctx: RunContext, prepare: Prepare, base: GenerationParams,
         cell = Cell(coords=coords, values={axis.param: value for axis, value in assignments})
         try:
             cell.request = type(base).model_validate(cell_arguments(base_args, assignments))
-            _, planned = await plan_cell(ctx, prepare, cell.request)
+            _, planned = await plan_cell(ctx, prepare, cell.request, on_progress)
         except (RunInputError, ValueError, EngineError) as exc:  # a bad value spoils its own cell, not the sweep
             cell.status, cell.error = "error", error_text(exc)
         except Exception as exc:  # unexpected, so logged in full; still only this cell is lost
@@ -161,8 +203,8 @@ async def _plan_cells(ctx: RunContext, prepare: Prepare, base: GenerationParams,
     return cells
 
 
-async def plan_sweep(ctx: RunContext, request: SweepRequest) -> SweepPlan:
-    """Everything that can be checked before any pixel is made: base, axes, every cell's parameters, grid sizes.
+async def check_sweep(ctx: RunContext, request: SweepRequest) -> CheckedSweep:
+    """What can be checked without a model: the base's own limits, the axes and cell count, the image references.
 
     `ctx.resolver` should remember what it resolves: every cell then shares one fetch of each input image.
     """
@@ -177,13 +219,25 @@ async def plan_sweep(ctx: RunContext, request: SweepRequest) -> SweepPlan:
     specs = {"x": request.x, "y": request.y, "z": request.z}
     axes = resolve_axes(specs, tool, type(base), base.prompt, base.negative_prompt, ctx.settings.max_sweep_cells)
     # Image references resolve here, once, and a bad one fails the call before any cell runs.
-    await prepare(ctx, base, await model_family(ctx, base.model))
-    cells = await _plan_cells(ctx, prepare, base, axes)
+    for ref, param, mode in references_of(base):
+        await ctx.resolver.resolve(ref, param=param, mode=mode)
+    ordered_axes = sorted(axes, key=lambda axis: (_run_rank(axis.param), _AXIS_NESTING[axis.name]))
+    return CheckedSweep(tool, prepare, base, seed, axes, ordered_axes, request.grid_scale)
+
+
+async def plan_sweep(ctx: RunContext, checked: CheckedSweep, on_progress: ProgressCallback | None = None) -> SweepPlan:
+    """Everything else that can be checked before any pixel is made: every cell's model and parameters, grid sizes.
+
+    Resolving a cell's model may download it (minutes), which `on_progress` hears; `ctx.resolver` should be the
+    one `check_sweep` filled, so the input images are not fetched again.
+    """
+    tool, prepare, base, axes, ordered_axes = checked.tool, checked.prepare, checked.base, checked.axes, checked.ordered_axes
+    await prepare(ctx, base, await model_family(ctx, base.model, on_progress))
+    cells = await _plan_cells(ctx, prepare, base, axes, on_progress)
     if all(cell.size is None for cell in cells):
         distinct = list(dict.fromkeys(cell.error for cell in cells if cell.error))
         raise RunInputError(f"no cell of the sweep can run: {'; '.join(distinct[:MAX_TEXT_ERRORS])}")
 
-    ordered_axes = sorted(axes, key=lambda axis: (_run_rank(axis.param), _AXIS_NESTING[axis.name]))
     run_order = sorted(cells, key=lambda cell: tuple(cell.coord(axis.name) for axis in ordered_axes))
     offset = 0.0
     for cell in run_order:
@@ -191,20 +245,20 @@ async def plan_sweep(ctx: RunContext, request: SweepRequest) -> SweepPlan:
         offset += cell.units
 
     # Laying out labels measures text: seconds for pathological labels, so never on the event loop.
-    layouts, sheet = await anyio.to_thread.run_sync(plan_layouts, axes, cells, request.grid_scale)
-    check_pixels(layouts, sheet, request.grid_scale, ctx.settings.max_grid_pixels)
+    layouts, sheet = await anyio.to_thread.run_sync(plan_layouts, axes, cells, checked.grid_scale)
+    check_pixels(layouts, sheet, checked.grid_scale, ctx.settings.max_grid_pixels)
     return SweepPlan(
         tool=tool,
         prepare=prepare,
         sweep_id=f"sweep-{secrets.token_hex(6)}",
         base=base,
         base_args=base.model_dump(mode="json"),
-        seed=seed,
+        seed=checked.seed,
         axes=axes,
         cells=cells,
         run_order=run_order,
-        order_params=[axis.param for axis in ordered_axes],
-        grid_scale=request.grid_scale,
+        order_params=checked.order_params,
+        grid_scale=checked.grid_scale,
         layouts=layouts,
         sheet=sheet,
         total_units=offset,

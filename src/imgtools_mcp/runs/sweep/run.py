@@ -19,7 +19,7 @@ from ..image_run import run_and_save
 from ..progress import ProgressRelay
 from .layout import grid_infotext, render_grids, render_previews
 from .models import SweepAxisInfo, SweepGrid, SweepResult
-from .plan import Cell, SweepPlan, error_text, plan_cell
+from .plan import Cell, CheckedSweep, SweepPlan, error_text, plan_cell
 
 log = logging.getLogger(__name__)
 State = Literal["done", "cancelled", "error"]
@@ -51,13 +51,13 @@ class SweepOutcome:
     grids: list[SavedGrid]
 
 
-def axes_info(plan: SweepPlan) -> list[SweepAxisInfo]:
+def axes_info(plan: SweepPlan | CheckedSweep) -> list[SweepAxisInfo]:
     return [SweepAxisInfo(axis=a.name, param=a.param, values=a.values, labels=a.labels) for a in plan.axes]
 
 
 async def _run_cell(ctx: RunContext, plan: SweepPlan, cell: Cell, relay: ProgressRelay) -> None:
     assert cell.request is not None
-    inputs, planned = await plan_cell(ctx, plan.prepare, cell.request)
+    inputs, planned = await plan_cell(ctx, plan.prepare, cell.request, relay.on_progress)
     inputs.metadata = {**inputs.metadata, "sweep": {"id": plan.sweep_id, **cell.coords, "values": cell.values}}
     made = await run_and_save(ctx, plan.tool, planned, inputs, relay)
     cell.status = "done"
