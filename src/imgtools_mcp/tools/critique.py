@@ -21,12 +21,11 @@ class CritiqueRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    image: str = Field(min_length=1, description=f"The image to judge: {IMAGE_REFERENCE}")
-    goal: str = Field(min_length=1, max_length=4000, description="What the image should show: the brief it is judged against")
+    image: str = Field(min_length=1, description=f"Image: {IMAGE_REFERENCE}")
+    goal: str = Field(min_length=1, max_length=4000, description="What the image should show")
     parameters: dict[str, Any] | None = Field(
         None,
-        description="Generation parameters it was made with (prompt, steps, guidance_scale, sampler, ...), so the advice "
-        "can refer to them; default for an output id: the parameters in its sidecar",
+        description="Parameters it was made with, for the advice; null: an output's own",
     )
 
 
@@ -93,10 +92,9 @@ def critique_text(critique: Critique) -> str:
     return text
 
 
-CRITIQUE = """Judge an image against the goal it was made for, as a strict art director: score 0-10, the visible
-problems (most important first), a complete revised prompt, negative-prompt additions and parameter advice, as
-structured_content. For an output id the generation parameters are read from its sidecar.
-Cost: one VLM call (tokens reported). Use refine to run generate -> critique -> revise rounds automatically."""
+CRITIQUE = """Judge an image against its goal as a strict art director: score 0-10, visible problems (worst first),
+a revised prompt, negative-prompt additions and parameter advice, in structured_content. Cost: one VLM call.
+Use refine to run generate -> critique -> revise rounds automatically."""
 
 
 def register(server: MCPServer) -> None:

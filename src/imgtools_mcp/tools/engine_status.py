@@ -160,9 +160,8 @@ def register(server: MCPServer) -> None:
         engine_status,
         name="engine_status",
         title="Engine status",
-        description="The engine's device, dtype, backend and memory plan (with the reasons for each), the loaded "
-        "models and their memory against the cache budget, recent evictions, the queue and running job, and the VLM "
-        "configuration (whether a key is set, never the key).",
+        description="The engine's device, dtype, backend and memory plan (with reasons), loaded models against the "
+        "cache budget, evictions, the queue and running job, and the VLM setup (never the key).",
         annotations=ToolAnnotations(title="Engine status", **READ_ONLY),
         output_model=EngineStatus,
     )

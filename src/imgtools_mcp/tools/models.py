@@ -23,7 +23,7 @@ FamilyName = Literal["sd1", "sd2", "sdxl"]
 class ListModelsRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    family: FamilyName | None = Field(None, description="Only models and LoRAs of this family (sd1, sd2, sdxl)")
+    family: FamilyName | None = Field(None, description="Only this family's models and LoRAs")
 
 
 class ModelEntry(BaseModel):
@@ -199,10 +199,8 @@ def register(server: MCPServer) -> None:
         list_models,
         name="list_models",
         title="List models",
-        description="Models the engine can load (the configured default, diffusers folders and .safetensors checkpoints "
-        "in IMGTOOLS_MODEL_DIRS, pipelines in the HuggingFace cache) with family, size on disk and whether each is "
-        "loaded; and LoRAs in IMGTOOLS_LORA_DIRS. Pass an entry's `model` as the `model` of generate/edit/inpaint, "
-        "and a LoRA's `name` in `loras`.",
+        description="Loadable models (the default, IMGTOOLS_MODEL_DIRS, the HF cache) with family, size and whether "
+        "loaded, and LoRAs in IMGTOOLS_LORA_DIRS. Pass a `model` to generate/edit/inpaint, a LoRA's `name` in `loras`.",
         annotations=ToolAnnotations(title="List models", **READ_ONLY),
         output_model=ModelListing,
     )

@@ -21,7 +21,7 @@ MAX_Z_THUMBNAILS = 4
 
 DESCRIPTION = """Compare parameter values: run one base request (generate, edit or inpaint) for every combination of up to
 three axes; every cell is an output, plus a labelled grid (X columns, Y rows, a grid per Z value and a sheet of all).
-Axis: {param, values} or {param, start, stop, count}. param: seed, steps, guidance_scale, sampler, strength, width,
+Axis: {param, values} or {param, start, stop, count} (even steps, stop included). param: seed, steps, guidance_scale, sampler, strength, width,
 height, size ('WxH'), model, prompt, negative_prompt, prompt_sr (the first value is replaced in the prompt by each),
 lora:<name> (its weight), or another scalar parameter. One seed for every cell unless seed is swept. Invalid values
 become labelled placeholder tiles; cancelling keeps finished cells. Costs a generation per cell."""

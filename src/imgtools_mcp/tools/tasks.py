@@ -18,7 +18,7 @@ class GetJobRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     job_id: str = Field(min_length=1, max_length=64, description="The id a background call returned")
-    wait_s: float = Field(0.0, ge=0.0, le=60.0, description="Wait up to this many seconds for the job to finish")
+    wait_s: float = Field(0.0, ge=0.0, le=60.0, description="Seconds to wait for the job to finish")
 
 
 class CancelJobRequest(BaseModel):

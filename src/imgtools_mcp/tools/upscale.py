@@ -21,12 +21,10 @@ from ..runs.inputs import InputRecord
 from ..runs.progress import ProgressRelay
 from .present import app_of, bind_tool, image_blocks, progress_sink, result_of
 
-DESCRIPTION = """Enlarge an image 2x or 4x. With `model` (an upscaler: ESRGAN/Real-ESRGAN, 4x-UltraSharp, RealPLKSR...,
-a file name in IMGTOOLS_UPSCALER_DIRS, a path or a hub id) the model invents sharp detail; without one it is a Lanczos resize.
-`denoise` > 0 adds a diffusion detail pass (SD upscale): img2img over tiles of the enlarged image with `prompt`,
-0.2-0.35 sharpens and adds texture, 0.5+ starts to change content. Any size fits memory: both passes work in
-overlapping, feathered tiles. Cost: the upscaler is seconds per megapixel on a GPU (more on a CPU); the detail pass
-costs denoise*steps steps per tile. Returns a thumbnail and an imgtools://images/<id> link like the other image tools."""
+DESCRIPTION = """Enlarge an image 2x or 4x. With `model` (an upscaler such as Real-ESRGAN, 4x-UltraSharp or RealPLKSR)
+it invents sharp detail; without, a Lanczos resize. denoise > 0 adds a diffusion detail pass over tiles with `prompt`
+(0.2-0.35 sharpens, 0.5+ changes content). Tiled, so any size fits memory. Cost: seconds per megapixel on a GPU,
+plus denoise*steps steps per tile. Returns a thumbnail and an imgtools://images/<id> link."""
 
 
 class UpscaleRequest(BaseModel):
@@ -34,17 +32,17 @@ class UpscaleRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    image: str = Field(min_length=1, description="The image to enlarge: an output id, path, data: URL or URL")
+    image: str = Field(min_length=1, description="Output id, path, data: URL or http(s) URL")
     scale: Literal[2, 4] = Field(2, description="2 or 4")
-    model: str | None = Field(None, min_length=1, description="Upscaler: name in IMGTOOLS_UPSCALER_DIRS, path or hub id; default Lanczos")
-    tile: int = Field(256, ge=32, le=2048, description="Upscaler tile, input pixels")
-    overlap: int = Field(16, ge=0, le=256, description="Pixels tiles share (blended)")
+    model: str | None = Field(None, min_length=1, description="Upscaler in IMGTOOLS_UPSCALER_DIRS, path or hub id; null: Lanczos")
+    tile: int = Field(256, ge=32, le=2048, description="Upscaler tile, input px")
+    overlap: int = Field(16, ge=0, le=256, description="Px tiles share")
     denoise: float = Field(0.0, ge=0.0, le=1.0, description="Detail pass strength; 0 none")
     prompt: str = Field("", max_length=4000, description="Detail pass prompt")
-    detail_model: str | None = Field(None, min_length=1, description="Detail pass model; default the server's")
+    detail_model: str | None = Field(None, min_length=1, description="Detail pass model; null: the server's")
     steps: int | None = Field(None, ge=1, le=150, description="Detail pass steps")
     seed: int | None = Field(None, ge=-1, le=MAX_SEED, description="Detail pass seed")
-    detail_tile: int | None = Field(None, ge=64, le=2048, multiple_of=8, description="Detail pass tile; default model size")
+    detail_tile: int | None = Field(None, ge=64, le=2048, multiple_of=8, description="Detail pass tile; null: model size")
 
     @model_validator(mode="after")
     def _overlap_below_tile(self) -> "UpscaleRequest":

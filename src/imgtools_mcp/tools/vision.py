@@ -11,7 +11,7 @@ from mcp_types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..images.refs import ResolvedImage, shorten_reference
-from ..images.video_refs import VIDEO_FORMS, resolve_video
+from ..images.video_refs import resolve_video
 from ..params import IMAGE_REFERENCE
 from ..vlm import MediaError, VLMUsage, probe_video, sample_frames
 from ..vlm.media import DEFAULT_VIDEO_MAX_BYTES
@@ -37,10 +37,10 @@ class DescribeImageRequest(BaseModel):
     images: list[str] = Field(
         min_length=1,
         max_length=MAX_DESCRIBE_IMAGES,
-        description=f"1-{MAX_DESCRIBE_IMAGES} images, each {IMAGE_REFERENCE}; several are compared as image 1, image 2, ...",
+        description=f"Each an {IMAGE_REFERENCE}; named image 1, image 2, ...",
     )
     question: str | None = Field(
-        None, min_length=1, max_length=4000, description="What to ask about the image(s); default: a detailed description"
+        None, min_length=1, max_length=4000, description="Null: describe in detail"
     )
 
 
@@ -49,17 +49,16 @@ class DescribeVideoRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    video: str = Field(min_length=1, description=f"The video: {VIDEO_FORMS}")
+    video: str = Field(min_length=1, description="File under the input roots, data:video/...;base64 URL or base64, or http(s) URL")
     question: str | None = Field(
-        None, min_length=1, max_length=4000, description="What to ask about the video; default: a detailed description"
+        None, min_length=1, max_length=4000, description="Null: describe in detail"
     )
     fps: float | None = Field(
         None, gt=0, le=30,
-        description="Frames per second to sample from t=0 (1 = one frame a second); if that would exceed max_frames, "
-        "or when omitted, max_frames frames are spread evenly over the whole video",
+        description="Frames per second from t=0; null or too many: max_frames spread evenly",
     )
     max_frames: int = Field(
-        16, ge=1, le=MAX_VIDEO_FRAMES, description=f"Most frames the VLM sees (1-{MAX_VIDEO_FRAMES}); more frames cost more tokens"
+        16, ge=1, le=MAX_VIDEO_FRAMES, description="Most frames the VLM sees (each costs tokens)"
     )
 
 
@@ -173,15 +172,13 @@ async def describe_video(request: DescribeVideoRequest, ctx: Context) -> CallToo
     )
 
 
-DESCRIBE_IMAGE = """Ask the vision-language model about one or more images: a detailed description by default, or an
-answer to `question` (compare them, read text, spot defects, check a detail). Images are output ids or other references.
-Returns the answer as text; structured_content adds the model and token use (and cost when the provider reports it).
+DESCRIBE_IMAGE = """Ask the vision-language model about one or more images: a detailed description, or an answer to
+`question` (compare them, read text, spot defects). Returns text; structured_content adds the model and token use.
 Cost: one VLM call, roughly 1-2k tokens per image."""
 
-DESCRIBE_VIDEO = """Ask the vision-language model about a video. The server samples frames (every 1/fps seconds, or
-max_frames spread over the whole video), labels each with its timestamp and sends them; the answer can cite times.
-Accepts mp4, webm, mov, mkv, gif, ... as a file under the input roots, a data: URL/base64, or an http(s) URL
-(inline and downloaded videos up to 100 MB)."""
+DESCRIBE_VIDEO = """Ask the vision-language model about a video: the server samples frames (every 1/fps s, else
+max_frames spread evenly), labelled with their times, so the answer can cite times. mp4, webm, mov, mkv, gif, ...;
+inline and downloaded videos up to 100 MB."""
 
 def register(server: MCPServer) -> None:
     bind_tool(

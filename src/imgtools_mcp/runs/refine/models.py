@@ -19,25 +19,25 @@ class RefineRequest(GenerationParams):
     model_config = ConfigDict(extra="forbid")
 
     goal: str = Field(
-        min_length=1, max_length=4000, description="What the image should show; every candidate is critiqued against it"
+        min_length=1, max_length=4000, description="What the image should show"
     )
     prompt: str | None = Field(  # type: ignore[assignment]
-        None, min_length=1, max_length=4000, description="The first round's prompt; default: the goal itself"
+        None, min_length=1, max_length=4000, description="First round's prompt; null: the goal"
     )
-    num_images: int = Field(2, ge=1, le=8, description="Candidates per round (1-8), each critiqued; the best is kept")
-    max_rounds: int = Field(3, ge=1, le=8, description="Most generate -> critique -> revise rounds (1-8)")
+    num_images: int = Field(2, ge=1, le=8, description="Candidates per round")
+    max_rounds: int = Field(3, ge=1, le=8, description="Most rounds")
     target_score: float = Field(
-        8.0, ge=0.0, le=10.0, description="Stop as soon as a candidate's critique score (0-10) reaches this"
+        8.0, ge=0.0, le=10.0, description="Stop once a score (0-10) reaches this"
     )
     max_cost: float | None = Field(
-        None, gt=0, description="USD budget for VLM calls; stops once reached (needs a provider reporting cost, e.g. OpenRouter)"
+        None, gt=0, description="USD budget for VLM calls (needs a provider that reports cost)"
     )
     strategy: Strategy = Field(
         "auto",
         description="repair: inpaint the critic's problem regions of the best image; regenerate: new images; "
         "auto: repair when local (<=40% of the image, score>=5)",
     )
-    background: bool = Field(False, description="Return a job id at once; poll get_job for progress and the result")
+    background: bool = Field(False, description="Return a job id at once; poll get_job")
 
 
 class RefineCandidate(ImageInfo):

@@ -66,15 +66,15 @@ class SweepRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    tool: BaseToolName = Field("generate", description="The tool each cell runs: generate, edit or inpaint")
+    tool: BaseToolName = Field("generate", description="The tool each cell runs")
     base: SweepBase = Field(
-        description="That tool's arguments; every cell starts from these. Without a seed one is picked for the whole sweep"
+        description="That tool's arguments, shared by every cell"
     )
-    x: SweepAxis = Field(description="Columns: {param, values} or {param, start, stop, count}")
-    y: SweepAxis | None = Field(None, description="Rows (optional)")
-    z: SweepAxis | None = Field(None, description="One grid per value, plus a sheet of all (optional)")
-    grid_scale: float = Field(1.0, gt=0.0, le=1.0, description="Scale of the grid's tiles; cells are saved full size")
-    background: bool = Field(False, description="Return a job id at once; poll get_job for progress and the result")
+    x: SweepAxis = Field(description="Columns")
+    y: SweepAxis | None = Field(None, description="Rows")
+    z: SweepAxis | None = Field(None, description="A grid per value")
+    grid_scale: float = Field(1.0, gt=0.0, le=1.0, description="Grid tile scale; cells stay full size")
+    background: bool = Field(False, description="Return a job id at once; poll get_job")
 
     @model_validator(mode="before")
     @classmethod
