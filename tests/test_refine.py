@@ -192,6 +192,43 @@ async def test_background_refine_reports_through_get_job(settings: Settings) -> 
     assert any(block.type == "image" for block in status.content)
 
 
+async def test_background_refine_returns_its_job_before_the_model_is_resolved(settings: Settings) -> None:
+    with OpenAILoopback(api_key=KEY) as loopback:
+        async with Client(build_server(with_vlm(settings, loopback.base_url))) as client:
+            refused = await client.call_tool("refine", {"goal": "a lamp", **SMALL, "width": 65, "background": True})
+            assert "width" in error_of(refused)  # what needs no model still fails the call
+            ticket = await client.call_tool(
+                "refine", {"goal": "a lamp", **SMALL, "model": "nobody/not-in-cache", "max_rounds": 1, "background": True}
+            )
+            assert not ticket.is_error, ticket.content[0].text
+            with anyio.fail_after(60):
+                status = await client.call_tool("get_job", {"job_id": ticket.structured_content["job_id"], "wait_s": 30})
+        assert loopback.chat_requests == []  # nothing was made, so nothing was critiqued
+    job = status.structured_content
+    assert job["state"] == "error" and job["error"].startswith("model:") and "nobody/not-in-cache" in job["error"], job
+
+
+async def test_a_fresh_refine_reports_loading_before_its_first_step_on_one_rising_bar(settings: Settings) -> None:
+    seen: list[tuple[float, float | None, str | None]] = []
+
+    async def progress(done: float, total: float | None, message: str | None) -> None:
+        seen.append((done, total, message))
+
+    with OpenAILoopback(api_key=KEY, revision=marker_revision) as loopback:
+        async with Client(build_server(with_vlm(settings, loopback.base_url))) as client:
+            result = await client.call_tool(
+                "refine", {"goal": "a lamp", **SMALL, "num_images": 1, "max_rounds": 2, "target_score": 10},
+                progress_callback=progress,
+            )
+    assert not result.is_error, result.content[0].text
+    values = [s[0] for s in seen]
+    assert values == sorted(set(values)), seen
+    first_step = next(i for i, s in enumerate(seen) if "step 1 /" in (s[2] or ""))
+    assert first_step > 0 and all("load" in (s[2] or "") for s in seen[:first_step]), seen
+    # The critiques and the end are reported at the bar's end as well, each a hair above the one before.
+    assert seen[first_step][0] == 1 and seen[-1][1] == 4 and seen[-1][0] == pytest.approx(4)
+
+
 async def test_cancelling_a_background_refine_keeps_the_best_so_far(settings: Settings) -> None:
     revising, release = threading.Event(), threading.Event()
 
@@ -356,7 +393,9 @@ def test_the_decision_when_repair_is_not_possible_or_did_not_help() -> None:
     empty = decide("repair", critique_with([]), can_inpaint=True, family="sd15")
     assert empty.action == "regenerate" and empty.reason == "strategy=repair: the critic named no local regions; regenerated"
     assert decide("auto", local, can_inpaint=True, family="sd15", repeated=True).action == "regenerate"
-    assert decide("repair", local, can_inpaint=True, family="sd15", repeated=True).action == "repair"
+    again = decide("repair", local, can_inpaint=True, family="sd15", repeated=True)
+    assert again.action == "repair" and again.reason.endswith("again, with the revised prompt")
+    assert [region.prompt for region in again.regions] == [None]  # not the prompt that did not help
     # Two overlapping boxes count once: 25% + 25% - 6.25% overlap.
     overlapping = critique_with([TOP_LEFT, {**TOP_LEFT, "bbox_2d": [250, 250, 750, 750]}])
     assert "covering 44% of the image" in decide("auto", overlapping, can_inpaint=True, family="sd15").reason

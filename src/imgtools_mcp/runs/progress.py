@@ -24,7 +24,11 @@ _UNKNOWN_STEPS = 50
 
 class RisingSink:
     """A sink that only ever sends progress above what it sent before; relays that follow one another in one call
-    (a sweep's or refine's planning, then its run) share one, so the call's progress never goes back."""
+    (a sweep's or refine's planning, then its run) share one, so the call's progress never goes back.
+
+    A message at the value already reached (refine's "critiquing" at the end of a round) goes out the smallest
+    step above it, rather than breaking the rule or being lost.
+    """
 
     def __init__(self, sink: ProgressSink) -> None:
         self.sink = sink

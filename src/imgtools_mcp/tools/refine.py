@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from mcp.server.mcpserver import Context, MCPServer
 from mcp_types import CallToolResult, ToolAnnotations
 
+from ..runs.context import RunContext
+from ..runs.progress import ProgressRelay, rising
 from ..runs.refine.loop import RefineOutcome, run_refine
 from ..runs.refine.models import RefineRequest, RefineResult
-from ..runs.refine.state import plan_refine
+from ..runs.refine.state import plan_refine, start_params
 from ..runs.vlm_messages import usage_text
 from .present import app_of, bind_tool, image_blocks, result_of, run_here_or_as_task, started_result
 from .vision_common import require_vlm
@@ -41,9 +44,13 @@ async def present(outcome: RefineOutcome) -> CallToolResult:
 async def handle(request: RefineRequest, ctx: Context) -> CallToolResult:
     app = app_of(ctx)
     vlm = require_vlm(app)  # the key first: no image is made for a loop that cannot critique it
-    plan = await plan_refine(app.run_context(), request, vlm)
+    start_params(request)  # what needs no model fails the call; a background job's id comes back before the model resolves
 
-    async def run(run_ctx) -> RefineOutcome:
+    async def run(run_ctx: RunContext) -> RefineOutcome:
+        run_ctx = replace(run_ctx, sink=rising(run_ctx.sink))  # planning, then the rounds: one rising bar
+        planning = ProgressRelay(run_ctx.sink)
+        async with planning.running():
+            plan = await plan_refine(run_ctx, request, vlm, planning.on_progress)
         return await run_refine(run_ctx, plan)
 
     def started(task_id: str) -> CallToolResult:

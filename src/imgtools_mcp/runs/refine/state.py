@@ -11,6 +11,7 @@ from PIL import Image
 from pydantic import ValidationError
 
 from ...engine.families import FamilyInfo
+from ...engine.request import ProgressCallback
 from ...params import GenerationParams, one_line_error
 from ...store import StoredImage
 from ...vlm import Critique, Revision, VLMClient, VLMUsage
@@ -66,14 +67,24 @@ def revised(params: GenerationParams, name: str, value: Any) -> GenerationParams
     return copy
 
 
-async def plan_refine(ctx: RunContext, request: RefineRequest, vlm: VLMClient) -> RefinePlan:
-    """Everything checked before any image is made; the first round's parameters made concrete."""
-    start = GenerationParams.model_validate(
+def start_params(request: RefineRequest) -> GenerationParams:
+    """The first round's request as generate takes it, checked without the model (before a job id is handed out)."""
+    return GenerationParams.model_validate(
         {name: getattr(request, name) for name in GenerationParams.model_fields if name != "background"}
         | {"prompt": request.prompt or request.goal}
     )
-    family = await model_family(ctx, start.model)
-    used = (await check(ctx, start, ImageInputs(mode="txt2img"))).used
+
+
+async def plan_refine(
+    ctx: RunContext, request: RefineRequest, vlm: VLMClient, on_progress: ProgressCallback | None = None
+) -> RefinePlan:
+    """Everything checked before any image is made; the first round's parameters made concrete.
+
+    Resolving the model may download it (minutes), which `on_progress` hears: a background job does this itself.
+    """
+    start = start_params(request)
+    family = await model_family(ctx, start.model, on_progress)
+    used = (await check(ctx, start, ImageInputs(mode="txt2img"), on_progress)).used
     # Concrete values from here on, so a revision changes a number rather than a default, and every round
     # uses the same seeds: what differs between rounds is what the reviser changed.
     current = start.model_copy(update={key: used[key] for key in ("steps", "guidance_scale", "width", "height", "seed")})
