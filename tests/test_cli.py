@@ -115,9 +115,12 @@ def test_generate_is_quiet_and_prints_an_error_once_in_plain_words(tiny_sd15: Pa
     assert made.stdout.splitlines()[1].endswith(".png")
     noise = ("Warning", "warn", "TracerWarning", "torchvision", "it/s", "Loading pipeline", "deprecated", "Traceback")
     assert not [word for word in noise if word in made.stderr], made.stderr
-    # The step bar (redrawn with \r, which text mode reads as new lines) and what loading reported, nothing else.
+    # The step bar and a status line per kind of slow work (each redrawn with \r, which text mode reads as new
+    # lines): loading the model, component by component, and nothing else.
     other = [line for line in made.stderr.splitlines() if line.strip() and not line.startswith("[")]
-    assert all(line.startswith("imgtools-mcp: ") for line in other) and len(other) <= 4, made.stderr
+    assert all(line.startswith("imgtools-mcp: ") for line in other), made.stderr
+    assert any(line.startswith(f"imgtools-mcp: loading {tiny_sd15.name}: ") and "(1/" in line for line in other), made.stderr
+    assert len({line.split(":")[1] for line in other}) <= 3, made.stderr  # "loading <model>", "loaded <model> in ..."
 
     failed = cli("generate", "a cat", "--model", str(tmp_path / "no-such-model"), "--output-dir", str(tmp_path),
                  env={"HF_HUB_OFFLINE": "1"})

@@ -66,18 +66,25 @@ def generate_from_shell(settings: Settings, args: argparse.Namespace) -> int:
 
     bar_drawn = False
     last_message: str | None = None
+    status_head: str | None = None  # what the status line now shows, e.g. "loading tiny-sd15"
+    status_width = 0
 
     async def progress(done: float, total: float | None, message: str | None) -> None:
-        nonlocal bar_drawn, last_message
+        nonlocal bar_drawn, last_message, status_head, status_width
         if total and (message is None or message.startswith("step")):
             width = 30
             filled = int(width * min(done / total, 1.0))
-            sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {message or ''}   ")
-            bar_drawn = True
+            sys.stderr.write(("\n" if status_head else "") + f"\r[{'#' * filled}{'.' * (width - filled)}] {message or ''}   ")
+            bar_drawn, status_head = True, None
         elif message and message != last_message:
-            # Downloading, loading, converting: one line each, so minutes of first-run work are not silent.
-            sys.stderr.write(("\n" if bar_drawn else "") + f"imgtools-mcp: {message}\n")
-            bar_drawn = False
+            # Downloading, loading, converting: one status line per kind of work, redrawn as it goes, so minutes
+            # of first-run work are not silent and the shell is not flooded.
+            head, line = message.split(":", 1)[0], f"imgtools-mcp: {message}"
+            if head == status_head:
+                sys.stderr.write("\r" + line.ljust(status_width))  # padded over the longer line it replaces
+            else:
+                sys.stderr.write(("\n" if bar_drawn or status_head else "") + line)
+            bar_drawn, status_head, status_width = False, head, len(line)
         last_message = message
         sys.stderr.flush()
 
@@ -89,7 +96,7 @@ def generate_from_shell(settings: Settings, args: argparse.Namespace) -> int:
             engine_log.setLevel(logging.CRITICAL)
         async with Client(build_server(settings)) as client:
             result = await client.call_tool("generate", arguments, progress_callback=progress)
-        if bar_drawn:
+        if bar_drawn or status_head:
             sys.stderr.write("\n")
         if result.is_error:
             print(f"imgtools-mcp: {tool_error_text(result.content[0].text)}", file=sys.stderr)
