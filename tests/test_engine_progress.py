@@ -104,3 +104,31 @@ def test_nothing_is_reported_when_nothing_arrives_and_a_failing_callback_stops_n
         raise RuntimeError("client gone")
 
     Progress(broken)("still fine")  # progress is advisory: the work goes on
+
+
+async def test_the_relay_carries_messages_from_any_thread_rising_and_below_the_first_step() -> None:
+    from imgtools_mcp.runs.progress import ProgressRelay
+
+    sent: list[tuple[float, float | None, str | None]] = []
+
+    async def sink(progress: float, total: float | None, message: str | None) -> None:
+        sent.append((progress, total, message))
+
+    relay = ProgressRelay(sink)
+    async with relay.running():
+
+        def poll() -> None:  # like the download watcher: a plain thread that anyio did not start
+            for mib in range(3):
+                relay.on_progress(f"downloading owner/name: {mib}.0 MiB so far", float(mib), None)
+
+        watcher = threading.Thread(target=poll)
+        await anyio.to_thread.run_sync(lambda: (watcher.start(), watcher.join()))
+        relay.expected_total = 2.0
+        for step in (1, 2):
+            await anyio.to_thread.run_sync(relay.on_step, step, 2)
+    assert [message for _, _, message in sent] == [
+        "downloading owner/name: 0.0 MiB so far", "downloading owner/name: 1.0 MiB so far",
+        "downloading owner/name: 2.0 MiB so far", "step 1 / 2", "step 2 / 2",
+    ]
+    values = [progress for progress, _, _ in sent]
+    assert values == sorted(set(values)) and values[3:] == [1, 2] and all(0 < value < 1 for value in values[:3])
