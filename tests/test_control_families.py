@@ -59,6 +59,9 @@ async def control_runs(tmp_path: Path, model: Path, controlnets: Path, entry: di
         plain = await client.call_tool("generate", arguments)
         controlled = await client.call_tool("generate", {**arguments, "control": [{**entry, "image": drawing_url()}]})
         silent = await client.call_tool("generate", {**arguments, "control": [{**entry, "image": drawing_url(), "weight": 0}]})
+        again = await client.call_tool("generate", arguments)
+    # The ControlNet pipeline shares the model's weights: a plain run after it gives the same image as before it.
+    assert np.array_equal(pixels(again), pixels(plain))
     return pixels(plain), pixels(controlled), pixels(silent), controlled
 
 
@@ -125,3 +128,38 @@ def test_the_unsupported_pair_error_names_every_family_in_the_table() -> None:
     pairs = supported_pairs()
     assert [pair.split(":")[0] for pair in pairs] == list(CONTROLNETS)
     assert any(pair.startswith("sd3: canny, depth, tile") and "generate only" in pair for pair in pairs), pairs
+
+
+async def test_qwen_image_union_controlnet_changes_the_image_and_weight_zero_does_not(tmp_path: Path) -> None:
+    qwen = make_test_model(tmp_path / "Qwen-Image", "qwen-image")
+    tiny_controlnet.make_test_qwen_image_controlnet(qwen, tmp_path / "controlnets" / default_name("qwen-image", True))
+    plain, controlled, silent, result = await control_runs(tmp_path, qwen, tmp_path / "controlnets", {"type": "canny"})
+    assert_control_acts(plain, controlled, silent)
+    (used,) = result.structured_content["parameters"]["control"]
+    assert (used["controlnet"], used["union"], used["control_mode"]) == ("Qwen-Image-ControlNet-Union", True, None)
+    assert "Model: Qwen-Image-ControlNet-Union, Weight: 1" in infotext_of(result)["ControlNet 0"]
+
+
+async def test_z_image_union_controlnet_runs_one_entry_on_every_step(tmp_path: Path) -> None:
+    z_image = make_test_model(tmp_path / "Z-Image-Turbo", "z-image-turbo")
+    folder = tmp_path / "controlnets"
+    tiny_controlnet.make_test_z_image_controlnet(z_image, folder / default_name("z-image", True))
+    plain, controlled, silent, result = await control_runs(tmp_path, z_image, folder, {"type": "canny"})
+    assert_control_acts(plain, controlled, silent)
+    (used,) = result.structured_content["parameters"]["control"]
+    assert (used["controlnet"], used["union"]) == ("Z-Image-Turbo-Fun-Controlnet-Union", True)
+    settings = Settings(model=str(z_image), output_dir=tmp_path / "out", device="cpu", hf_offline=True, controlnet_dirs=[folder])
+    async with Client(build_server(settings)) as client:
+        window = await client.call_tool("generate", {**BASE, "control": [{"type": "canny", "image": drawing_url(), "end": 0.5}]})
+        two = await client.call_tool("generate", {**BASE, "control": [{"type": "canny", "image": drawing_url()}] * 2})
+        scribble = await client.call_tool("generate", {**BASE, "control": [{"type": "scribble", "image": drawing_url()}]})
+        inpaint = await client.call_tool("inpaint", {
+            "prompt": "x", "image": drawing_url(), "mask": drawing_url(), "steps": 2,
+            "control": [{"type": "canny", "image": drawing_url()}],
+        })
+    assert window.is_error and "control[0].start" in window.content[0].text and "every step" in window.content[0].text
+    assert two.is_error and "1 ControlNet entry" in two.content[0].text
+    # The unsupported pair names what runs, from the registry.
+    assert scribble.is_error and "control[0].type" in scribble.content[0].text
+    assert "z-image: canny (union), lineart (union), depth (union), pose (union)" in scribble.content[0].text
+    assert inpaint.is_error and "generate only" in inpaint.content[0].text

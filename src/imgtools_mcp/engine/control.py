@@ -79,12 +79,18 @@ def _union_config(path: Path | None) -> tuple[bool, int | None]:
     return False, None
 
 
-def _locate(spec: str, dirs: list[Path], offline: bool, param: str) -> tuple[Path | None, str]:
+def _locate(spec: str, dirs: list[Path], offline: bool, param: str, single_file: str | None = None) -> tuple[Path | None, str]:
+    """A diffusers ControlNet folder (with config.json), or for a ControlNet published as one file (`single_file`,
+    or a .safetensors path given as model) that file, in a folder of its own name or the hub cache."""
     name = spec.rstrip("/").rsplit("/", 1)[-1]
     candidates = [Path(spec).expanduser()] + [Path(d).expanduser() / spec for d in dirs] + [Path(d).expanduser() / name for d in dirs]
     for path in candidates:
         if path.is_dir() and (path / "config.json").is_file():
             return path.resolve(), path.name
+        if single_file and path.is_dir() and (path / single_file).is_file():
+            return (path / single_file).resolve(), path.name
+        if path.is_file() and path.suffix == ".safetensors":
+            return path.resolve(), path.stem
     if not _HUB_ID.match(spec):
         raise InvalidRequestError(
             f"{param}.model", f"{spec!r} is not a ControlNet folder (with config.json), a name in IMGTOOLS_CONTROLNET_DIRS or a hub id"
@@ -94,6 +100,8 @@ def _locate(spec: str, dirs: list[Path], offline: bool, param: str) -> tuple[Pat
     cached = _hub_cache_snapshot(spec)
     if cached is not None and (cached / "config.json").is_file():
         return cached, name
+    if cached is not None and single_file and (cached / single_file).is_file():
+        return cached / single_file, name
     if offline:
         raise InvalidRequestError(
             f"{param}.model",
@@ -121,10 +129,12 @@ def resolve_controlnet(
             if kind == "image":
                 raise InvalidRequestError(f"{param}.model", "type 'image' needs the ControlNet the map is for (a folder, name or hub id)")
             raise _unsupported(f"{param}.type", f"no ControlNet for {kind!r} on {family_id} models")
-    path, name = _locate(spec, dirs, offline, param)
+    path, name = _locate(spec, dirs, offline, param, table.single_files.get(spec))
     is_union, modes = _union_config(path)
     if not (wants_union or is_union or spec == table.union):
         return ControlNetSource(spec, path, name)
+    if kind == "image" and table.union_modes and all(mode is None for mode in table.union_modes.values()):
+        return ControlNetSource(spec, path, name, union=True)  # a union without modes reads the kind from the map
     if kind not in table.union_modes:
         known = ", ".join(table.union_modes) or "none"
         if kind == "image" and table.union_modes:
@@ -198,7 +208,15 @@ def _load_controlnet(model: "LoadedModel", source: ControlNetSource) -> Any:
         table = CONTROLNETS[model.family.family.id]
         where = str(source.path) if source.path is not None else source.spec
         net_class = getattr(diffusers, table.union_net if source.union and table.union_net else table.net)
-        controlnet = net_class.from_pretrained(where, torch_dtype=model.dtype)
+        if source.path is not None and source.path.is_file():  # one weights file (diffusers maps its keys)
+            controlnet = net_class.from_single_file(where, torch_dtype=model.dtype)
+        elif source.path is None and source.spec in table.single_files:
+            from huggingface_hub import hf_hub_download
+
+            weights = hf_hub_download(source.spec, table.single_files[source.spec])
+            controlnet = net_class.from_single_file(weights, torch_dtype=model.dtype)
+        else:
+            controlnet = net_class.from_pretrained(where, torch_dtype=model.dtype)
         # Offload hooks belong to the base pipeline's modules; the ControlNet simply lives on the execution device.
         device = getattr(model.base, "_execution_device", None) or model.device
         model.variants[key] = controlnet.to(device).eval()
@@ -210,20 +228,35 @@ def from_pipe_keeping_dtypes(cls: Any, base: Any, **components: Any) -> Any:
 
     diffusers' from_pipe casts every module of the new pipeline to its `dtype` argument, float32 when none is
     given, and those modules are the loaded model's own: a bf16 model would silently become float32 (twice the
-    memory, and other numbers for the next plain request), and a VAE kept in float32 beside an fp16 UNet would
-    be cast too. Each module's dtype is put back as it was.
+    memory, and other numbers for the next plain request), a VAE kept in float32 beside an fp16 UNet would be
+    cast too, and so would the float32 buffers inside a bf16 module (a Qwen text encoder's rotary frequencies, which
+    rounded to bf16 change every prompt's embedding from then on). Each tensor that from_pipe cast is put back: the
+    original itself, not a cast back, so nothing is rounded.
     """
     import torch
 
-    def dtypes(modules: dict[str, Any]) -> dict[str, Any]:
-        return {name: module.dtype for name, module in modules.items() if isinstance(module, torch.nn.Module)}
+    def tensors(modules: dict[str, Any]) -> dict[tuple[int, str, str], Any]:
+        held = {}
+        for module in modules.values():
+            if isinstance(module, torch.nn.Module):
+                for sub in module.modules():
+                    for kind in ("_parameters", "_buffers"):
+                        for name, tensor in getattr(sub, kind).items():
+                            if tensor is not None:
+                                held[(id(sub), kind, name)] = (sub, tensor.data if kind == "_parameters" else tensor)
+        return held
 
-    before = {**dtypes(base.components), **dtypes(components)}
+    before = tensors({**base.components, **components})
     denoiser = base.components.get("unet") or base.components.get("transformer")
     pipe = cls.from_pipe(base, dtype=getattr(denoiser, "dtype", None), **components)
-    for name, module in pipe.components.items():
-        if isinstance(module, torch.nn.Module) and name in before and module.dtype != before[name]:
-            module.to(dtype=before[name])
+    for (_, kind, name), (sub, original) in before.items():
+        current = getattr(sub, kind).get(name)
+        if current is None or current.dtype == original.dtype:
+            continue
+        if kind == "_parameters":
+            current.data = original
+        else:
+            sub._buffers[name] = original
     return pipe
 
 
@@ -248,6 +281,7 @@ def _combined(family_id: str, nets: list[Any], sources: list[ControlNetSource]) 
     if family_id == "flux" and all(s.union for s in sources) and len({s.key for s in sources}) == 1:
         return _diffusers_class(table.multi)([nets[0]]), "union-inputs"
     multi = table.union_multi if union_run else table.multi
+    assert multi is not None  # check_controls refused more entries than a family without a multi class runs
     return _diffusers_class(multi)(nets), "multi"
 
 
@@ -289,11 +323,13 @@ def control_call(model: "LoadedModel", job: "ResolvedJob", pipe: Any, kwargs: di
     extra[map_kwarg] = maps[0] if single else maps
     if job.mode == "txt2img":
         extra.update(width=job.width, height=job.height)
-    if family_id == "flux" and job.mode == "txt2img":
-        # FLUX's ControlNet pipelines VAE-encode the map by sampling with the request's generators before they draw
-        # the starting noise, so one seed would start from other noise than without control; it is drawn here first.
-        extra["latents"], _ = control_pipe.prepare_latents(
+    if table.noise_first and job.mode == "txt2img":
+        # FLUX's and Qwen-Image's ControlNet pipelines VAE-encode the map by sampling with the request's generators
+        # before they draw the starting noise, so one seed would start from other noise than without control; it is
+        # drawn here first.
+        drawn = control_pipe.prepare_latents(
             len(job.seeds), denoiser.config.in_channels // 4, job.height, job.width, denoiser.dtype,
             control_pipe._execution_device, kwargs["generator"],
         )
+        extra["latents"] = drawn[0] if isinstance(drawn, tuple) else drawn  # FLUX's come with their position ids
     return control_pipe, {**kwargs, **extra}

@@ -14,7 +14,7 @@ MODE_LABELS = {"txt2img": "generate", "img2img": "edit", "inpaint": "inpaint"}
 class FamilyControlNets:
     pipelines: dict[str, str]  # request mode -> diffusers ControlNet pipeline class
     net: str  # the ControlNet class
-    multi: str  # the class holding several ControlNets
+    multi: str | None  # the class holding several ControlNets; None: one ControlNet per request (max_controls 1)
     dedicated: dict[str, str] = field(default_factory=dict)  # control type -> default hub id of a one-type ControlNet
     union: str | None = None  # default hub id of the family's union ControlNet
     # control type -> the union's control_mode; None: the union takes no mode (it reads the kind from the map).
@@ -24,6 +24,11 @@ class FamilyControlNets:
     union_pipelines: dict[str, str] | None = None  # when union ControlNets run in other pipelines (SDXL)
     windows: bool = True  # the pipelines take control_guidance_start/end
     max_controls: int | None = None  # entries per request when the pipelines take one ControlNet only (Z-Image)
+    # The pipelines VAE-encode the map by sampling with the request's generators before they draw the starting noise
+    # (FLUX.1, Qwen-Image): the noise is drawn first, so one seed starts from the same noise with control or without.
+    noise_first: bool = False
+    # hub id -> the one weights file of a ControlNet published as a single file (no diffusers config in the repo)
+    single_files: dict[str, str] = field(default_factory=dict)
     map_kwarg_txt2img: str = "control_image"  # SD 1.x/2.x/SDXL text-to-image take the map as `image`
 
     def types(self) -> list[str]:
@@ -85,6 +90,7 @@ CONTROLNETS: dict[str, FamilyControlNets] = {
         # Union-Pro modes: 0 canny, 1 tile, 2 depth, 3 blur, 4 pose, 5 gray, 6 low quality.
         union="Shakker-Labs/FLUX.1-dev-ControlNet-Union-Pro",
         union_modes={"canny": 0, "tile": 1, "depth": 2, "pose": 4},
+        noise_first=True,
     ),
     # diffusers' SD3 ControlNet pipelines: text-to-image, and an inpainting one made for inpainting ControlNets only.
     "sd3": FamilyControlNets(
@@ -94,6 +100,23 @@ CONTROLNETS: dict[str, FamilyControlNets] = {
             "depth": "stabilityai/stable-diffusion-3.5-large-controlnet-depth",
             "tile": "stabilityai/stable-diffusion-3.5-large-controlnet-blur",
         },
+    ),
+    # InstantX's union reads the kind from the map (no control mode): canny, soft edge (lineart here), depth and pose.
+    # diffusers' Qwen-Image ControlNet inpaint pipeline is for InstantX's inpainting ControlNet, not this union.
+    "qwen-image": FamilyControlNets(
+        {"txt2img": "QwenImageControlNetPipeline"}, "QwenImageControlNetModel", "QwenImageMultiControlNetModel",
+        union="InstantX/Qwen-Image-ControlNet-Union",
+        union_modes={"canny": None, "lineart": None, "depth": None, "pose": None},
+        noise_first=True,
+    ),
+    # alibaba-pai's Fun union for Z-Image-Turbo (canny, HED soft edge as lineart here, depth, pose; no mode): one
+    # ControlNet per request, acting on every step, published as one weights file.
+    "z-image": FamilyControlNets(
+        {"txt2img": "ZImageControlNetPipeline"}, "ZImageControlNetModel", None,
+        union="alibaba-pai/Z-Image-Turbo-Fun-Controlnet-Union",
+        union_modes={"canny": None, "lineart": None, "depth": None, "pose": None},
+        windows=False, max_controls=1,
+        single_files={"alibaba-pai/Z-Image-Turbo-Fun-Controlnet-Union": "Z-Image-Turbo-Fun-Controlnet-Union.safetensors"},
     ),
 }
 # SD 2.x runs ControlNets made for it (its text encoder differs from SD 1.5's), so it has no defaults.
@@ -106,5 +129,6 @@ def supported_pairs() -> list[str]:
     for family_id, table in CONTROLNETS.items():
         types = [kind if not table.union_only(kind) else f"{kind} (union)" for kind in table.types()]
         modes = "" if len(table.pipelines) == 3 else f" on {'/'.join(MODE_LABELS[m] for m in table.pipelines)} only"
-        pairs.append(f"{family_id}: {', '.join([*types, 'image (with model)'])}{modes}")
+        one = f", {table.max_controls} entry" if table.max_controls else ""
+        pairs.append(f"{family_id}: {', '.join([*types, 'image (with model)'])}{modes}{one}")
     return pairs
