@@ -36,7 +36,7 @@ def decide(
     """What the coming round does with the best image so far and its critique (None before the first round).
 
     `can_inpaint`: the model's family has an inpaint pipeline; `repeated`: the last round already repaired
-    this image's regions without beating its score (auto then regenerates)."""
+    this image's regions without beating its score (auto then regenerates, repair uses the revised prompt)."""
     if critique is None:
         return Decision("regenerate", "the first round generates from the prompt")
     if strategy == "regenerate":
@@ -49,6 +49,9 @@ def decide(
     share = union_fraction(regions)
     where = f"{len(regions)} region(s) covering {share:.0%} of the image"
     if strategy == "repair":
+        if repeated:  # the same image, regions and seed would repaint the same pixels: take the revised prompt
+            unprompted = [region.model_copy(update={"prompt": None}) for region in regions]
+            return Decision("repair", f"strategy=repair: {where}, again, with the revised prompt", unprompted)
         return Decision("repair", f"strategy=repair: {where}", regions)
     if share > AUTO_MAX_COVERAGE:
         return Decision("regenerate", f"auto: {where}, over {AUTO_MAX_COVERAGE:.0%}: the problems are not local")
