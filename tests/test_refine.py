@@ -56,7 +56,8 @@ async def test_refine_is_listed_as_open_world_and_needs_a_vlm_key(settings: Sett
     no_key = settings.model_copy(update={"vlm_api_key": None})  # the default endpoint is OpenRouter
     async with Client(build_server(no_key)) as client:
         refine = {tool.name: tool for tool in (await client.list_tools()).tools}["refine"]
-        assert refine.annotations.open_world_hint is True and refine.annotations.read_only_hint is False
+        # Listed as MCP reads a hint that is left out: open world (default true), not read-only (default false).
+        assert refine.annotations.open_world_hint in (True, None) and not refine.annotations.read_only_hint
         assert {"goal", "prompt", "max_rounds", "target_score", "max_cost", "num_images", "background"} <= set(
             refine.input_schema["properties"]
         )

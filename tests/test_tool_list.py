@@ -23,6 +23,14 @@ DESCRIPTION_BUDGET = 900  # characters per tool: a tool list that floods the con
 TOOL_LIST_TOKEN_BUDGET = 11_500
 
 
+def hint(annotations: object, name: str) -> bool:
+    """A tool hint as a host reads it: a hint left out of the list has MCP's default value."""
+    from imgtools_mcp.tools.schemas import HINT_DEFAULTS
+
+    value = getattr(annotations, name)
+    return HINT_DEFAULTS[name] if value is None else value
+
+
 def takes_media(schema: object) -> bool:
     """Whether any (nested) parameter of a schema takes an image or video reference."""
     if isinstance(schema, dict):
@@ -50,14 +58,14 @@ async def test_titles_annotations_descriptions_parameters(client: Client) -> Non
             assert schema.get("description"), f"{tool.name}.{name} has no description"
         annotations = tool.annotations
         if tool.name in READ_ONLY:
-            assert annotations.read_only_hint is True, tool.name
+            assert hint(annotations, "read_only_hint") is True, tool.name
         if tool.name in MAKES_IMAGES:
-            assert annotations.read_only_hint is False and annotations.idempotent_hint is False, tool.name
-            assert annotations.destructive_hint is False, tool.name
+            assert hint(annotations, "read_only_hint") is False and hint(annotations, "idempotent_hint") is False, tool.name
+            assert annotations.destructive_hint is False, tool.name  # MCP's default is destructive: said explicitly
         # Open-world follows from what a tool can do: fetch an http(s) image (edit, inpaint, a sweep over them) or
         # call the VLM provider.
         if tool.name in CALLS_THE_VLM or takes_media(tool.input_schema):
-            assert annotations.open_world_hint is True, tool.name
+            assert hint(annotations, "open_world_hint") is True, tool.name
 
 
 async def test_the_whole_tool_list_fits_its_token_budget(client: Client) -> None:
@@ -85,7 +93,7 @@ async def test_image_inputs_accept_urls_so_they_are_open_world(client: Client) -
     # edit/inpaint may fetch an http(s) URL given as the image, so hosts should know they reach outside.
     tools = {tool.name: tool for tool in (await client.list_tools()).tools}
     for name in ("edit", "inpaint"):
-        assert tools[name].annotations.open_world_hint is True, name
+        assert hint(tools[name].annotations, "open_world_hint") is True, name
 
 
 PROBES = (None, 0, -1, 0.5, 7, 10**7, "", "x", "euler", True, [], [1], {}, {"name": "x"})
@@ -138,3 +146,20 @@ async def test_listed_schemas_accept_exactly_what_the_full_schemas_accept(client
             assert original.is_valid(arguments) == compact.is_valid(arguments), (name, arguments)
             checked += 1
     assert checked > 1000, checked
+
+
+async def test_listed_annotations_mean_what_the_full_ones_say(client: Client, settings) -> None:
+    # Hints equal to MCP's defaults are left out of the list; read with those defaults, nothing changes.
+    from mcp.server.mcpserver import MCPServer
+
+    from imgtools_mcp.server import build_server
+    from imgtools_mcp.tools.schemas import HINT_DEFAULTS
+
+    full = {tool.name: tool.annotations for tool in await MCPServer.list_tools(build_server(settings))}
+    listed = {tool.name: tool.annotations for tool in (await client.list_tools()).tools}
+    assert set(listed) <= set(full)  # the full list also has the viewer's app-only tool
+    for name, annotations in listed.items():
+        assert annotations.title == full[name].title, name
+        for field in HINT_DEFAULTS:
+            assert hint(annotations, field) == hint(full[name], field), (name, field)
+    assert any(getattr(a, f) is None for a in listed.values() for f in HINT_DEFAULTS)  # something was left out

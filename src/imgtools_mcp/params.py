@@ -36,7 +36,7 @@ def reference_images_field() -> Any:
     """One `reference_images` for generate, edit and inpaint: the mechanism is the family's (IP-Adapter or native)."""
     return Field(
         default_factory=list, max_length=8,
-        description="Style/subject images (as `image`; weight 0 off): IP-Adapter or the model's own inputs",
+        description="Style/subject images (as `image`)",
     )
 
 
@@ -48,26 +48,26 @@ class GenerationParams(BaseModel):
     prompt: str = Field(min_length=1, max_length=4000, description="What to draw")
     negative_prompt: str = Field("", max_length=4000, description="What to avoid")
     model: str | None = Field(
-        None, description="HF id, diffusers folder or .safetensors; default: the server's"
+        None, description="HF id, folder or .safetensors; null: the server's"
     )
-    width: int | None = Field(None, ge=64, le=4096, multiple_of=8, description="Default: the model's native size")
-    height: int | None = Field(None, ge=64, le=4096, multiple_of=8, description="Default: the model's native size")
-    steps: int | None = Field(None, ge=1, le=150, description="Default by family (turbo 4, SD 25, SDXL 30)")
+    width: int | None = Field(None, ge=64, le=4096, multiple_of=8, description="Null: native size")
+    height: int | None = Field(None, ge=64, le=4096, multiple_of=8, description="Null: native size")
+    steps: int | None = Field(None, ge=1, le=150, description="Null: by model family")
     guidance_scale: float | None = Field(
-        None, ge=0.0, le=30.0, description="CFG; default by family (turbo 0, SD 7, SDXL 5)"
+        None, ge=0.0, le=30.0, description="CFG; null: by model family"
     )
     sampler: SamplerName = Field("default", description="'default': the model's own")
     seed: int | None = Field(
-        None, ge=-1, le=MAX_SEED, description="-1/omitted: random (reported); image i uses seed+i"
+        None, ge=-1, le=MAX_SEED, description="-1/null: random; image i gets seed+i"
     )
     num_images: int = Field(1, ge=1, le=8, description="Images per call")
-    loras: list[LoraRequest] = Field(default_factory=list, max_length=8, description="LoRAs: name a file in IMGTOOLS_LORA_DIRS, path or HF id; weight 0 off, 1 full")
+    loras: list[LoraRequest] = Field(default_factory=list, max_length=8, description="name: a file in IMGTOOLS_LORA_DIRS, path or HF id")
     control: list[ControlRequest] = Field(
         default_factory=list, max_length=4,
-        description="ControlNets: follow an image's edges/depth/pose (type image: it is the map); start/end: fraction of steps; maps are saved as outputs",
+        description="Follow an image's edges/depth/pose (type image: it is the map); start/end: fraction of steps",
     )
     speed: Literal["quality", "balanced", "fast"] = Field(
-        "quality", description="balanced/fast reuse work across steps (transformer models)"
+        "quality", description="balanced/fast: step caching (transformers)"
     )
     background: bool = Field(False, description="Return a job id at once; poll get_job")
 
@@ -76,7 +76,7 @@ class GenerateRequest(GenerationParams):
     """Text to image."""
 
     hires: HiresRequest | None = Field(
-        None, description="Hires fix: generate, enlarge by scale (upscaler: as upscale's model, default Lanczos), repaint with denoise"
+        None, description="Hires fix: generate, enlarge by scale, repaint with denoise"
     )
     reference_images: list[ReferenceImage] = reference_images_field()
 
@@ -84,7 +84,7 @@ class GenerateRequest(GenerationParams):
 class EditRequest(GenerationParams):
     """Image + prompt to image (img2img), or an instruction edit on an instruction-edit model."""
 
-    image: str = Field(min_length=1, description=f"Start image: {IMAGE_REFERENCE}")
+    image: str = Field(min_length=1, description=f"Start: {IMAGE_REFERENCE}")
     strength: float = Field(
         0.6, ge=0.0, le=1.0,
         description="0 keeps the input, 1 ignores it; unused by instruction-edit models",
@@ -92,11 +92,11 @@ class EditRequest(GenerationParams):
     reference_images: list[ReferenceImage] = reference_images_field()
     width: int | None = Field(
         None, ge=64, le=4096, multiple_of=8,
-        description="Default: the input's (one side given: aspect kept)",
+        description="Null: the input's (aspect kept)",
     )
     height: int | None = Field(
         None, ge=64, le=4096, multiple_of=8,
-        description="Default: the input's (one side given: aspect kept)",
+        description="Null: the input's (aspect kept)",
     )
 
 
@@ -126,15 +126,15 @@ class InpaintRequest(GenerationParams):
     image: str = Field(min_length=1, description=f"Image: {IMAGE_REFERENCE}")
     mask: str | None = Field(
         None, min_length=1,
-        description="Mask image (as `image`): white repaint, black keep",
+        description="Mask image (as `image`)",
     )
     mask_prompt: str | None = Field(
         None, min_length=1, max_length=500,
-        description="What to repaint, in words; the VLM finds it",
+        description="What to repaint, in words",
     )
     mask_shapes: list[MaskShape] | None = Field(
         None, min_length=1, max_length=32,
-        description="Shapes to repaint (x, y: top-left); fractions of the image if all values <= 1, else px",
+        description="x, y: top-left; fractions of the image if all values <= 1, else px",
     )
     expand: Expand | None = Field(
         None, description="Outpaint: px to add per side"
@@ -144,7 +144,7 @@ class InpaintRequest(GenerationParams):
     invert_mask: bool = Field(False, description="Repaint the black part instead")
     inpaint_area: Literal["full", "masked"] = Field(
         "full",
-        description="masked: a crop around the mask at the model's size (more detail), pasted back",
+        description="masked: work on a crop around the mask (more detail)",
     )
     padding: int = Field(32, ge=0, le=1024, description="masked: context px around the mask")
     strength: float = Field(
@@ -153,11 +153,11 @@ class InpaintRequest(GenerationParams):
     )
     width: int | None = Field(
         None, ge=64, le=4096, multiple_of=8,
-        description="Working size; default: the image's (masked: the model's)",
+        description="Null: the image's (masked: the model's)",
     )
     height: int | None = Field(
         None, ge=64, le=4096, multiple_of=8,
-        description="Working size; default: the image's (masked: the model's)",
+        description="Null: the image's (masked: the model's)",
     )
 
     @model_validator(mode="after")

@@ -24,7 +24,7 @@ from .store import OutputStore
 from .tasks import TaskManager
 from .tools import critique, edit, engine_status, generate, inpaint, models, resources, sweep, tasks
 from .tools import prompts, refine, upscale, vision
-from .tools.schemas import compact_tool_schemas
+from .tools.schemas import compact_annotations, compact_tool_schemas
 from .tools.vision_common import build_vlm
 from .ui.viewer import ViewerApp, hide_app_only_for_plain_clients
 
@@ -54,7 +54,8 @@ class ImgToolsServer(MCPServer[AppContext]):
             if key not in self._listed:
                 self._listed[key] = (tool.input_schema, compact_tool_schemas(tool.input_schema, tool.output_schema))
             input_schema, output_schema = self._listed[key][1]
-            tools.append(tool.model_copy(update={"input_schema": input_schema, "output_schema": output_schema}))
+            tools.append(tool.model_copy(update={"input_schema": input_schema, "output_schema": output_schema,
+                                                 "annotations": compact_annotations(tool.annotations)}))
         return tools
 
     async def call_tool(self, name: str, arguments: dict[str, Any], context: Context | None = None) -> Any:

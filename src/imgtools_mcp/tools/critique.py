@@ -25,7 +25,7 @@ class CritiqueRequest(BaseModel):
     goal: str = Field(min_length=1, max_length=4000, description="What the image should show")
     parameters: dict[str, Any] | None = Field(
         None,
-        description="Parameters it was made with, for the advice; null: an output's own",
+        description="Parameters it was made with; null: an output's own",
     )
 
 
@@ -92,9 +92,8 @@ def critique_text(critique: Critique) -> str:
     return text
 
 
-CRITIQUE = """Judge an image against its goal as a strict art director: score 0-10, visible problems (worst first),
-a revised prompt, negative-prompt additions and parameter advice, in structured_content. Cost: one VLM call.
-Use refine to run generate -> critique -> revise rounds automatically."""
+CRITIQUE = """Judge an image against its goal as a strict art director: score 0-10, problems (worst first), a revised
+prompt, negative-prompt additions and parameter advice. One VLM call; refine automates generate -> critique -> revise."""
 
 
 def register(server: MCPServer) -> None:

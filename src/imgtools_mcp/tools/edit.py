@@ -7,10 +7,9 @@ from mcp.server.mcpserver import MCPServer
 from ..params import EditRequest
 from .present import bind_image_tool
 
-DESCRIPTION = """Change a whole image under a prompt (img2img): restyle, recolour, vary or clean it up, keeping its composition.
-`image` can be an output's imgtools://images/<id>. `strength`: 0.2-0.4 touch-up, 0.5-0.7 restyle, 0.8+ mostly new;
-about strength*steps steps run. The output keeps the input's size (rounded to 8) unless width/height are given.
-To change one region and keep the rest, use inpaint with mask_shapes; to extend the canvas, inpaint with expand."""
+DESCRIPTION = """Img2img: restyle, recolour or vary a whole image under a prompt, keeping its composition. `image`
+can be an output's imgtools://images/<id>. strength 0.2-0.4 touch-up, 0.5-0.7 restyle, 0.8+ mostly new (about
+strength*steps steps run). Size: the input's, rounded to 8. For one region use inpaint; to extend the canvas, its expand."""
 
 
 def register(server: MCPServer) -> None:

@@ -160,8 +160,8 @@ def register(server: MCPServer) -> None:
         engine_status,
         name="engine_status",
         title="Engine status",
-        description="The engine's device, dtype, backend and memory plan (with reasons), loaded models against the "
-        "cache budget, evictions, the queue and running job, and the VLM setup (never the key).",
+        description="Device, dtype, backend and memory plan (with reasons), loaded models against the cache budget, "
+        "evictions, queue, running job and VLM setup.",
         annotations=ToolAnnotations(title="Engine status", **READ_ONLY),
         output_model=EngineStatus,
     )

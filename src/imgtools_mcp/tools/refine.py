@@ -17,11 +17,11 @@ from ..runs.vlm_messages import usage_text
 from .present import app_of, bind_tool, image_blocks, result_of, run_here_or_as_task, started_result
 from .vision_common import require_vlm
 
-DESCRIPTION = """Art-direct an image toward a goal: each round makes num_images candidates, the VLM scores each against the
-goal (0-10), the best so far is kept, and the VLM revises prompt, negative prompt and parameters to fix the main
-remaining problem, seeing earlier rounds. Stops at target_score, max_rounds, max_cost or cancel (the best is kept).
-The seed is fixed; model, size and LoRAs stay; steps may at most double. Returns the best image, each round's
-prompts, scores and revisions, and the VLM cost. Per round: num_images generations and critiques, one revision."""
+DESCRIPTION = """Art-direct an image toward a goal: each round makes num_images candidates, the VLM scores each (0-10)
+and the best is kept, then the VLM revises prompt and parameters against the main remaining problem, seeing earlier
+rounds. Stops at target_score, max_rounds, max_cost or cancel. Seed, model, size and LoRAs stay; steps at most
+double. Returns the best image, each round and the VLM cost. Per round: num_images generations and critiques, one
+revision."""
 
 
 async def present(outcome: RefineOutcome) -> CallToolResult:

@@ -175,18 +175,34 @@ def _share_common_fields(defs: dict[str, Any], members: list[str], shared: str) 
 
 
 def _shallow_output(schema: dict[str, Any]) -> dict[str, Any]:
-    """A result's own fields with their types; nested records are objects (they are described in the tool's text
-    and the input schemas, and every nesting level costs the host's context again)."""
+    """A result's own fields with their types; nested records are objects and a list's or map's members are not
+    spelled out (they are described in the tool's text and the input schemas, and every nesting level costs the
+    host's context again)."""
     def flatten(sub: Any) -> Any:
         if isinstance(sub, dict):
             if "$ref" in sub:
                 return {"type": "object"}
-            return {key: flatten(value) for key, value in sub.items()}
+            return {key: flatten(value) for key, value in sub.items() if key not in ("items", "additionalProperties")}
         if isinstance(sub, list):
             return [flatten(value) for value in sub]
         return sub
 
-    return {key: flatten(value) for key, value in schema.items() if key != "$defs"}
+    out = {key: value for key, value in schema.items() if key not in ("$defs", "properties")}
+    if "properties" in schema:
+        out["properties"] = {name: flatten(sub) for name, sub in schema["properties"].items()}
+    return out
+
+
+# MCP's value for a tool hint that is left out (ToolAnnotations); a hint equal to it tells a host nothing.
+# destructiveHint's is true, so a tool that is not destructive says so.
+HINT_DEFAULTS = {"read_only_hint": False, "destructive_hint": True, "idempotent_hint": False, "open_world_hint": True}
+
+
+def compact_annotations(annotations: Any) -> Any:
+    """The annotations as listed: the title and every hint that differs from MCP's default."""
+    if annotations is None:
+        return None
+    return annotations.model_copy(update={name: None for name, default in HINT_DEFAULTS.items() if getattr(annotations, name) == default})
 
 
 def compact_tool_schemas(input_schema: dict[str, Any], output_schema: dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any] | None]:

@@ -19,12 +19,11 @@ from .present import app_of, bind_tool, image_blocks, resource_link, result_of, 
 
 MAX_Z_THUMBNAILS = 4
 
-DESCRIPTION = """Compare parameter values: run one base request (generate, edit or inpaint) for every combination of up to
-three axes; every cell is an output, plus a labelled grid (X columns, Y rows, a grid per Z value and a sheet of all).
-Axis: {param, values} or {param, start, stop, count} (even steps, stop included). param: seed, steps, guidance_scale, sampler, strength, width,
-height, size ('WxH'), model, prompt, negative_prompt, prompt_sr (the first value is replaced in the prompt by each),
-lora:<name> (its weight), or another scalar parameter. One seed for every cell unless seed is swept. Invalid values
-become labelled placeholder tiles; cancelling keeps finished cells. Costs a generation per cell."""
+DESCRIPTION = """Run one generate/edit/inpaint request for every combination of up to three axes: each cell is an
+output, plus labelled grids (X columns, Y rows, one per Z value). Axis: {param, values} or {param, start, stop, count}
+(stop included). param: seed, steps, guidance_scale, sampler, strength, width, height, size ('WxH'), model, prompt,
+negative_prompt, prompt_sr (first value replaced in the prompt by each), lora:<name> (weight), or another scalar.
+One seed for all cells unless swept; invalid values become labelled tiles. Costs a generation per cell."""
 
 
 def summary(plan: SweepPlan, result: SweepResult) -> str:

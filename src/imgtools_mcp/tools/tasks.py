@@ -92,8 +92,7 @@ def register(server: MCPServer) -> None:
     read_only = ToolAnnotations(title="Get job", read_only_hint=True, idempotent_hint=True, open_world_hint=False)
     bind_tool(
         server, GetJobRequest, get_job, name="get_job", title="Get job", output_model=JobStatus,
-        description="State, progress and (once done) the full result of a job started with background=true. "
-        "wait_s long-polls up to 60 s.",
+        description="State, progress and, once done, the result of a background job; wait_s long-polls up to 60 s.",
         annotations=read_only,
     )
     bind_tool(

@@ -21,10 +21,9 @@ from ..runs.inputs import InputRecord
 from ..runs.progress import ProgressRelay
 from .present import app_of, bind_tool, image_blocks, progress_sink, result_of
 
-DESCRIPTION = """Enlarge an image 2x or 4x. With `model` (an upscaler such as Real-ESRGAN, 4x-UltraSharp or RealPLKSR)
-it invents sharp detail; without, a Lanczos resize. denoise > 0 adds a diffusion detail pass over tiles with `prompt`
-(0.2-0.35 sharpens, 0.5+ changes content). Tiled, so any size fits memory. Cost: seconds per megapixel on a GPU,
-plus denoise*steps steps per tile. Returns a thumbnail and an imgtools://images/<id> link."""
+DESCRIPTION = """Enlarge an image 2x or 4x: with `model` (Real-ESRGAN, 4x-UltraSharp, ...) it invents detail, else
+Lanczos. denoise > 0 adds a diffusion detail pass with `prompt` (0.2-0.35 sharpens, 0.5+ changes content). Tiled, so
+any size fits. Returns a thumbnail and an imgtools://images/<id> link."""
 
 
 class UpscaleRequest(BaseModel):

@@ -37,7 +37,7 @@ class DescribeImageRequest(BaseModel):
     images: list[str] = Field(
         min_length=1,
         max_length=MAX_DESCRIBE_IMAGES,
-        description=f"Each an {IMAGE_REFERENCE}; named image 1, image 2, ...",
+        description=f"Each an {IMAGE_REFERENCE}",
     )
     question: str | None = Field(
         None, min_length=1, max_length=4000, description="Null: describe in detail"
@@ -49,16 +49,16 @@ class DescribeVideoRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    video: str = Field(min_length=1, description="File under the input roots, data:video/...;base64 URL or base64, or http(s) URL")
+    video: str = Field(min_length=1, description="File under the input roots, data: URL/base64 or http(s) URL")
     question: str | None = Field(
         None, min_length=1, max_length=4000, description="Null: describe in detail"
     )
     fps: float | None = Field(
         None, gt=0, le=30,
-        description="Frames per second from t=0; null or too many: max_frames spread evenly",
+        description="Frames per second; null: max_frames spread evenly",
     )
     max_frames: int = Field(
-        16, ge=1, le=MAX_VIDEO_FRAMES, description="Most frames the VLM sees (each costs tokens)"
+        16, ge=1, le=MAX_VIDEO_FRAMES, description="Most frames sent (each costs tokens)"
     )
 
 
@@ -172,13 +172,11 @@ async def describe_video(request: DescribeVideoRequest, ctx: Context) -> CallToo
     )
 
 
-DESCRIBE_IMAGE = """Ask the vision-language model about one or more images: a detailed description, or an answer to
-`question` (compare them, read text, spot defects). Returns text; structured_content adds the model and token use.
-Cost: one VLM call, roughly 1-2k tokens per image."""
+DESCRIBE_IMAGE = """Ask the vision-language model about images: a detailed description, or an answer to `question`
+(compare them, read text, spot defects). Cost: one VLM call, about 1-2k tokens per image."""
 
-DESCRIBE_VIDEO = """Ask the vision-language model about a video: the server samples frames (every 1/fps s, else
-max_frames spread evenly), labelled with their times, so the answer can cite times. mp4, webm, mov, mkv, gif, ...;
-inline and downloaded videos up to 100 MB."""
+DESCRIBE_VIDEO = """Ask the vision-language model about a video (mp4, webm, mov, mkv, gif, ...; inline or downloaded up
+to 100 MB): sampled frames are labelled with their times, so the answer can cite them."""
 
 def register(server: MCPServer) -> None:
     bind_tool(

@@ -30,7 +30,7 @@ class RefineRequest(GenerationParams):
         8.0, ge=0.0, le=10.0, description="Stop once a score (0-10) reaches this"
     )
     max_cost: float | None = Field(
-        None, gt=0, description="USD budget for VLM calls (needs a provider that reports cost)"
+        None, gt=0, description="USD cap on VLM calls (provider must report cost)"
     )
     strategy: Strategy = Field(
         "auto",
