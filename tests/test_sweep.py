@@ -118,7 +118,11 @@ async def test_3x2x2_sweep_makes_every_cell_and_labelled_grids(client: Client) -
     assert values == sorted(values) and len(set(values)) == len(values)
     total = sum([1, 2][cell["y"]] for cell in cells)
     assert {t for _, t, _ in seen} == {total} and values[-1] == total
-    assert seen[0][2] == "cell 1 / 12, step 1 / 1"
+    steps = [item for item in seen if "step " in (item[2] or "")]
+    assert steps[0] == (1, total, "cell 1 / 12, step 1 / 1")
+    # A fresh server loads the model in the first cell: said before its first step, below it.
+    loading = seen[: seen.index(steps[0])]
+    assert loading and all(message.startswith("cell 1 / 12, load") and 0 < done < 1 for done, _, message in loading), loading
     assert any(message.startswith("cell 12 / 12, step 2 / 2") for _, _, message in seen)
 
 
