@@ -27,7 +27,7 @@ class RisingSink:
     (a sweep's or refine's planning, then its run) share one, so the call's progress never goes back.
 
     A message at the value already reached (refine's "critiquing" at the end of a round) goes out the smallest
-    step above it, rather than breaking the rule or being lost.
+    step above it; once the bar is full there is no value left above it within the total, and it is not sent.
     """
 
     def __init__(self, sink: ProgressSink) -> None:
@@ -37,6 +37,9 @@ class RisingSink:
     async def __call__(self, progress: float, total: float | None, message: str | None) -> None:
         if self.sent is not None and progress <= self.sent:
             progress = math.nextafter(self.sent, math.inf)
+            if total is not None and progress > total:
+                log.debug("progress not sent, the bar is full: %s", message)
+                return
         self.sent = progress
         await self.sink(progress, total, message)
 
