@@ -29,6 +29,7 @@ from .device import DeviceFacts
 from .families import FamilyInfo
 from .loader import ModelSource
 from .lora import AdapterSet
+from .pipes import from_pipe_keeping_dtypes
 from .request import Mode, ModelInfo
 
 log = logging.getLogger(__name__)
@@ -77,15 +78,10 @@ class LoadedModel:
         if mode not in self.variants:
             import diffusers
 
-            # from_pipe casts every shared module to one dtype (float32 when none is given, doubling memory); each
-            # keeps its own instead (a VAE held in fp32 where fp16 would overflow stays so).
-            dtypes = {
-                name: module.dtype for name, module in self.base.components.items() if isinstance(module, torch.nn.Module)
-            }
-            variant = getattr(diffusers, class_name).from_pipe(self.base, torch_dtype=self.dtype)
-            for name, module in variant.components.items():
-                if isinstance(module, torch.nn.Module) and name in dtypes and module.dtype != dtypes[name]:
-                    module.to(dtypes[name])
+            # Every shared tensor keeps its own dtype: a VAE held in fp32 where fp16 would overflow, and the float32
+            # buffers inside a bf16 module (Qwen-Image's and Z-Image's text encoders' rotary frequencies), which a
+            # whole-module cast back would leave rounded, changing every later prompt's embedding.
+            variant = from_pipe_keeping_dtypes(getattr(diffusers, class_name), self.base, dtype=self.dtype)
             variant.set_progress_bar_config(disable=True)
             self.variants[mode] = variant
         return self.variants[mode]
