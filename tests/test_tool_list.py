@@ -20,7 +20,7 @@ MEDIA_INPUTS = {"image", "images", "mask", "video"}  # parameters that take refe
 DESCRIPTION_BUDGET = 900  # characters per tool: a tool list that floods the context is a cost too
 # The whole tools/list answer as a host receives it (names, descriptions, input and output schemas, annotations),
 # estimated at 4 characters of compact JSON per token, the usual rule of thumb for English and JSON.
-TOOL_LIST_TOKEN_BUDGET = 11_500
+TOOL_LIST_TOKEN_BUDGET = 8_000
 
 
 def hint(annotations: object, name: str) -> bool:

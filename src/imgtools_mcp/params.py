@@ -22,7 +22,7 @@ class LoraRequest(BaseModel):
     weight: float = Field(1.0, ge=-4.0, le=4.0, description="0 off, 1 full")
 
 
-IMAGE_REFERENCE = "output id or imgtools://images/<id>, path under the input roots, data: URL/base64 or http(s) URL"
+IMAGE_REFERENCE = "output id or imgtools:// URI, path under the input roots, data: URL/base64 or http(s) URL"
 
 
 class ReferenceImage(BaseModel):
@@ -64,7 +64,7 @@ class GenerationParams(BaseModel):
     loras: list[LoraRequest] = Field(default_factory=list, max_length=8, description="name: a file in IMGTOOLS_LORA_DIRS, path or HF id")
     control: list[ControlRequest] = Field(
         default_factory=list, max_length=4,
-        description="Follow an image's edges/depth/pose (type image: it is the map); start/end: fraction of steps",
+        description="Follow an image's edges/depth/pose (type image: it is the map); start/end: step fractions",
     )
     speed: Literal["quality", "balanced", "fast"] = Field(
         "quality", description="balanced/fast: step caching (transformers)"

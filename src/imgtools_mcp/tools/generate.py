@@ -8,8 +8,8 @@ from ..params import GenerateRequest
 from .present import bind_image_tool
 
 DESCRIPTION = """Make image(s) from a text prompt on the local diffusion engine. Each returns a thumbnail and an
-imgtools://images/<id> link to pass to edit/inpaint; the seed is reported. Cost: steps x time per step.
-Compare values with sweep; iterate toward a goal with refine."""
+imgtools://images/<id> link to pass to edit/inpaint; the seed is reported. Compare values with sweep; iterate
+toward a goal with refine."""
 
 
 def register(server: MCPServer) -> None:

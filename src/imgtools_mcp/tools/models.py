@@ -199,8 +199,8 @@ def register(server: MCPServer) -> None:
         list_models,
         name="list_models",
         title="List models",
-        description="Loadable models (the default, IMGTOOLS_MODEL_DIRS, the HF cache) with family, size and whether "
-        "loaded, and LoRAs in IMGTOOLS_LORA_DIRS. Pass a `model` to generate/edit/inpaint, a LoRA's `name` in `loras`.",
+        description="Loadable models (default, IMGTOOLS_MODEL_DIRS, HF cache) with family, size and load state, and "
+        "LoRAs (IMGTOOLS_LORA_DIRS). Pass a `model` to generate/edit/inpaint, a LoRA's `name` in `loras`.",
         annotations=ToolAnnotations(title="List models", **READ_ONLY),
         output_model=ModelListing,
     )

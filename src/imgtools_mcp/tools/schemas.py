@@ -1,4 +1,6 @@
-"""The schemas a client sees in tools/list, compacted: no per-field titles, null defaults or repeated descriptions."""
+"""The schemas a client sees in tools/list, compacted: no per-field titles, no defaults that say what leaving a field
+out says (null, empty, false), no descriptions inside nested records, no hints equal to MCP's defaults; the same
+arguments validate (tests/test_tool_list.py compares each listed schema with the full one)."""
 
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ def compact_schema(schema: Any, drop: set[str]) -> Any:
     for key, value in schema.items():
         if key in drop and not isinstance(value, dict | list):
             continue
-        if key == "default" and ("default" in drop or value is None or value == []):  # absent is null / empty
+        if key == "default" and ("default" in drop or value in (None, [], "") or value is False):  # absent means it
             continue
         if key == "additionalProperties" and value is True:  # JSON Schema's own default
             continue
@@ -88,10 +90,9 @@ def _ref_counts(schema: Any, counts: dict[str, int]) -> dict[str, int]:
 
 def _inline_single_use(schema: dict[str, Any]) -> dict[str, Any]:
     """A definition referenced once is written where it is used (a tagged union's members stay definitions: the
-    discriminator names them); `anyOf: [{that record}, null]` becomes one record schema that also allows null."""
+    discriminator's tags name them); `anyOf: [{that record}, null]` becomes one record schema that also allows null."""
     defs = dict(schema.get("$defs", {}))
-    tagged = {target.rsplit("/", 1)[-1] for sub in schema.get("properties", {}).values() if isinstance(sub, dict)
-              for target in sub.get("discriminator", {}).get("mapping", {}).values()}
+    tagged = _refs([sub for sub in schema.get("properties", {}).values() if isinstance(sub, dict) and "discriminator" in sub])
     while True:
         counts = _ref_counts({key: value for key, value in schema.items() if key != "$defs"}, {})
         counts = _ref_counts(list(defs.values()), counts)
@@ -137,7 +138,39 @@ def _undocument_union_members(schema: dict[str, Any]) -> dict[str, Any]:
     for name in sorted(tagged):
         members = [ref.rsplit("/", 1)[-1] for ref in _refs(properties[name].get("oneOf", [])) if ref.rsplit("/", 1)[-1] in quiet]
         defs = _share_common_fields(defs, sorted(members), f"{name.capitalize()}Common")
-    return {**schema, "$defs": defs}
+    return _name_members_by_tag({**schema, "$defs": defs})
+
+
+def _name_members_by_tag(schema: dict[str, Any]) -> dict[str, Any]:
+    """A tagged union's members are named by their tag (`generate`, not `GenerateBase`), so the discriminator needs no
+    mapping: OpenAPI's implicit one (tag = schema name) says the same."""
+    defs, properties = dict(schema.get("$defs", {})), dict(schema.get("properties", {}))
+    renames: dict[str, str] = {}
+    for field, sub in properties.items():
+        mapping = sub.get("discriminator", {}).get("mapping") if isinstance(sub, dict) else None
+        if not mapping:
+            continue
+        targets = {tag: ref.rsplit("/", 1)[-1] for tag, ref in mapping.items()}
+        if any(tag in defs and tag != name for tag, name in targets.items()):
+            continue  # a tag already names another definition: keep the explicit mapping
+        renames.update({name: tag for tag, name in targets.items()})
+        properties[field] = {**sub, "discriminator": {k: v for k, v in sub["discriminator"].items() if k != "mapping"}}
+    if not renames:
+        return schema
+
+    def rename(sub: Any) -> Any:
+        if isinstance(sub, list):
+            return [rename(item) for item in sub]
+        if not isinstance(sub, dict):
+            return sub
+        out = {key: rename(value) for key, value in sub.items()}
+        ref = out.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/$defs/") and ref.rsplit("/", 1)[-1] in renames:
+            out["$ref"] = f"#/$defs/{renames[ref.rsplit('/', 1)[-1]]}"
+        return out
+
+    defs = {renames.get(name, name): rename(sub) for name, sub in defs.items()}
+    return {**schema, "properties": rename(properties), "$defs": defs}
 
 
 def _share_common_fields(defs: dict[str, Any], members: list[str], shared: str) -> dict[str, Any]:
@@ -158,19 +191,15 @@ def _share_common_fields(defs: dict[str, Any], members: list[str], shared: str) 
     ]
     if not common:
         return defs
-    out = {**defs, shared: {
-        "properties": {field: first[field] for field in common},
-        "required": [field for field in common if required(schemas[0], field)],
-        "type": "object",
-    }}
+    def record(properties: dict[str, Any], names: list[str], **extra: Any) -> dict[str, Any]:
+        return {**extra, "properties": properties, **({"required": names} if names else {}), "type": "object"}
+
+    out = {**defs, shared: record({field: first[field] for field in common},
+                                  [field for field in common if required(schemas[0], field)])}
     for name, sub in zip(members, schemas, strict=True):
         own = {field: value for field, value in sub.get("properties", {}).items() if field not in common}
-        out[name] = {
-            "allOf": [{"$ref": f"#/$defs/{shared}"}],
-            "properties": own,
-            "required": [field for field in sub.get("required", []) if field not in common],
-            "type": "object",
-        }
+        out[name] = record(own, [field for field in sub.get("required", []) if field not in common],
+                           allOf=[{"$ref": f"#/$defs/{shared}"}])
     return out
 
 
@@ -187,7 +216,8 @@ def _shallow_output(schema: dict[str, Any]) -> dict[str, Any]:
             return [flatten(value) for value in sub]
         return sub
 
-    out = {key: value for key, value in schema.items() if key not in ("$defs", "properties")}
+    # Every field is in every result (results are dumped whole), so `required` tells a host nothing more.
+    out = {key: value for key, value in schema.items() if key not in ("$defs", "properties", "required")}
     if "properties" in schema:
         out["properties"] = {name: flatten(sub) for name, sub in schema["properties"].items()}
     return out

@@ -21,8 +21,8 @@ MAX_Z_THUMBNAILS = 4
 
 DESCRIPTION = """Run one generate/edit/inpaint request for every combination of up to three axes: each cell is an
 output, plus labelled grids (X columns, Y rows, one per Z value). Axis: {param, values} or {param, start, stop, count}
-(stop included). param: seed, steps, guidance_scale, sampler, strength, width, height, size ('WxH'), model, prompt,
-negative_prompt, prompt_sr (first value replaced in the prompt by each), lora:<name> (weight), or another scalar.
+(stop included). param: a scalar parameter of the base (seed, steps, sampler, model, ...), size ('WxH'), prompt_sr
+(first value replaced in the prompt by each) or lora:<name> (weight).
 One seed for all cells unless swept; invalid values become labelled tiles. Costs a generation per cell."""
 
 

@@ -17,14 +17,14 @@ from .present import app_of, bind_tool
 class GetJobRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    job_id: str = Field(min_length=1, max_length=64, description="The id a background call returned")
+    job_id: str = Field(min_length=1, max_length=64, description="From a background call")
     wait_s: float = Field(0.0, ge=0.0, le=60.0, description="Seconds to wait for the job to finish")
 
 
 class CancelJobRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    job_id: str = Field(min_length=1, max_length=64, description="The id a background call returned")
+    job_id: str = Field(min_length=1, max_length=64, description="From a background call")
 
 
 class JobStatus(BaseModel):
@@ -97,6 +97,6 @@ def register(server: MCPServer) -> None:
     )
     bind_tool(
         server, CancelJobRequest, cancel_job, name="cancel_job", title="Cancel job", output_model=JobStatus,
-        description="Stop a background job at its next denoising step; anything it already finished is kept.",
+        description="Stop a background job at its next step; finished work is kept.",
         annotations=ToolAnnotations(title="Cancel job", read_only_hint=False, destructive_hint=False, idempotent_hint=True, open_world_hint=False),
     )
