@@ -114,6 +114,8 @@ class ProgressRelay:
         count += 1
         self._notes = (floor, ceiling, count)
         total = self.grand_total if self.grand_total is not None else self.expected_total
+        if total is not None:
+            ceiling = max(floor, min(ceiling, total))  # never past the total (the sink then holds it back)
         self._put(floor + (ceiling - floor) * count / (count + 1), total, f"{self.prefix}{message}")
         self._last_note = self.reported
 
