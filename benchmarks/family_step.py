@@ -126,9 +126,18 @@ def build(name: str, scale: dict[str, int], dtype: torch.dtype, device: str):
     config = {**spec["config"], **scale}
     if "dual_attention_layers" in config:
         config["dual_attention_layers"] = tuple(i for i in config["dual_attention_layers"] if i < config["num_layers"])
+    return construct(getattr(diffusers, spec["cls"]), config, dtype, device)
+
+
+def construct(cls, config: dict, dtype: torch.dtype, device: str):
+    """The model with random weights, allocated once (built on the meta device, then given memory)."""
     with torch.device("meta"):
-        model = getattr(diffusers, spec["cls"])(**config)
-    model = model.to_empty(device=device).to(dtype)
+        model = cls(**config)
+    if any(isinstance(v, torch.Tensor) and v.is_meta for m in model.modules() for v in vars(m).values()):
+        # Tensors kept as plain attributes (Qwen-Image's RoPE tables) are not moved by to_empty: build for real.
+        model = cls(**config).to(device=device, dtype=dtype)
+    else:
+        model = model.to_empty(device=device).to(dtype)
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0, 0.02)
@@ -198,7 +207,7 @@ def check_depth(name: str, blocks: int) -> None:
         config["caption_projection_dim"] = 2 * config["attention_head_dim"]
     if "n_heads" in config:  # Z-Image: width = heads x 128 (its RoPE axes sum to 128)
         config.update(dim=256, n_heads=2, n_kv_heads=2, n_refiner_layers=1)
-    model = getattr(diffusers, spec["cls"])(**config).to(torch.bfloat16).eval()
+    model = construct(getattr(diffusers, spec["cls"]), config, torch.bfloat16, "cpu")
     kwargs = inputs(name, torch.bfloat16, "cpu", size=128)
     with torch.inference_mode():
         out = model(**kwargs, return_dict=False)[0]
