@@ -1,12 +1,13 @@
-"""What an assistant does with structure and finishing: keep a pose with `control`, repaint "the cup" by
-`mask_prompt`, and upscale the result 4x.
+"""What an assistant does with structure and finishing: keep a pose with `control`, restyle from a reference
+image, repaint "the cup" by `mask_prompt`, and upscale the result 4x.
 
 Run it against your own server configuration (it starts the server over stdio, as a host would):
 
     python examples/structure_session.py --model stable-diffusion-v1-5/stable-diffusion-v1-5
 
-It needs a VLM for mask_prompt (OPENROUTER_API_KEY, or IMGTOOLS_VLM_BASE_URL for a local one) and an OpenPose
-ControlNet for the model's family (the default is fetched from the hub once, or found in IMGTOOLS_CONTROLNET_DIRS).
+It needs a VLM for mask_prompt (OPENROUTER_API_KEY, or IMGTOOLS_VLM_BASE_URL for a local one), an OpenPose
+ControlNet for the model's family (the default is fetched from the hub once, or found in IMGTOOLS_CONTROLNET_DIRS)
+and, on SD 1.x/SDXL/FLUX.1, the family's IP-Adapter for the reference image (found like a LoRA, or fetched once).
 """
 
 from __future__ import annotations
@@ -27,15 +28,28 @@ LIMBS = [((0.5, 0.15), (0.5, 0.3), (255, 0, 0)), ((0.5, 0.3), (0.35, 0.45), (255
          ((0.45, 0.6), (0.42, 0.85), (0, 255, 255)), ((0.5, 0.3), (0.56, 0.6), (0, 85, 255)), ((0.56, 0.6), (0.6, 0.85), (0, 0, 255))]
 
 
+def style_image(size: int) -> str:
+    """A reference whose look (warm diagonal bands) the restyled image should take on."""
+    image = Image.new("RGB", (size, size), (250, 220, 160))
+    draw = ImageDraw.Draw(image)
+    for offset in range(-size, size, max(4, size // 8)):
+        draw.line((offset, 0, offset + size, size), fill=(200, 60, 40), width=max(2, size // 32))
+    return png_data_url(image)
+
+
+def png_data_url(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
 def pose_map(size: int) -> str:
     """A standing figure, arms out, drawn as an OpenPose skeleton: the pose an assistant wants to keep."""
     image = Image.new("RGB", (size, size), "black")
     draw = ImageDraw.Draw(image)
     for (x1, y1), (x2, y2), colour in LIMBS:
         draw.line((x1 * size, y1 * size, x2 * size, y2 * size), fill=colour, width=max(2, size // 64))
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    return png_data_url(image)
 
 
 async def call(client: Client, tool: str, arguments: dict) -> dict:
@@ -60,6 +74,13 @@ async def session(model: str | None, size: int, steps: int, pose_controlnet: str
         for person in ("an astronaut", "a ballet dancer"):
             made = await call(client, "generate", {"prompt": f"{person} holding a cup, full body", "control": [pose], **small})
         image_id = made["images"][0]["id"]
+        # "In the style of this image": one parameter; the family decides how (IP-Adapter here, native inputs on
+        # multi-reference models), and the result says which.
+        styled = await call(client, "edit", {"image": image_id, "prompt": "a ballet dancer holding a cup, full body",
+                                             "reference_images": [{"image": style_image(size), "weight": 0.8}],
+                                             "strength": 0.6, "steps": steps, "seed": 7})
+        print(f"  reference through: {styled['parameters']['reference_mechanism']}")
+        image_id = styled["images"][0]["id"]
         # It cannot draw a mask: it names what to repaint, the VLM finds it, and the mask comes back as an output.
         repainted = await call(client, "inpaint", {"image": image_id, "prompt": "a steaming red mug", "mask_prompt": "the cup",
                                                    "steps": steps, "seed": 7})
