@@ -60,11 +60,87 @@ async def test_speed_levels_change_the_computed_passes_and_stay_deterministic(tm
     assert f"Step cache: \"fast, first_block_cache 0.2, {cache['computed']}/12 computed\"" in infotext
 
 
-async def test_unets_run_at_quality_and_say_so(tmp_path: Path, models) -> None:
-    async with Client(build_server(settings_for(tmp_path, models["sd15"]))) as client:
-        result = ok(await client.call_tool("generate", {**REQUEST, "steps": 2, "speed": "fast"}))
-    assert result["engine"]["step_cache"]["method"] == "none"
-    assert any(w.startswith("speed: ") and "run at quality" in w for w in result["warnings"])
+UNET_REQUEST = {"prompt": "a lighthouse", "negative_prompt": "fog", "width": 64, "height": 64, "steps": 8, "seed": 3}
+# DeepCache's schedule over 8 steps: balanced computes steps 0, 2, 4, 6; fast 0, 3, 6.
+UNET_COMPUTED = {"balanced": 4, "fast": 3}
+
+
+async def test_unet_step_cache_follows_its_schedule_and_stays_close(tmp_path: Path, tiny_sd15: Path) -> None:
+    async with Client(build_server(settings_for(tmp_path, tiny_sd15))) as client:
+        plain = ok(await client.call_tool("generate", UNET_REQUEST))
+        quality = ok(await client.call_tool("generate", {**UNET_REQUEST, "speed": "quality"}))
+        runs = {speed: ok(await client.call_tool("generate", {**UNET_REQUEST, "speed": speed})) for speed in UNET_COMPUTED}
+        fast_again = ok(await client.call_tool("generate", {**UNET_REQUEST, "speed": "fast"}))
+    # quality is the plain request: no hooks, bit for bit the same image.
+    assert "step_cache" not in quality["engine"] and np.array_equal(pixels(plain["images"][0]), pixels(quality["images"][0]))
+    base = pixels(plain["images"][0])
+    for speed, computed in UNET_COMPUTED.items():
+        cache = runs[speed]["engine"]["step_cache"]
+        assert cache == {"speed": speed, "method": "deep_cache", "reason": cache["reason"], "interval": {"balanced": 2, "fast": 3}[speed],
+                         "denoiser_passes": 8, "computed": computed, "reused": 8 - computed}  # CFG: one batch-2 pass a step
+        assert not any(w.startswith("speed: ") for w in runs[speed]["warnings"])
+        image = pixels(runs[speed]["images"][0])
+        # Reused deep features change the image, but it stays the same picture: the random tiny UNet's
+        # images differ by ~1.2 (balanced) and ~1.5 (fast) levels of 255 on average here, against ~44 between two seeds.
+        difference = np.abs(image - base).mean()
+        assert 0 < difference < 8, (speed, difference)
+        infotext = Image.open(runs[speed]["images"][0]["path"]).text["parameters"]
+        assert f'Step cache: "{speed}, deep_cache interval {cache["interval"]}, {computed}/8 computed"' in infotext
+    assert np.array_equal(pixels(runs["fast"]["images"][0]), pixels(fast_again["images"][0]))
+
+
+async def test_a_sweep_over_speed_runs_each_cache(tmp_path: Path, tiny_sd15: Path) -> None:
+    async with Client(build_server(settings_for(tmp_path, tiny_sd15))) as client:
+        result = ok(await client.call_tool("sweep", {"tool": "generate", "base": UNET_REQUEST,
+                                                     "x": {"param": "speed", "values": ["quality", "balanced", "fast"]}}))
+    cells = result["cells"]
+    assert len(cells) == 3 and all(cell.get("image") for cell in cells), cells
+    quality, balanced, fast = (pixels(cell["image"]) for cell in cells)
+    assert not np.array_equal(quality, fast) and not np.array_equal(balanced, fast)
+    infotexts = [Image.open(cell["image"]["path"]).text["parameters"] for cell in cells]
+    assert "Step cache" not in infotexts[0] and "4/8 computed" in infotexts[1] and "3/8 computed" in infotexts[2]
+
+
+async def test_sdxl_runs_with_the_unet_step_cache(tmp_path: Path, tiny_sdxl: Path) -> None:
+    async with Client(build_server(settings_for(tmp_path, tiny_sdxl))) as client:
+        result = ok(await client.call_tool("generate", {**UNET_REQUEST, "speed": "fast"}))
+    cache = result["engine"]["step_cache"]
+    assert cache["method"] == "deep_cache" and (cache["denoiser_passes"], cache["computed"]) == (8, 3)
+
+
+async def test_controlnet_residuals_reach_the_cached_unet(tmp_path: Path, tiny_sd15: Path) -> None:
+    import base64
+    import io
+
+    from PIL import ImageDraw
+
+    from imgtools_mcp.testing.tiny_controlnet import make_test_controlnet
+
+    make_test_controlnet(tiny_sd15, tmp_path / "controlnets" / "control_v11p_sd15_canny")
+    drawing = Image.new("RGB", (64, 64), "black")
+    ImageDraw.Draw(drawing).ellipse((12, 8, 52, 56), fill="white")
+    buffer = io.BytesIO()
+    drawing.save(buffer, format="PNG")
+    control = [{"type": "canny", "image": "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()}]
+    settings = settings_for(tmp_path, tiny_sd15).model_copy(update={"controlnet_dirs": [tmp_path / "controlnets"]})
+    async with Client(build_server(settings)) as client:
+        plain = ok(await client.call_tool("generate", {**UNET_REQUEST, "speed": "fast"}))
+        controlled = ok(await client.call_tool("generate", {**UNET_REQUEST, "speed": "fast", "control": control}))
+    assert controlled["engine"]["step_cache"]["computed"] == 3
+    # The shallow residuals ControlNet adds are fresh on every step, so control still shapes the image.
+    assert np.abs(pixels(controlled["images"][0]) - pixels(plain["images"][0])).mean() > 2
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("openvino") is None, reason="OpenVINO is not installed")
+async def test_an_openvino_unet_runs_at_quality_and_says_so(tmp_path: Path, tiny_sd15: Path) -> None:
+    settings = settings_for(tmp_path, tiny_sd15).model_copy(update={"backend": "openvino", "cache_dir": tmp_path / "cache"})
+    async with Client(build_server(settings)) as client:
+        quality = ok(await client.call_tool("generate", {**UNET_REQUEST, "steps": 2}))
+        fast = ok(await client.call_tool("generate", {**UNET_REQUEST, "steps": 2, "speed": "fast"}))
+    assert fast["engine"]["backend_components"]["unet"] == "openvino"
+    assert fast["engine"]["step_cache"]["method"] == "none" and "OpenVINO" in fast["engine"]["step_cache"]["reason"]
+    assert any(w.startswith("speed: ") and "ran at quality" in w for w in fast["warnings"])
+    assert np.array_equal(pixels(quality["images"][0]), pixels(fast["images"][0]))
 
 
 async def test_a_bad_speed_is_a_one_line_error_naming_it(tmp_path: Path, models) -> None:

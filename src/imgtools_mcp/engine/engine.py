@@ -140,7 +140,7 @@ class Engine:
 
                 check_ip_adapter(request.extra[key], family, dirs=self.settings.lora_dirs, offline=self.offline)
                 continue
-            if key == "speed":  # step caches (engine/step_cache.py); UNet families run at quality, with a note
+            if key == "speed":  # step caches (engine/step_cache.py): First Block Cache on transformers, DeepCache on UNets
                 check_speed(request.extra[key])
                 continue
             raise InvalidRequestError(key, f"not supported for {label} models")
@@ -169,8 +169,6 @@ class Engine:
             )
         # Unknown, duplicate or other-family LoRAs fail here, before a task id is handed out or a model loaded.
         loras = self.resolve_loras(request.loras, family, source.name)
-        if request.extra.get("speed", "quality") != "quality" and family.family.denoiser == "unet":
-            notes.append(f"speed: {label} models (UNet) run at quality; step caches apply to transformer families")
         return ResolvedJob(request, source, family, loras, width, height, steps, guidance, notes=notes, controlnets=controlnets)
 
     async def acheck(self, request: EngineRequest, on_progress: ProgressCallback | None = None) -> ResolvedJob:
@@ -331,10 +329,13 @@ class Engine:
         single_pass = spec.guidance_knob in ("distilled", "none") or (spec.guidance_knob == "cfg" and job.guidance_scale <= 1)
         with contextlib.ExitStack() as call_scope:
             # Hooks live for this call only and are removed after it, so the next request runs untouched.
+            backend_run = call_scope.enter_context(self.backends.running(model, model.pipeline(job.mode), shape, progress))
+            # After the backend: a UNet it serves (OpenVINO) has no torch blocks to hook, and the cache says so.
             cached = call_scope.enter_context(
                 step_cache(model.pipeline(job.mode), job.request.extra.get("speed", "quality"), single_pass=single_pass)
             )
-            backend_run = call_scope.enter_context(self.backends.running(model, model.pipeline(job.mode), shape, progress))
+            if cached is not None and cached.method == "none":
+                warnings.append(f"speed: {cached.reason}")
             eager = eager_reason(
                 model.base, plan=model.plan, loras_active=shape.loras_active, speed=job.request.extra.get("speed", "quality"),
                 extras=bool(job.request.extra.get("control") or job.request.extra.get("ip_adapter")),

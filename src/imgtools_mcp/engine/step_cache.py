@@ -1,4 +1,10 @@
-"""Step caches for a request's `speed`: reuse the transformer's work between similar denoising steps, and count it."""
+"""Step caches for a request's `speed`: reuse the denoiser's work between similar denoising steps, and count it.
+
+Transformer families use diffusers' First Block Cache. UNet families use a DeepCache-style feature reuse
+written here (Ma et al., "DeepCache", CVPR 2024): a full step every N steps runs the whole UNet and keeps
+the deep features (what up_blocks[-2] hands to the last up block); the steps in between run only the
+shallow path (conv_in, down_blocks[0], up_blocks[-1], conv_out) on top of those features.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +24,9 @@ SPEEDS = ("quality", "balanced", "fast")
 # last fully computed step, the other blocks' cached residuals are reused. ParaAttention uses 0.08 on FLUX.1
 # for ~1.8x with little visible change; diffusers' own example uses 0.2, which reuses far more and drifts.
 FBC_THRESHOLDS = {"balanced": 0.08, "fast": 0.2}
+# DeepCache's uniform cache intervals: a full UNet pass every N steps of a denoising loop, from its first step.
+# The paper's SD 1.5 results keep close to the full model at N=2-3 (it goes to N=5-10 for larger speed-ups).
+UNET_INTERVALS = {"balanced": 2, "fast": 3}
 # The ModuleLists diffusers' cache hooks treat as transformer blocks (diffusers.hooks._common).
 _BLOCK_LISTS = ("transformer_blocks", "single_transformer_blocks", "layers", "blocks")
 
@@ -36,9 +45,10 @@ class StepCacheRun:
     """What a cache did in one call: denoiser passes (one per step, two with true CFG) computed vs reused."""
 
     speed: str
-    method: str  # first_block_cache | none
+    method: str  # first_block_cache | deep_cache | none
     reason: str
-    threshold: float | None = None
+    threshold: float | None = None  # first_block_cache
+    interval: int | None = None  # deep_cache: a full pass every `interval` steps
     passes: int = 0
     computed: int = 0
     _computing: bool = field(default=False, repr=False)
@@ -46,8 +56,8 @@ class StepCacheRun:
     def as_dict(self) -> dict[str, Any]:
         info: dict[str, Any] = {"speed": self.speed, "method": self.method, "reason": self.reason}
         if self.method != "none":
-            info.update(threshold=self.threshold, denoiser_passes=self.passes, computed=self.computed,
-                        reused=self.passes - self.computed)
+            info.update({"threshold": self.threshold} if self.threshold is not None else {"interval": self.interval})
+            info.update(denoiser_passes=self.passes, computed=self.computed, reused=self.passes - self.computed)
         return info
 
 
@@ -75,9 +85,13 @@ def step_cache(pipe: Any, speed: str, *, single_pass: bool) -> Iterator[StepCach
     if speed == "quality":
         yield None
         return
+    if getattr(pipe, "unet", None) is not None:
+        with _unet_cache(pipe.unet, speed) as run:
+            yield run
+        return
     transformer = getattr(pipe, "transformer", None)
-    if transformer is None or getattr(pipe, "unet", None) is not None:
-        yield StepCacheRun(speed, "none", "UNet families run at quality: no step cache for UNets in this build")
+    if transformer is None:
+        yield StepCacheRun(speed, "none", f"{type(pipe).__name__} has no UNet or transformer a step cache can use")
         return
     tail = _tail_block(transformer)
     marks = _marks_cache_context(pipe)
@@ -117,13 +131,119 @@ def step_cache(pipe: Any, speed: str, *, single_pass: bool) -> Iterator[StepCach
         log.info("step cache %s: %d of %d passes computed", speed, run.computed, run.passes)
 
 
+def _timestep(args: tuple, kwargs: dict[str, Any]) -> float | None:
+    t = kwargs.get("timestep", args[1] if len(args) > 1 else None)
+    if t is None:
+        return None
+    return float(torch.as_tensor(t).reshape(-1)[0])
+
+
+class _DeepCache:
+    """Which UNet passes of a call are full, and the deep blocks' outputs from the last full pass.
+
+    A denoising loop's timesteps fall, so a pass whose timestep is not below the previous one starts a new
+    loop (another image, a second pipeline call) and is full. On a reused pass every block below the shallow
+    level returns what it returned at the last full pass: up_blocks[-2]'s output is the deep feature the
+    last up block builds on, and the others keep the UNet's skip bookkeeping (and added ControlNet
+    residuals) in the shapes it expects; their results are then unused.
+    """
+
+    def __init__(self, unet: torch.nn.Module, run: StepCacheRun) -> None:
+        self.run = run
+        mid = [unet.mid_block] if getattr(unet, "mid_block", None) is not None else []
+        self.deep: list[torch.nn.Module] = [*unet.down_blocks[1:], *mid, *unet.up_blocks[:-1]]
+        self.outputs: dict[int, Any] = {}
+        self.position = 0
+        self.last_t: float | None = None
+        self.shape: tuple | None = None
+        self.reusing = False
+        self.active = True
+
+    def pass_started(self, module: Any, args: tuple, kwargs: dict[str, Any]) -> None:
+        t = _timestep(args, kwargs)
+        sample = kwargs.get("sample", args[0] if args else None)
+        shape = tuple(sample.shape) if isinstance(sample, torch.Tensor) else None
+        new_loop = t is None or self.last_t is None or t >= self.last_t or shape != self.shape
+        self.position = 0 if new_loop else self.position + 1
+        self.last_t, self.shape = t, shape
+        self.reusing = not new_loop and self.position % self.run.interval != 0 and len(self.outputs) == len(self.deep)
+        self.run.passes += 1
+        if not self.reusing:
+            self.outputs.clear()
+            self.run.computed += 1
+
+    def wrap(self, module: torch.nn.Module) -> Any:
+        """Put a reusing forward on `module` (an instance attribute, as accelerate's hooks do); returns its undo."""
+        had_own = "forward" in module.__dict__
+        original = module.forward
+        key = id(module)
+
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            if self.active and self.reusing:
+                return self.outputs[key]
+            out = original(*args, **kwargs)
+            if self.active:
+                self.outputs[key] = out
+            return out
+
+        module.forward = forward
+
+        def undo() -> None:
+            if module.__dict__.get("forward") is forward:
+                if had_own:
+                    module.forward = original
+                else:
+                    del module.forward
+            # else something wrapped it after us; with `active` off ours only passes calls through
+
+        return undo
+
+
+def _unet_cache_refusal(unet: Any) -> str | None:
+    from diffusers import UNet2DConditionModel
+
+    if not isinstance(unet, UNet2DConditionModel):
+        if type(unet).__name__ == "OpenVINOUNet":  # backends/openvino_backend.py's stand-in for one run
+            return "the UNet runs as an OpenVINO compiled model, which has no blocks to hook; ran at quality"
+        return f"{type(unet).__name__} is not a diffusers UNet2DConditionModel; ran at quality"
+    if len(unet.down_blocks) < 2 or len(unet.up_blocks) < 2:
+        return "the UNet has a single resolution level, so nothing lies below the shallow path; ran at quality"
+    return None
+
+
+@contextlib.contextmanager
+def _unet_cache(unet: Any, speed: str) -> Iterator[StepCacheRun]:
+    refusal = _unet_cache_refusal(unet)
+    if refusal is not None:
+        yield StepCacheRun(speed, "none", refusal)
+        return
+    interval = UNET_INTERVALS[speed]
+    run = StepCacheRun(speed, "deep_cache", f"between full UNet passes every {interval} steps, the other steps run "
+                       "only the outermost down and up blocks on the last full pass's deep features", interval=interval)
+    cache = _DeepCache(unet, run)
+    undo = [cache.wrap(module) for module in cache.deep]
+    handle = unet.register_forward_pre_hook(cache.pass_started, with_kwargs=True)
+    try:
+        yield run
+    finally:
+        cache.active = False
+        handle.remove()
+        for step in undo:
+            step()
+        cache.outputs.clear()
+        log.info("step cache %s: %d of %d UNet passes computed", speed, run.computed, run.passes)
+
+
 def choices_for(denoiser: str | None) -> dict[str, Any]:
     """What each `speed` would do for a model with this denoiser ("transformer" | "unet"; None: unknown), for doctor."""
     report: dict[str, Any] = {"quality": "no cache: every step computed (the default)"}
     for speed, threshold in FBC_THRESHOLDS.items():
         if denoiser == "unet":
-            report[speed] = "runs at quality: no step cache for UNets in this build"
+            report[speed] = (f"deep_cache, a full UNet pass every {UNET_INTERVALS[speed]} steps; the others run the "
+                             "shallow blocks on cached deep features (torch UNets; not the OpenVINO backend)")
         else:
             report[speed] = (f"first_block_cache, threshold {threshold:g} (transformer families whose pipeline marks "
                              "its passes, or that run one pass per step)")
+            if denoiser is None:
+                report[speed] += f"; UNet families: deep_cache, a full UNet pass every {UNET_INTERVALS[speed]} steps"
     return report

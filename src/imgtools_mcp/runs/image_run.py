@@ -144,7 +144,8 @@ def _step_cache_field(cache: dict[str, Any] | None) -> str | None:
         return None
     if cache["method"] == "none":
         return f"{cache['speed']} (not applied)"
-    return f"{cache['speed']}, {cache['method']} {cache['threshold']:g}, {cache['computed']}/{cache['denoiser_passes']} computed"
+    setting = f"{cache['threshold']:g}" if "threshold" in cache else f"interval {cache['interval']}"
+    return f"{cache['speed']}, {cache['method']} {setting}, {cache['computed']}/{cache['denoiser_passes']} computed"
 
 
 async def run_and_save(ctx: RunContext, tool: str, plan: ImagePlan, inputs: ImageInputs, relay: ProgressRelay) -> ImageRun:
