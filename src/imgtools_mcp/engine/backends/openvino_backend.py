@@ -515,10 +515,35 @@ def traceable_decoder(vae: torch.nn.Module) -> tuple[torch.nn.Module, dict[str, 
     return _DecoderForTrace(vae.decoder), example, [("latents", ov.PartialShape([-1, channels, -1, -1]), ov.Type.f32)]
 
 
+# Weight methods the converted IR can be written with (engine/quantize.py's backend="openvino" methods).
+IR_WEIGHT_METHODS = ("nncf_int8",)
+
+
+def compress_weights(ov_model: Any, method: str) -> Any:
+    """`ov_model` with int8 weights (nncf weight compression: one scale and zero point per output channel).
+
+    Weight-only: activations stay in the inference precision and each layer dequantizes its weights as it runs,
+    so it halves the bf16 weights in memory and on disk; compute stays bf16 (benchmarks/int8_cpu.py).
+    """
+    import nncf
+
+    if method not in IR_WEIGHT_METHODS:
+        raise ValueError(f"unknown OpenVINO weight method {method!r}; known: {', '.join(IR_WEIGHT_METHODS)}")
+    # Asymmetric (a zero point per channel) follows skewed weight ranges more closely than symmetric, at no cost in speed.
+    return nncf.compress_weights(ov_model, mode=nncf.CompressWeightsMode.INT8_ASYM)
+
+
 def convert_to_ir(
-    module: torch.nn.Module, example: dict[str, torch.Tensor], inputs: list, folder: Path, *, meta: dict[str, Any] | None = None
+    module: torch.nn.Module,
+    example: dict[str, torch.Tensor],
+    inputs: list,
+    folder: Path,
+    *,
+    meta: dict[str, Any] | None = None,
+    weights: str | None = None,
 ) -> float:
-    """Trace and convert `module`, write `folder/model.xml` (+ .bin) atomically; returns the seconds it took."""
+    """Trace and convert `module` (its weights compressed by `weights`, an IR_WEIGHT_METHODS id), write
+    `folder/model.xml` (+ .bin) atomically; returns the seconds it took."""
     import openvino as ov
     from openvino.frontend.pytorch.ts_decoder import TorchScriptPythonDecoder
 
@@ -528,15 +553,34 @@ def convert_to_ir(
         decoder = TorchScriptPythonDecoder(module, example_input=example, trace_kwargs={"check_trace": False})
         ov_model = ov.convert_model(decoder, input=inputs)
     ov_model.outputs[0].get_tensor().set_names({"out"})
+    del decoder
+    if weights is not None:
+        ov_model = compress_weights(ov_model, weights)
+    return save_ir(ov_model, folder, started, meta={**(meta or {}), **({"weights": weights} if weights else {})})
+
+
+def compress_ir(source: Path, folder: Path, method: str) -> float:
+    """The IR in `source` with its weights compressed by `method`, written to `folder`; returns the seconds it took."""
+    import openvino as ov
+
+    started = time.perf_counter()
+    ov_model = compress_weights(ov.Core().read_model(str(source / "model.xml")), method)
+    return save_ir(ov_model, folder, started, meta={"weights": method, "from": str(source)})
+
+
+def save_ir(ov_model: Any, folder: Path, started: float, *, meta: dict[str, Any]) -> float:
+    """Write `ov_model` to `folder/model.xml` atomically, with meta.json; returns the seconds since `started`."""
+    import openvino as ov
+
     # Write next to the final place and rename, so a crash never leaves a half-written IR that looks complete.
     partial = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     # Keep the module's own precision: bf16 weights stay bf16 (fp16 compression would lose bf16's range).
     ov.save_model(ov_model, str(partial / "model.xml"), compress_to_fp16=False)
-    del ov_model, decoder
+    del ov_model
     seconds = time.perf_counter() - started
-    (partial / "meta.json").write_text(json.dumps({**(meta or {}), "convert_seconds": round(seconds, 2)}, indent=2))
+    (partial / "meta.json").write_text(json.dumps({**meta, "convert_seconds": round(seconds, 2)}, indent=2))
     try:
         partial.rename(folder)
     except OSError:
