@@ -15,16 +15,26 @@ from imgtools_mcp.engine.errors import InvalidRequestError
 from imgtools_mcp.engine.request import EngineRequest
 from imgtools_mcp.images.control_maps import make_control_map
 from imgtools_mcp.testing.tiny_controlnet import make_test_controlnet
+from imgtools_mcp.testing.tiny_pose import make_test_person_detector, make_test_pose_model
 
 pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture(scope="module")
 def controlnet_dir(tmp_path_factory: pytest.TempPathFactory, tiny_models: dict[str, Path]) -> Path:
-    """Named like the registry's default for SD 1.5 canny, so it is found in IMGTOOLS_CONTROLNET_DIRS without `model`."""
+    """Named like the registry's defaults for SD 1.5 canny and pose, so they are found in IMGTOOLS_CONTROLNET_DIRS
+    without `model`."""
     folder = tmp_path_factory.mktemp("controlnets")
     make_test_controlnet(tiny_models["sd15"], folder / "control_v11p_sd15_canny")
+    make_test_controlnet(tiny_models["sd15"], folder / "control_v11p_sd15_openpose", seed=1)
     return folder
+
+
+@pytest.fixture(scope="module")
+def pose_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A tiny random ViTPose and RT-DETR person detector, saved as local folders."""
+    folder = tmp_path_factory.mktemp("pose")
+    return make_test_pose_model(folder / "vitpose"), make_test_person_detector(folder / "rtdetr")
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +164,6 @@ async def test_edit_with_control_and_bad_control_inputs_name_the_parameter(clien
     )
     assert not edited.is_error, edited.content
     for control, named in [
-        ({"type": "pose", "image": drawing_url()}, "control[0].type"),
         ({"type": "sketch", "image": drawing_url()}, "control.0.type"),
         ({"type": "canny", "image": drawing_url(), "start": 0.9, "end": 0.1}, "control.0"),
         ({"type": "canny", "image": "no-such-output"}, "control[0].image"),
@@ -163,6 +172,59 @@ async def test_edit_with_control_and_bad_control_inputs_name_the_parameter(clien
         result = await client.call_tool("generate", {"prompt": "x", "width": 64, "height": 64, "steps": 2, "control": [control]})
         assert result.is_error, control
         assert named in result.content[0].text, result.content[0].text
+
+
+async def test_generate_with_a_pose_control_makes_the_skeleton_and_runs_the_pose_controlnet(
+    tmp_path: Path, tiny_models: dict[str, Path], controlnet_dir: Path, pose_models: tuple[Path, Path]
+) -> None:
+    from mcp import Client
+
+    from imgtools_mcp.images.control_maps import OPENPOSE_COLORS
+    from imgtools_mcp.server import build_server
+
+    pose_model, detector = pose_models
+    settings = Settings(
+        model=str(tiny_models["sd15"]), output_dir=tmp_path / "out", device="cpu", hf_offline=True,
+        controlnet_dirs=[controlnet_dir], pose_model=str(pose_model), person_detector=str(detector),
+    )
+    photo = Image.new("RGB", (64, 64), (90, 120, 150))
+    ImageDraw.Draw(photo).rectangle((24, 8, 40, 60), fill=(200, 170, 140))
+    base = {"prompt": "a dancer", "width": 64, "height": 64, "steps": 2, "seed": 4}
+    async with Client(build_server(settings)) as client:
+        plain = await client.call_tool("generate", base)
+        posed = await client.call_tool("generate", {**base, "control": [{"type": "pose", "image": data_url(photo)}]})
+    assert not plain.is_error and not posed.is_error, posed.content
+    (used,) = posed.structured_content["parameters"]["control"]
+    assert used["type"] == "pose" and used["controlnet"].endswith("control_v11p_sd15_openpose"), used
+    assert np.abs(pixels_of(posed) - pixels_of(plain)).mean() > 1  # the pose ControlNet ran
+    output_dir = Path(posed.structured_content["images"][0]["path"]).parent
+    skeleton = np.asarray(Image.open(output_dir / f"{used['map']}.png").convert("RGB"))
+    lit = skeleton.any(axis=2)
+    assert skeleton.shape == (64, 64, 3) and 0 < lit.sum() < lit.size // 2  # coloured skeleton on black
+    shaded = {tuple(int(c * 0.6) for c in color) for color in OPENPOSE_COLORS}
+    assert {tuple(c) for c in skeleton[lit]} <= set(OPENPOSE_COLORS) | shaded
+
+
+async def test_a_missing_pose_model_is_a_one_line_error_naming_control_and_what_to_download(
+    tmp_path: Path, tiny_models: dict[str, Path], controlnet_dir: Path
+) -> None:
+    from mcp import Client
+
+    from imgtools_mcp.server import build_server
+
+    missing = str(tmp_path / "no-vitpose")
+    settings = Settings(
+        model=str(tiny_models["sd15"]), output_dir=tmp_path / "out", device="cpu", hf_offline=True,
+        controlnet_dirs=[controlnet_dir], pose_model=missing,
+    )
+    async with Client(build_server(settings)) as client:
+        result = await client.call_tool(
+            "generate", {"prompt": "x", "width": 64, "height": 64, "steps": 2, "control": [{"type": "pose", "image": drawing_url()}]}
+        )
+    assert result.is_error
+    text = result.content[0].text
+    assert "\n" not in text and "control[0].type: the pose model" in text, text
+    assert f"`hf download {missing}`" in text and "type 'image'" in text, text
 
 
 async def test_control_is_sweepable(client) -> None:

@@ -1,4 +1,5 @@
-"""Control maps on real pixels: OpenCV edges land on the drawn shape, depth from a tiny random Depth Anything model."""
+"""Control maps on real pixels: OpenCV edges land on the drawn shape, depth from a tiny random Depth Anything model,
+OpenPose skeletons drawn where the keypoints are and made by a tiny random ViTPose (with a tiny RT-DETR)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,18 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from imgtools_mcp.images.control_maps import ControlMapError, DepthEstimator, make_control_map
+from imgtools_mcp.images.control_maps import (
+    LIMB_SHADE,
+    OPENPOSE_COLORS,
+    OPENPOSE_LIMBS,
+    ControlMapError,
+    DepthEstimator,
+    PoseEstimator,
+    draw_openpose,
+    make_control_map,
+    openpose_from_coco,
+)
+from imgtools_mcp.testing.tiny_pose import make_test_person_detector, make_test_pose_model
 
 BOX = (20, 16, 60, 44)  # left, top, right, bottom (inclusive) of the drawn rectangle
 
@@ -48,11 +60,10 @@ def test_edges_land_on_the_drawn_shape(kind: str) -> None:
     assert found / len(border) > 0.95
 
 
-def test_image_and_tile_pass_the_picture_through_and_pose_says_what_to_do() -> None:
+def test_image_and_tile_pass_the_picture_through() -> None:
     picture = drawing()
     assert np.array_equal(np.asarray(make_control_map("image", picture)), np.asarray(picture))
-    with pytest.raises(ControlMapError, match="control: .*type 'image'"):
-        make_control_map("pose", picture)
+    assert np.array_equal(np.asarray(make_control_map("tile", picture)), np.asarray(picture))
 
 
 @pytest.fixture(scope="module")
@@ -92,3 +103,90 @@ def test_depth_map_from_a_transformers_depth_model(tiny_depth_model: Path) -> No
 def test_a_depth_model_that_is_not_there_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ControlMapError, match="control: the depth model .* could not be loaded"):
         make_control_map("depth", drawing(), depth=DepthEstimator(str(tmp_path / "missing"), offline=True))
+
+
+# ----- pose -----
+
+# A standing figure in OpenPose order (x, y, score) on a 256 px canvas; the left ankle (13) scores under the threshold.
+FIGURE = np.array([
+    (128, 40, 0.9), (128, 70, 0.9), (98, 70, 0.9), (78, 110, 0.9), (70, 150, 0.9), (158, 70, 0.9), (178, 110, 0.9),
+    (186, 150, 0.9), (108, 150, 0.9), (104, 195, 0.9), (100, 240, 0.9), (148, 150, 0.9), (152, 195, 0.9),
+    (156, 240, 0.1), (120, 32, 0.9), (136, 32, 0.9), (110, 38, 0.9), (146, 38, 0.9),
+], dtype=np.float64)
+SHADED = [tuple(int(c * LIMB_SHADE) for c in color) for color in OPENPOSE_COLORS]
+
+
+def distance_to_segment(points: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndarray:
+    span = end - start
+    along = np.clip(((points - start) @ span) / max(float(span @ span), 1e-9), 0.0, 1.0)
+    return np.linalg.norm(points - (start + along[:, None] * span), axis=1)
+
+
+def test_openpose_skeleton_is_drawn_at_the_keypoints_in_openposes_colours() -> None:
+    made = draw_openpose((256, 256), [FIGURE])
+    assert made.size == (256, 256) and made.mode == "RGB"
+    pixels = np.asarray(made)
+    unit = 2  # 256 px: limbs 2 px either side of the line, joints of radius 2
+    for index, (x, y, score) in enumerate(FIGURE):
+        if score >= 0.3:
+            assert tuple(pixels[int(y), int(x)]) == OPENPOSE_COLORS[index], index  # each joint its own colour
+    drawn = [(a, b) for a, b in OPENPOSE_LIMBS if FIGURE[a, 2] >= 0.3 and FIGURE[b, 2] >= 0.3]
+    assert len(drawn) == len(OPENPOSE_LIMBS) - 1  # the limb to the low-scoring ankle is left out
+    for limb, (a, b) in enumerate(OPENPOSE_LIMBS):
+        x, y = np.round((FIGURE[a, :2] + FIGURE[b, :2]) / 2).astype(int)
+        expected = SHADED[limb] if (a, b) in drawn else (0, 0, 0)
+        assert tuple(pixels[y, x]) == expected, (a, b)  # each limb's middle in its colour, at 60%
+    ankle_x, ankle_y = FIGURE[13, :2].astype(int)
+    assert not pixels[ankle_y - 4 : ankle_y + 5, ankle_x - 4 : ankle_x + 5].any()  # no dot for the dropped ankle
+    # Black everywhere else: every lit pixel lies on a drawn limb or joint.
+    ys, xs = np.nonzero(pixels.any(axis=2))
+    lit = np.stack([xs, ys], axis=1).astype(np.float64)
+    nearest = np.min([distance_to_segment(lit, FIGURE[a, :2], FIGURE[b, :2]) for a, b in drawn], axis=0)
+    assert nearest.max() <= unit + 1
+    colours = {tuple(c) for c in pixels[ys, xs]}
+    assert colours <= set(OPENPOSE_COLORS) | set(SHADED)
+
+
+def test_coco_keypoints_become_openposes_18_with_a_neck_between_the_shoulders() -> None:
+    coco = np.array([(float(i), float(100 + i), 0.5 + i / 100) for i in range(17)])
+    openpose = openpose_from_coco(coco)
+    assert openpose.shape == (18, 3)
+    assert np.allclose(openpose[1], [5.5, 105.5, 0.55])  # neck: the shoulders' (5, 6) midpoint, the lower score
+    assert openpose[0, 0] == 0 and openpose[2, 0] == 6 and openpose[5, 0] == 5  # nose; right, left shoulder
+    assert openpose[14, 0] == 2 and openpose[15, 0] == 1 and openpose[16, 0] == 4 and openpose[17, 0] == 3  # eyes, ears
+
+
+@pytest.fixture(scope="module")
+def tiny_pose(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("pose")
+    return make_test_pose_model(folder / "vitpose"), make_test_person_detector(folder / "rtdetr")
+
+
+@pytest.mark.parametrize("with_detector", [False, True])
+def test_pose_map_from_vitpose(tiny_pose: tuple[Path, Path], with_detector: bool) -> None:
+    pose_model, detector = tiny_pose
+    estimator = PoseEstimator(str(pose_model), detector=str(detector) if with_detector else "none", offline=True)
+    boxes = estimator.person_boxes(drawing())
+    if with_detector:  # the random detector's people, inside the image
+        assert boxes and all(0 <= x and 0 <= y and w > 0 and h > 0 and x + w <= 80 and y + h <= 64 for x, y, w, h in boxes)
+    else:
+        assert boxes == [[0.0, 0.0, 80.0, 64.0]]
+    people = estimator.people(drawing())
+    assert len(people) == len(boxes) and all(person.shape == (17, 3) for person in people)
+    made = make_control_map("pose", drawing(), pose=estimator)
+    assert made.size == (80, 64) and made.mode == "RGB"
+    pixels = np.asarray(made)
+    lit = pixels.any(axis=2)
+    assert 0 < lit.sum() < lit.size // 2  # a skeleton on black
+    assert {tuple(c) for c in pixels[lit]} <= set(OPENPOSE_COLORS) | set(SHADED)
+    again = make_control_map("pose", drawing(), pose=estimator)
+    assert np.array_equal(np.asarray(again), pixels)  # loaded once, deterministic
+
+
+def test_a_pose_model_or_detector_that_is_not_there_is_a_clear_error(tiny_pose: tuple[Path, Path], tmp_path: Path) -> None:
+    pose_model, detector = tiny_pose
+    missing = str(tmp_path / "missing")
+    with pytest.raises(ControlMapError, match=r"^control: the pose model .*missing' could not be loaded .* `hf download .*missing`"):
+        make_control_map("pose", drawing(), pose=PoseEstimator(missing, detector=str(detector), offline=True))
+    with pytest.raises(ControlMapError, match=r"^control: the person detector .* IMGTOOLS_PERSON_DETECTOR=none"):
+        make_control_map("pose", drawing(), pose=PoseEstimator(str(pose_model), detector=missing, offline=True))

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .config import Settings
 from .engine.engine import Engine
+from .images.control_maps import ControlModels
 from .images.refs import ImageResolver
 from .runs.context import Resolver, RunContext, StopSwitch
 from .runs.progress import ProgressSink
@@ -22,6 +23,10 @@ class AppContext:
     resolver: ImageResolver
     tasks: TaskManager
     vlm: VLMClient | None = None
+    control_models: ControlModels = field(init=False)  # depth and pose models, loaded on first use and kept
+
+    def __post_init__(self) -> None:
+        self.control_models = ControlModels.from_settings(self.settings, offline=self.engine.offline)
 
     def run_context(
         self,
@@ -38,6 +43,7 @@ class AppContext:
             store=self.store,
             resolver=resolver or self.resolver,
             vlm=self.vlm,
+            control_models=self.control_models,
             sink=sink,
             stop=stop or StopSwitch(),
             ticket=ticket,

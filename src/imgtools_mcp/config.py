@@ -82,6 +82,19 @@ class Settings(BaseSettings):
         default_factory=list, description="Folders scanned for upscaler weights (.pth/.safetensors: ESRGAN, RealPLKSR, ...)."
     )
     controlnet_dirs: PathList = Field(default_factory=list, description="Folders scanned for ControlNet models.")
+    depth_model: str = Field(
+        "depth-anything/Depth-Anything-V2-Small-hf",
+        description="The transformers depth model `control` type depth uses (a hub id or a local folder).",
+    )
+    pose_model: str = Field(
+        "usyd-community/vitpose-base-simple",
+        description="The ViTPose model `control` type pose uses (a hub id or a local folder).",
+    )
+    person_detector: str = Field(
+        "PekingU/rtdetr_r50vd_coco_o365",
+        description="The RT-DETR model that finds the people `control` type pose poses; none: the whole image is "
+        "one person (also what is used when it finds no one).",
+    )
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N | xpu | mps")
     dtype: Literal["auto", "fp32", "fp16", "bf16"] = Field("auto", description="Weights' precision; auto picks by device.")
     backend: Literal["auto", "torch", "openvino"] = Field(

@@ -12,6 +12,7 @@ from .progress import ProgressSink
 if TYPE_CHECKING:
     from ..config import Settings
     from ..engine.engine import Engine
+    from ..images.control_maps import ControlModels
     from ..images.refs import ResolvedImage
     from ..store import OutputStore
     from ..vlm.client import VLMClient
@@ -60,6 +61,7 @@ class RunContext:
     store: "OutputStore"
     resolver: Resolver
     vlm: "VLMClient | None" = None
+    control_models: "ControlModels | None" = None  # the server's depth and pose models (None: built for this run)
     sink: ProgressSink | None = None
     stop: StopSwitch = field(default_factory=StopSwitch)
     ticket: Any = None  # the engine queue place a background task holds, when it holds one

@@ -10,7 +10,7 @@ import anyio
 from PIL import Image
 
 from ..engine.control import ControlInput
-from ..images.control_maps import ControlMapError, make_control_map
+from ..images.control_maps import ControlMapError, ControlModels, make_control_map
 from ..params_structure import ControlRequest, HiresRequest
 from .context import RunInputError
 
@@ -30,14 +30,17 @@ class ControlPlan:
 
 
 async def prepare_controls(ctx: "RunContext", controls: list[ControlRequest]) -> ControlPlan:
-    """Resolve each control image, make its map (OpenCV/depth model off the event loop) and save the map as an output."""
+    """Resolve each control image, make its map (OpenCV/depth/pose models off the event loop) and save the map as an output."""
     plan = ControlPlan()
+    models = ctx.control_models or ControlModels.from_settings(ctx.settings, offline=ctx.engine.offline)
     for index, control in enumerate(controls):
         param = f"control[{index}]"
         resolved = await ctx.resolver.resolve(control.image, param=f"{param}.image")
         try:
             made: Image.Image = await anyio.to_thread.run_sync(
-                lambda: make_control_map(control.type, resolved.image, param=f"{param}.type")
+                lambda: make_control_map(
+                    control.type, resolved.image, depth=models.depth, pose=models.pose, param=f"{param}.type"
+                )
             )
         except ControlMapError as exc:
             raise RunInputError(str(exc)) from exc
