@@ -131,6 +131,22 @@ async def test_controlnet_residuals_reach_the_cached_unet(tmp_path: Path, tiny_s
     assert np.abs(pixels(controlled["images"][0]) - pixels(plain["images"][0])).mean() > 2
 
 
+async def test_a_lora_applies_on_cached_and_full_passes(tmp_path: Path, tiny_sd15: Path) -> None:
+    from imgtools_mcp.testing.files import make_test_lora
+
+    make_test_lora(tiny_sd15, tmp_path / "loras" / "tiny_style.safetensors", seed=1)
+    settings = settings_for(tmp_path, tiny_sd15).model_copy(update={"lora_dirs": [tmp_path / "loras"]})
+    styled = {**UNET_REQUEST, "loras": [{"name": "tiny_style", "weight": 1.0}]}
+    async with Client(build_server(settings)) as client:
+        plain_fast = ok(await client.call_tool("generate", {**UNET_REQUEST, "speed": "fast"}))
+        quality = ok(await client.call_tool("generate", styled))
+        fast = ok(await client.call_tool("generate", {**styled, "speed": "fast"}))
+    assert fast["engine"]["step_cache"]["computed"] == 3
+    styled_fast, base = pixels(fast["images"][0]), pixels(quality["images"][0])
+    # Closer to the same LoRA at quality than to the cached run without it.
+    assert np.abs(styled_fast - base).mean() < np.abs(styled_fast - pixels(plain_fast["images"][0])).mean()
+
+
 @pytest.mark.skipif(__import__("importlib").util.find_spec("openvino") is None, reason="OpenVINO is not installed")
 async def test_an_openvino_unet_runs_at_quality_and_says_so(tmp_path: Path, tiny_sd15: Path) -> None:
     settings = settings_for(tmp_path, tiny_sd15).model_copy(update={"backend": "openvino", "cache_dir": tmp_path / "cache"})

@@ -67,7 +67,7 @@ class GenerationParams(BaseModel):
         description="Follow an image's edges/depth/pose (type image: it is the map); start/end: step fractions",
     )
     speed: Literal["quality", "balanced", "fast"] = Field(
-        "quality", description="balanced/fast: step caching (transformers)"
+        "quality", description="balanced/fast: step caches (UNets and transformers)"
     )
     background: bool = Field(False, description="Return a job id at once; poll get_job")
 
