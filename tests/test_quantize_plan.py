@@ -95,6 +95,39 @@ def test_method_per_device():
     assert choose_method("int8", gpu(24, (9, 0)), installed=TORCHAO).value == "torchao_fp8"
     assert choose_method("int8", gpu(24, (8, 0)), installed=TORCHAO).value == "torchao_int8"
     assert choose_method("int8", cpu(32), installed=TORCHAO).value == "torchao_int8"
-    # NNCF rewrites OpenVINO models only, and is declared but not applied yet.
-    none = choose_method("int8", cpu(32), installed={"nncf"}, backend="openvino")
-    assert none.value is None and "NNCF int8 weight compression is not applied" in none.reason
+    # NNCF rewrites OpenVINO models only: picked first there, never for a model on torch.
+    both = {"nncf", *TORCHAO}
+    assert choose_method("int8", cpu(32), installed=both, backend="openvino").value == "nncf_int8"
+    assert choose_method("int8", cpu(32), installed=both, backend="torch").value == "torchao_int8"
+    # Without nncf an OpenVINO model still gets a torch method (the engine then runs it on torch).
+    assert choose_method("int8", cpu(32), installed=TORCHAO, backend="openvino").value == "torchao_int8"
+    none = choose_method("int8", cpu(32), installed={"nncf"}, backend="torch")
+    assert none.value is None and "rewrites openvino models; this model runs on torch" in none.reason
+
+
+@pytest.mark.parametrize(
+    ("case", "facts", "quantize", "backend", "method", "reason_has"),
+    [
+        ("sd15 on openvino with room: as loaded", cpu(32), "auto", "openvino", None, "not quantized"),
+        ("sd15 on openvino, RAM short: nncf int8", cpu(2.5), "auto", "openvino", "nncf_int8", "int8 weights (nncf_int8)"),
+        ("sd15 on torch, RAM short: torchao", cpu(2.5), "auto", "torch", "torchao_int8", "int8 weights (torchao_int8)"),
+        ("int8 asked, on openvino", cpu(32), "int8", "openvino", "nncf_int8", "IMGTOOLS_QUANTIZE=int8: NNCF"),
+        ("nncf_int8 asked, on openvino", cpu(32), "nncf_int8", "openvino", "nncf_int8", "IMGTOOLS_QUANTIZE=nncf_int8"),
+        ("nncf_int8 asked, a model on torch keeps its weights", cpu(32), "nncf_int8", "torch", None,
+         "applies to models on openvino; this one runs on torch"),
+        ("torchao_int8 asked, on openvino", cpu(32), "torchao_int8", "openvino", "torchao_int8", "IMGTOOLS_QUANTIZE"),
+    ],
+)
+def test_ladder_on_the_openvino_backend(case, facts, quantize, backend, method, reason_has):
+    planned = plan_weights(facts, SD15, SD_512, dtype_bytes=2, installed={"nncf", *TORCHAO}, quantize=quantize,
+                           backend=backend)  # fmt: skip
+    assert planned.quantization.value == method, (case, planned.quantization.reason)
+    assert reason_has in planned.quantization.reason, (case, planned.quantization.reason)
+
+
+def test_explicit_nncf_is_refused_where_no_model_runs_on_openvino():
+    with pytest.raises(ValueError, match="quantize 'nncf_int8' cannot run here: .*this model runs on torch"):
+        check_setting("nncf_int8", cpu(32), installed={"nncf"}, backend="torch")
+    assert check_setting("nncf_int8", cpu(32), installed={"nncf"}, backend="openvino").value == "nncf_int8"
+    with pytest.raises(ValueError, match="needs the nncf package"):
+        check_setting("nncf_int8", cpu(32), installed=TORCHAO, backend="openvino")

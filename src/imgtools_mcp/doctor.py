@@ -104,7 +104,7 @@ def collect(settings: Settings) -> dict[str, Any]:
     backend = choose_backend(facts, settings.backend, available=installed_backends(), family=family_name)
     report["backend"] = {"value": backend.value, "reason": backend.reason}
     report["backends"] = backend_report(facts)
-    report["quantization"] = quantization_report(settings, facts, dtype.value, model)
+    report["quantization"] = quantization_report(settings, facts, dtype.value, model, backend.value)
     report["step_cache"] = step_cache_report(model)
     from .engine.backends.fast_path import plan_fast_path
 
@@ -132,11 +132,12 @@ def step_cache_report(model: dict[str, Any]) -> dict[str, Any]:
     return {"denoiser": denoiser, "speeds": choices_for(denoiser)}
 
 
-def quantization_report(settings: Settings, facts: Any, dtype: str, model: dict[str, Any]) -> dict[str, Any]:
-    """The quantization this machine would choose: per ladder rung, and for the default model where it is local."""
+def quantization_report(settings: Settings, facts: Any, dtype: str, model: dict[str, Any], backend: str = "torch") -> dict[str, Any]:
+    """The quantization this machine would choose, on the default model's `backend`: per ladder rung, and for the
+    default model where it is local."""
     from .engine.quantize import installed_packages, machine_report
 
-    report = machine_report(facts, settings.quantize, installed=installed_packages())
+    report = machine_report(facts, settings.quantize, installed=installed_packages(), backend=backend)
     if "path" in model and "family" in model:
         try:
             from .engine import families
@@ -154,7 +155,7 @@ def quantization_report(settings: Settings, facts: Any, dtype: str, model: dict[
             )
             planned = plan_weights(facts, footprint, activations, dtype_bytes=DTYPE_BYTES[dtype],
                                    quantize=settings.quantize if report["setting_ok"] else "auto",
-                                   memory=settings.memory, installed=installed_packages())
+                                   memory=settings.memory, installed=installed_packages(), backend=backend)
             report["default_model_plan"] = {
                 "quantization": planned.quantization.value, "quantization_reason": planned.quantization.reason,
                 "memory_plan": planned.memory.value.value, "memory_reason": planned.memory.reason,

@@ -62,6 +62,8 @@ class LoadedModel:
     backend_reason: str = ""
     backend_state: dict[str, Any] = field(default_factory=dict)  # per backend id: compiled parts (e.g. OpenVINO)
     backend_events: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=EVENTS_KEPT))
+    # Quantization the backend applies to its own converted graphs (nncf_int8 on OpenVINO): a QuantizationReport.
+    backend_quantization: Any = None
 
     @property
     def memory_bytes(self) -> int:

@@ -29,7 +29,14 @@ from .lora import AdapterSet, AppliedLora, LoraLoadError, LoraSource, check_fits
 from .memory import MemoryPlan, apply_memory_plan, choose_memory_plan, escalate, estimate_activation_bytes, footprint_of, reset_memory_plan
 from .pipeline_call import pipeline_kwargs
 from .step_cache import check_speed, step_cache
-from .quantize import QuantizationReport, apply_quantization, check_setting, installed_packages, plan_weights
+from .quantize import (
+    QuantizationReport,
+    apply_quantization,
+    backend_quantization,
+    check_setting,
+    installed_packages,
+    plan_weights,
+)
 from .progress import Progress, pipeline_components, reporting_component_loads, watching_download
 from .queue import DeviceQueue, QueueTicket
 from .request import EngineInfo, EngineRequest, LoraWeight, ProgressCallback, ResolvedJob, RunOutput, StepCallback
@@ -54,7 +61,9 @@ class Engine:
         self.backends = Backends(settings, self.facts)  # refuses an explicit backend that cannot run here
         # An explicit IMGTOOLS_QUANTIZE that cannot run here is refused now, with the reason, not at the first load.
         self.quantize_installed = installed_packages()
-        self.quantize_setting = check_setting(settings.quantize, self.facts, installed=self.quantize_installed)
+        # Checked against the SD families' backend here: a method for another backend (nncf_int8: OpenVINO) needs it.
+        self.quantize_setting = check_setting(settings.quantize, self.facts, installed=self.quantize_installed,
+                                              backend=self.backends.choose("sd1").value)
         self._quantized: dict[str, tuple[Choice, QuantizationReport | None]] = {}  # source key -> what ran
         if settings.model_cache_bytes is not None:
             self.budget = Choice(settings.model_cache_bytes, "IMGTOOLS_MODEL_CACHE_BYTES")
@@ -226,10 +235,12 @@ class Engine:
         backend = self.backends.choose(family.family.value)
         footprint = footprint_of(pipe)
         # The ladder with quantized rungs (engine/quantize.py): quantize first, then place the smaller weights.
-        planned = self._plan_weights(family, footprint, family.native_size, family.native_size, 1)
-        quantized = apply_quantization(pipe, planned.quantization, footprint)
+        planned = self._plan_weights(family, footprint, family.native_size, family.native_size, 1, backend.value)
+        # A backend's own method (nncf_int8) is applied when that backend converts the model; torch methods now.
+        on_backend = backend_quantization(pipe, planned.quantization, self.dtype.itemsize)
+        quantized = on_backend or apply_quantization(pipe, planned.quantization, footprint)
         self._quantized[source.key] = (planned.quantization, quantized)
-        if quantized is not None and backend.value != "torch":
+        if quantized is not None and on_backend is None and backend.value != "torch":
             # Other backends convert the torch weights themselves and do not read torchao's tensors.
             backend = Choice("torch", f"quantized weights ({quantized.method}) run on torch")
         size = weights_bytes(pipe)
@@ -249,6 +260,7 @@ class Engine:
             adapters=AdapterSet(self.dtype.itemsize),
             backend=backend.value,
             backend_reason=backend.reason,
+            backend_quantization=on_backend,
         )
         self.cache.put(source.key, model)
         self.cache.make_room(0, keep=source.key)  # in case it measured larger than estimated
@@ -264,7 +276,7 @@ class Engine:
         current = probe(self.facts.torch_device)
         return choose_memory_plan(current, footprint, activations, requested=self.settings.memory)
 
-    def _plan_weights(self, family: FamilyInfo, footprint: Any, width: int, height: int, batch: int):
+    def _plan_weights(self, family: FamilyInfo, footprint: Any, width: int, height: int, batch: int, backend: str = "torch"):
         spec = family.family
         activations = estimate_activation_bytes(
             spec.activation_shape or "dit", width, height, batch, self.dtype.itemsize,
@@ -273,7 +285,7 @@ class Engine:
         current = probe(self.facts.torch_device)
         return plan_weights(
             current, footprint, activations, dtype_bytes=self.dtype.itemsize, quantize=self.settings.quantize,
-            memory=self.settings.memory, installed=self.quantize_installed,
+            memory=self.settings.memory, installed=self.quantize_installed, backend=backend,
         )
 
     def _get_loaded(self, source: ModelSource, family: FamilyInfo, progress: Progress) -> tuple[LoadedModel, float]:
@@ -543,6 +555,8 @@ class Engine:
                     adapter_bytes=adapters["adapter_bytes"],
                     loras_loaded=adapters["loras_loaded"],
                     loras_active=adapters["loras_active"],
+                    quantization=(report.as_dict() if (report := self._quantized.get(model.source.key, (None, None))[1])
+                                  else None),
                 )
             )
         choices = self.describe_choices()

@@ -58,8 +58,10 @@ METHODS: dict[str, QuantMethod] = {
         QuantMethod("sdnq_int8", "SDNQ int8", "int8", 1.0 + 1 / 64, "sdnq", frozenset({"cpu", "cuda", "rocm", "xpu"})),
         # int8 weights with a per-channel scale; the matmul dequantizes, so it runs wherever torch does.
         QuantMethod("torchao_int8", "torchao int8 weight-only", "int8", 1.0 + 1 / 64, "torchao", frozenset({"cpu", "cuda"})),
+        # The OpenVINO UNet's IR written with int8 weights (a scale and zero point per output channel); compute stays
+        # bf16, so it halves the weights' memory rather than the time (benchmarks/int8_cpu.py).
         QuantMethod("nncf_int8", "NNCF int8 weight compression", "int8", 1.0 + 1 / 64, "nncf", frozenset({"cpu"}),
-                    backend="openvino", wired=False),
+                    backend="openvino"),
         # 4-bit: NormalFloat4 in 64-weight blocks with an fp32 absmax each (bitsandbytes' layout).
         QuantMethod("bnb_nf4", "bitsandbytes nf4", "4bit", 0.5 + 4 / 64, "bitsandbytes", frozenset({"cuda"}), wired=False),
         # SDNQ 4-bit: unsigned 4-bit weights in 64-weight groups with an fp32 scale and zero point each (uint4, SDNQ's
@@ -90,16 +92,18 @@ def method_unavailable(method: QuantMethod, facts: DeviceFacts, *, installed: It
             need = ".".join(map(str, method.min_compute_capability))
             have = ".".join(map(str, cc)) if cc else "unknown"
             return f"{method.label} needs CUDA compute capability {need}+ (this device: {have})"
-    if method.backend != backend:
+    # A torch method runs whatever the model's backend (the engine then runs that model on torch); others need theirs.
+    if method.backend not in ("torch", backend):
         return f"{method.label} rewrites {method.backend} models; this model runs on {backend}"
     return None
 
 
 def choose_method(level: str, facts: DeviceFacts, *, installed: Iterable[str], backend: str = "torch") -> Choice[str | None]:
-    """The first method of `level` that runs here (METHODS is ordered fastest first), or None with why not."""
+    """The first method of `level` that runs here (METHODS is ordered fastest first; the model's own backend's
+    methods before torch's, which would move the model to torch), or None with why not."""
     installed = frozenset(installed)
     skipped = []
-    for method in METHODS.values():
+    for method in sorted(METHODS.values(), key=lambda m: m.backend != backend):  # stable: keeps METHODS' order
         if method.level != level:
             continue
         why = method_unavailable(method, facts, installed=installed, backend=backend)
@@ -180,6 +184,11 @@ def plan_weights(
     installed = frozenset(installed)
     if name == "none" or (name == "auto" and memory != "auto"):
         why = "IMGTOOLS_QUANTIZE=none" if name == "none" else f"IMGTOOLS_MEMORY={memory} is set; weights kept as loaded"
+        return PlannedWeights(Choice(None, why), choose_memory_plan(facts, footprint, activations, memory, headroom=headroom),
+                              footprint)
+    if name in METHODS and METHODS[name].backend not in ("torch", backend):
+        # Checked at start against the backend it needs; a model that runs elsewhere (FLUX on torch) keeps its weights.
+        why = f"IMGTOOLS_QUANTIZE={name} applies to models on {METHODS[name].backend}; this one runs on {backend}, weights kept as loaded"
         return PlannedWeights(Choice(None, why), choose_memory_plan(facts, footprint, activations, memory, headroom=headroom),
                               footprint)
     if name != "auto":
@@ -266,6 +275,18 @@ class QuantizationReport:
             "bytes_before": self.bytes_before,
             "bytes_after": self.bytes_after,
         }
+
+
+def backend_quantization(pipe, choice: Choice[str | None], dtype_bytes: int) -> QuantizationReport | None:
+    """The report for a method the model's backend applies to its converted denoiser (nncf_int8 on the OpenVINO
+    UNet), or None for a torch method. The torch weights stay as loaded (a request the backend declines runs on
+    them); bytes_after is an estimate until the backend writes the IR and puts the real size in."""
+    method = METHODS[choice.value] if choice.value is not None else None
+    if method is None or method.backend == "torch":
+        return None
+    unet = getattr(pipe, "unet", None)
+    before = module_bytes(unet) if isinstance(unet, torch.nn.Module) else 0
+    return QuantizationReport(method.id, choice.reason, ["unet"], before, int(before * method.bytes_per_weight / dtype_bytes))
 
 
 def _torchao_config(method_id: str):

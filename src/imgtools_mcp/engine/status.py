@@ -40,9 +40,11 @@ class LoadedModelInfo:
     adapter_bytes: int
     loras_loaded: list[str]
     loras_active: list[dict[str, Any]]  # name, weight
+    quantization: dict[str, Any] | None = None  # engine/quantize.py QuantizationReport.as_dict(), when quantized
 
     def as_dict(self) -> dict[str, Any]:
         return {
+            **({"quantization": dict(self.quantization)} if self.quantization else {}),
             **self.model.as_dict(),
             "memory_plan_reason": self.memory_plan_reason,
             "memory_bytes": self.memory_bytes,

@@ -37,6 +37,9 @@ class LoadedModelStatus(BaseModel):
     idle_s: float
     loras_loaded: list[str] = Field(default_factory=list)
     loras_active: list[dict[str, Any]] = Field(default_factory=list)
+    quantization: dict[str, Any] | None = Field(
+        None, description="Quantized weights: method, reason, components, bytes before/after (absent: as loaded)"
+    )
 
 
 class EvictionStatus(BaseModel):

@@ -14,6 +14,9 @@ How it works, and why:
   when OpenVINO's CACHE_DIR has it, which costs about the weights' size on disk per shape. The VAE decoder
   stays dynamic (its tiles come in several shapes, and static was no faster there).
 - It is compiled with bf16 inference precision where the CPU runs bf16 natively (AMX / AVX512-BF16).
+- IMGTOOLS_QUANTIZE=nncf_int8 (or int8, or auto where RAM is short) writes the UNet's IR with int8 weights
+  (`nncf.compress_weights`, INT8_ASYM): half the bf16 IR on disk and compiled in memory. The precision is part
+  of the IR's key, so bf16 and int8 IRs of one model sit side by side in the cache. Compute stays bf16.
 - Text encoders, the VAE encoder and the scheduler stay in torch: they are a small share of the time.
 - What a traced graph cannot do runs on torch for that request, with the reason in the result: sizes whose
   latents the UNet cannot halve evenly at every level (traced graphs bake the up-sampling sizes), active LoRA
@@ -401,6 +404,9 @@ class OpenVINOBackend(Backend):
                 pipe.unet = OpenVINOUNet(original_unet, state.parts["unet"], run, sdxl)
             if "vae_decoder" in served:
                 pipe.vae.decoder = OpenVINODecoder(original_decoder, state.parts["vae_decoder"], run)
+            if "unet" not in served and ir_weights(model, "unet") is not None:
+                run.notes.append(f"unet: ran on torch with the model's own weights ({ir_weights(model, 'unet')} "
+                                 "applies to the OpenVINO UNet only)")
             yield
         finally:
             if pipe.unet is not original_unet:
@@ -439,6 +445,7 @@ class OpenVINOBackend(Backend):
 
     def _load_part(self, model: "LoadedModel", component: str, progress: "Progress | None" = None) -> CompiledPart:
         folder = self.ir_dir(model, component)
+        weights = ir_weights(model, component)
         xml = folder / "model.xml"
         if not xml.is_file():
             if progress is not None:
@@ -446,7 +453,7 @@ class OpenVINOBackend(Backend):
                     f"OpenVINO: converting the {component} of {model.source.name} (first use of this model: "
                     "~20 s for SD 1.5, ~1 min for SDXL on a 2-core CPU; saved for later loads)"
                 )
-            self._convert(model, component, folder)
+            self._convert(model, component, folder, weights)
             if progress is not None:
                 progress(f"OpenVINO: converted the {component} of {model.source.name}")
 
@@ -456,10 +463,12 @@ class OpenVINOBackend(Backend):
                 {"event": "compiled", "backend": self.id, "component": part, "seconds": round(seconds, 2), "shape": shape_text}
             )
 
-        weights = sum(f.stat().st_size for f in folder.glob("*.bin"))
-        return CompiledPart(component, self.core(), xml, self.precision, component == "unet", weights, on_compiled)
+        size = sum(f.stat().st_size for f in folder.glob("*.bin"))
+        if weights is not None:
+            model.backend_quantization.bytes_after = size  # the estimate made at load, replaced by the IR's real size
+        return CompiledPart(component, self.core(), xml, self.precision, component == "unet", size, on_compiled)
 
-    def _convert(self, model: "LoadedModel", component: str, folder: Path) -> None:
+    def _convert(self, model: "LoadedModel", component: str, folder: Path, weights: str | None = None) -> None:
         log.info(
             "converting the %s of %s to OpenVINO (first use of this model: ~20 s for SD 1.5, ~1 min for SDXL on a "
             "2-core CPU; saved to %s so later loads take seconds)",
@@ -471,7 +480,7 @@ class OpenVINOBackend(Backend):
         else:
             traceable = traceable_unet(pipe.unet, sdxl=model.family.family.value == "sdxl")
         meta = {"model": str(model.source.key), "component": component, "key": ir_key_material(model, component)}
-        seconds = convert_to_ir(*traceable, folder, meta=meta)
+        seconds = convert_to_ir(*traceable, folder, meta=meta, weights=weights)
         log.info("converted the %s of %s to OpenVINO in %.1f s", component, model.source.name, seconds)
         model.backend_events.append(
             {"event": "converted", "backend": self.id, "component": component, "seconds": round(seconds, 2), "ir": str(folder / "model.xml")}
@@ -594,8 +603,17 @@ def compile_options(precision: str) -> dict[str, str]:
     return {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
 
 
+def ir_weights(model: "LoadedModel", component: str) -> str | None:
+    """The IR_WEIGHT_METHODS id this component's IR is written with (the UNet under nncf_int8); None: as loaded."""
+    report = model.backend_quantization
+    if component != "unet" or report is None or report.method not in IR_WEIGHT_METHODS:
+        return None
+    return report.method
+
+
 def ir_key_material(model: "LoadedModel", component: str) -> dict[str, Any]:
-    """Everything an IR depends on: the weights' files (path, size, mtime), dtype, and the converting software."""
+    """Everything an IR depends on: the weights' files (path, size, mtime), dtype, weight compression, and the
+    converting software."""
     import diffusers
     import openvino
 
@@ -610,6 +628,8 @@ def ir_key_material(model: "LoadedModel", component: str) -> dict[str, Any]:
         "component": component,
         "files": [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files],
         "dtype": str(model.dtype),
+        # Only compressed IRs carry it, so the keys of IRs written before it existed stay valid.
+        **({"weights": weights} if (weights := ir_weights(model, component)) else {}),
         "converter": CONVERTER_VERSION,
         "openvino": openvino.__version__,
         "torch": torch.__version__,
