@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+from imgtools_mcp.images.segment import Segmenter, grown_box
+from imgtools_mcp.infotext import parse_infotext
+from imgtools_mcp.testing.tiny_sam import make_test_sam
 from imgtools_mcp.vlm import VLMClient
 from imgtools_mcp.vlm.grounding import NothingFound, mask_for
 from tests.openai_loopback import OpenAILoopback, Scripted
@@ -83,16 +87,45 @@ def data_url(image: Image.Image) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-@pytest.fixture
-async def mcp_client(server: OpenAILoopback, settings):
+@asynccontextmanager
+async def connect(server: OpenAILoopback, settings, segmenter: str) -> AsyncIterator[object]:
     from mcp import Client
     from pydantic import SecretStr
 
     from imgtools_mcp.server import build_server
 
-    configured = settings.model_copy(update={"vlm_base_url": server.base_url, "vlm_api_key": SecretStr(KEY)})
+    configured = settings.model_copy(
+        update={"vlm_base_url": server.base_url, "vlm_api_key": SecretStr(KEY), "segmenter": segmenter}
+    )
     async with Client(build_server(configured)) as connected:
         yield connected
+
+
+@pytest.fixture
+async def mcp_client(server: OpenAILoopback, settings):
+    async with connect(server, settings, "none") as connected:  # boxes, whatever SAM this machine has cached
+        yield connected
+
+
+@pytest.fixture(scope="module")
+def tiny_sam(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_test_sam(tmp_path_factory.mktemp("sam") / "tiny-sam")
+
+
+def saved_mask(data: dict) -> np.ndarray:
+    output = Path(data["images"][0]["path"])
+    return np.asarray(Image.open(output.parent / f"{data['parameters']['mask_made']}.png").convert("L")) > 127
+
+
+def outside_kept(data: dict, picture: Image.Image, mask: np.ndarray) -> bool:
+    painted = np.asarray(Image.open(data["images"][0]["path"]).convert("RGB"), dtype=np.int16)
+    return np.array_equal(painted[~mask], np.asarray(picture, dtype=np.int16)[~mask])
+
+
+def recorded(data: dict) -> tuple[dict[str, str], dict]:
+    """The output's infotext fields and its sidecar."""
+    path = Path(data["images"][0]["path"])
+    return parse_infotext(Image.open(path).text["parameters"])[2], json.loads(path.with_suffix(".json").read_text())
 
 
 async def test_inpaint_by_description_repaints_only_where_the_vlm_found_it(mcp_client) -> None:
@@ -123,3 +156,77 @@ async def test_a_vlm_that_finds_nothing_is_a_tool_error(mcp_client) -> None:
     )
     assert result.is_error
     assert "mask_prompt: the VLM" in result.content[0].text and "found nothing" in result.content[0].text
+
+
+INPAINT_CUP = {"prompt": "a red cup", "mask_prompt": "the cup", "mask_blur": 0, "steps": 2, "seed": 1}
+
+
+async def test_segmenter_none_masks_exactly_the_vlms_boxes(server: OpenAILoopback, mcp_client) -> None:
+    picture = scene()
+    async with client_for(server) as client:
+        expected = np.asarray(mask_for(picture.size, await client.ground(picture, "the cup"), "the cup")) > 127
+    result = await mcp_client.call_tool("inpaint", {**INPAINT_CUP, "image": data_url(picture)})
+    assert not result.is_error, result.content
+    data = result.structured_content
+    assert np.array_equal(saved_mask(data), expected)
+    assert data["parameters"]["mask_method"] == "boxes"
+    fields, side = recorded(data)
+    assert fields["Mask method"] == "boxes" and side["mask"]["method"] == "boxes"
+    assert any("IMGTOOLS_SEGMENTER=none" in warning for warning in data["warnings"])
+
+
+async def test_segmenter_auto_without_sam_on_disk_keeps_boxes_and_says_how_to_get_it(
+    server: OpenAILoopback, settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))
+    async with connect(server, settings, "auto") as client:
+        result = await client.call_tool("inpaint", {**INPAINT_CUP, "image": data_url(scene())})
+    assert not result.is_error, result.content
+    data = result.structured_content
+    assert data["parameters"]["mask_method"] == "boxes"
+    assert any("hf download facebook/sam-vit-base" in warning for warning in data["warnings"])
+
+
+async def test_a_segmenter_cuts_a_silhouette_inside_the_grown_box(server: OpenAILoopback, settings, tiny_sam: Path) -> None:
+    picture = scene()
+    async with client_for(server) as client:
+        (found,) = (await client.ground(picture, "the cup")).grounding.objects
+    left, top, right, bottom = grown_box(found.pixel_box(picture.size), picture.size)
+    async with connect(server, settings, str(tiny_sam)) as client:
+        result = await client.call_tool("inpaint", {**INPAINT_CUP, "image": data_url(picture)})
+    assert not result.is_error, result.content
+    data = result.structured_content
+    mask = saved_mask(data)
+    assert mask.any()
+    outside = np.ones_like(mask)
+    outside[top:bottom, left:right] = False
+    assert not mask[outside].any()  # random weights cut any shape, but never past the box and its margin
+    assert outside_kept(data, picture, mask)
+    method = f"segmenter:{tiny_sam}"
+    assert data["parameters"]["mask_method"] == method
+    fields, side = recorded(data)
+    assert fields["Mask method"] == method and side["mask"]["method"] == method
+    assert any("cut to silhouettes" in warning for warning in data["warnings"])
+
+
+def test_silhouettes_of_several_boxes_stay_inside_their_grown_boxes(tiny_sam: Path) -> None:
+    image = scene()
+    boxes = [(60, 20, 100, 52), (4, 40, 30, 76)]
+    cut = Segmenter(str(tiny_sam), offline=True).silhouettes(image, boxes)
+    assert cut is not None and cut.model == str(tiny_sam)
+    mask = np.asarray(cut.mask) > 127
+    allowed = np.zeros_like(mask)
+    for box in boxes:
+        left, top, right, bottom = grown_box(box, image.size)
+        allowed[top:bottom, left:right] = True
+        assert mask[box[1]:box[3], box[0]:box[2]].any()  # each box has its silhouette (or is kept whole)
+    assert not mask[~allowed].any()
+    assert Segmenter("none").silhouettes(image, boxes) is None
+
+
+async def test_a_segmenter_folder_that_does_not_exist_is_a_one_line_tool_error(server: OpenAILoopback, settings) -> None:
+    async with connect(server, settings, "/nonexistent/sam-vit-base") as client:
+        result = await client.call_tool("inpaint", {**INPAINT_CUP, "image": data_url(scene())})
+    assert result.is_error
+    text = result.content[0].text
+    assert "mask_prompt: IMGTOOLS_SEGMENTER='/nonexistent/sam-vit-base' is not a folder" in text and "\n" not in text

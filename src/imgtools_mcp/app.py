@@ -8,6 +8,7 @@ from .config import Settings
 from .engine.engine import Engine
 from .images.control_maps import ControlModels
 from .images.refs import ImageResolver
+from .images.segment import Segmenter
 from .runs.context import Resolver, RunContext, StopSwitch
 from .runs.progress import ProgressSink
 from .store import OutputStore
@@ -24,9 +25,11 @@ class AppContext:
     tasks: TaskManager
     vlm: VLMClient | None = None
     control_models: ControlModels = field(init=False)  # depth and pose models, loaded on first use and kept
+    segmenter: Segmenter = field(init=False)  # mask_prompt's SAM, loaded on first use and kept
 
     def __post_init__(self) -> None:
         self.control_models = ControlModels.from_settings(self.settings, offline=self.engine.offline)
+        self.segmenter = Segmenter.from_settings(self.settings, offline=self.engine.offline)
 
     def run_context(
         self,
@@ -44,6 +47,7 @@ class AppContext:
             resolver=resolver or self.resolver,
             vlm=self.vlm,
             control_models=self.control_models,
+            segmenter=self.segmenter,
             sink=sink,
             stop=stop or StopSwitch(),
             ticket=ticket,

@@ -95,6 +95,11 @@ class Settings(BaseSettings):
         description="The RT-DETR model that finds the people `control` type pose poses; none: the whole image is "
         "one person (also what is used when it finds no one).",
     )
+    segmenter: str = Field(
+        "auto",
+        description="The SAM model that cuts mask_prompt's boxes to silhouettes: auto (facebook/sam-vit-base where it "
+        "is already on disk, else boxes), none (boxes), or a hub id or folder (downloaded if needed).",
+    )
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N | xpu | mps")
     dtype: Literal["auto", "fp32", "fp16", "bf16"] = Field("auto", description="Weights' precision; auto picks by device.")
     backend: Literal["auto", "torch", "openvino"] = Field(

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from ..engine.engine import Engine
     from ..images.control_maps import ControlModels
     from ..images.refs import ResolvedImage
+    from ..images.segment import Segmenter
     from ..store import OutputStore
     from ..vlm.client import VLMClient
 
@@ -62,6 +63,7 @@ class RunContext:
     resolver: Resolver
     vlm: "VLMClient | None" = None
     control_models: "ControlModels | None" = None  # the server's depth and pose models (None: built for this run)
+    segmenter: "Segmenter | None" = None  # the server's mask_prompt segmenter (None: built for this run)
     sink: ProgressSink | None = None
     stop: StopSwitch = field(default_factory=StopSwitch)
     ticket: Any = None  # the engine queue place a background task holds, when it holds one

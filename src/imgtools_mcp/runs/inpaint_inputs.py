@@ -47,7 +47,12 @@ async def _mask_plan(ctx: RunContext, request: InpaintRequest, image: Image.Imag
         mask, recorded = await mask_from_prompt(ctx, image, request.mask_prompt)
         canvas = image
         describe = {"mask_reference": f"mask_prompt {request.mask_prompt!r} ({recorded['mask_id']})"}
-        notes.append(f"mask_prompt: the VLM found {len(recorded['boxes'])} region(s); the mask is output {recorded['mask_id']}")
+        how = "cut to silhouettes by " + recorded["method"].removeprefix("segmenter:") if recorded["method"] != "boxes" else "boxes"
+        extra = f" ({recorded['method_note']})" if recorded["method_note"] else ""
+        notes.append(
+            f"mask_prompt: the VLM found {len(recorded['boxes'])} region(s), masked as {how}{extra}; "
+            f"the mask is output {recorded['mask_id']}"
+        )
     elif request.mask_shapes is not None:
         try:
             mask = masks.mask_from_shapes(image.size, request.mask_shapes)
@@ -140,6 +145,7 @@ async def prepare_inpaint(ctx: RunContext, request: InpaintRequest, family: Fami
         "Mask mode": "Inpaint not masked" if request.invert_mask else None,
         "Inpaint area": "Only masked" if request.inpaint_area == "masked" else None,
         "Masked area padding": request.padding if request.inpaint_area == "masked" else None,
+        "Mask method": plan.description.get("method"),  # mask_prompt's: boxes or segmenter:<model>
     }
     parameters = {
         "image": record.reference,
@@ -147,6 +153,7 @@ async def prepare_inpaint(ctx: RunContext, request: InpaintRequest, family: Fami
         "mask_shapes": plan.description.get("shapes"),
         "mask_prompt": plan.description.get("mask_prompt"),
         "mask_made": plan.description.get("mask_id"),  # the mask the VLM's boxes made, an output id
+        "mask_method": plan.description.get("method"),  # mask_prompt's: "boxes" or "segmenter:<model>"
         "expand": plan.description.get("expand"),
         "mask_blur": request.mask_blur,
         "invert_mask": request.invert_mask,

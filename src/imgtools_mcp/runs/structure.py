@@ -169,7 +169,9 @@ def hires_infotext(used: dict[str, Any]) -> dict[str, Any]:
 
 
 async def mask_from_prompt(ctx: "RunContext", image: Image.Image, description: str) -> tuple[Image.Image, dict[str, Any]]:
-    """The VLM's boxes for `description` as a mask of `image` (saved as an output); nothing found is an error."""
+    """The VLM's boxes for `description` as a mask of `image` (saved as an output), cut to silhouettes where a
+    segmenter is in use (IMGTOOLS_SEGMENTER); nothing found is an error."""
+    from ..images.segment import Segmenter, SegmenterError
     from ..vlm.grounding import NothingFound, mask_for
 
     if ctx.vlm is None or not ctx.vlm.configured:
@@ -182,8 +184,21 @@ async def mask_from_prompt(ctx: "RunContext", image: Image.Image, description: s
         mask = mask_for(image.size, result, description)
     except NothingFound as exc:
         raise RunInputError(str(exc)) from exc
+    segmenter = ctx.segmenter or Segmenter.from_settings(ctx.settings, offline=ctx.engine.offline)
+    pixel_boxes = [found.pixel_box(image.size) for found in result.grounding.objects]
+    try:
+        cut = await anyio.to_thread.run_sync(lambda: segmenter.silhouettes(image, pixel_boxes))
+    except SegmenterError as exc:
+        raise RunInputError(str(exc)) from exc
+    if cut is None:
+        method, why = "boxes", segmenter.unused_reason()
+    else:
+        mask, method = cut.mask, f"segmenter:{cut.model}"
+        why = f"{cut.kept_as_boxes} box(es) where the segmenter found nothing kept whole" if cut.kept_as_boxes else None
     boxes = [found.model_dump() for found in result.grounding.objects]
-    metadata = {"tool": "mask_prompt", "mask_prompt": description, "boxes": boxes, "vlm_model": result.model}
+    metadata = {
+        "tool": "mask_prompt", "mask_prompt": description, "boxes": boxes, "vlm_model": result.model, "mask_method": method,
+    }
     stored = await anyio.to_thread.run_sync(lambda: ctx.store.save(mask.convert("RGB"), f"mask: {description}", metadata))
     recorded = {
         "source": "mask_prompt",
@@ -192,7 +207,8 @@ async def mask_from_prompt(ctx: "RunContext", image: Image.Image, description: s
         "mask_id": stored.id,
         "mask_uri": stored.uri,
         "vlm": {"model": result.model, **result.usage.model_dump()},
-        "refined": False,  # boxes only: no segmenter is installed to cut the silhouette
+        "method": method,  # "boxes", or "segmenter:<model>" when SAM cut each box to its silhouette
+        "method_note": why,
     }
     return mask, recorded
 
