@@ -32,6 +32,8 @@ import os
 import platform
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -107,7 +109,8 @@ def run(args: argparse.Namespace) -> dict:
     latent = size // 8
     workdir = Path(args.cache_dir)
     report: dict = {
-        "size": size, "unet_batch": BATCH, "rounds": args.rounds, "steps": args.steps, "tiny": args.tiny,
+        "size": size, "unet_batch": BATCH, "rounds": args.rounds, "steps": args.steps,
+        "drift_steps": args.drift_steps, "calibration": args.calibration, "tiny": args.tiny,
         "machine": {"cpu": facts.name, "cores": facts.cpu_cores, "bf16_native": facts.supports_bf16,
                     "python": platform.python_version(), "torch": torch.__version__, "diffusers": diffusers.__version__,
                     "openvino": ov.__version__, "nncf": nncf.__version__},
@@ -124,49 +127,55 @@ def run(args: argparse.Namespace) -> dict:
         model.reshape(shapes)
         return core.compile_model(model, "CPU", compile_options(precision))
 
-    torch.manual_seed(0)
-    log("building the UNet (fp32, and the engine's dtype)")
-    unet32 = UNet2DConditionModel.from_config(unet_config).eval()
-    unet_engine = copy.deepcopy(unet32).to(engine_dtype)
+    def build_unet32() -> torch.nn.Module:
+        torch.manual_seed(0)  # the same random weights every time it is built
+        return UNet2DConditionModel.from_config(unet_config).eval()
+
+    log("building the UNet and converting it (the engine's dtype; fp32 too for the full int8)")
     times_s: dict[str, float] = {}
+    unet32 = build_unet32()
+    ir, ir32 = workdir / "unet-engine", workdir / "unet-fp32"
+    times_s["convert_engine_dtype"] = convert_to_ir(*traceable_unet(copy.deepcopy(unet32).to(engine_dtype), sdxl=False), ir)
+    if args.full:
+        times_s["convert_fp32"] = convert_to_ir(*traceable_unet(unet32, sdxl=False), ir32)
+    del unet32  # rebuilt for the plain-diffusers rows: the quantization below needs the memory
+    gc.collect()
+    bf16_name = f"openvino {precision} (engine today)"
+    bf16_call = compile_static(core.read_model(str(ir / "model.xml")))
 
-    log(f"converting the UNet ({precision} weights, as the engine does)")
-    ir = workdir / "unet-engine"
-    times_s["convert_engine_dtype"] = convert_to_ir(*traceable_unet(unet_engine, sdxl=False), ir)
-    compiled: dict[str, object] = {}
-    compiled["openvino bf16 (engine today)"] = compile_static(core.read_model(str(ir / "model.xml")))
-    bf16_call = compiled["openvino bf16 (engine today)"]
-
-    log(f"bf16 denoising run, {args.steps} steps (reference latents; its first steps' inputs calibrate the full int8)")
+    log(f"{precision} denoising run, {args.drift_steps} steps (reference latents; its first steps' inputs calibrate the full int8)")
     captured: list[dict] = []
-    reference = denoise(lambda f: bf16_call(f)[0], start_latents, context, args.steps, captured)
+    reference = denoise(lambda f: bf16_call(f)[0], start_latents, context, args.drift_steps, captured)
     calibration = captured[: args.calibration]
+    del bf16_call
+    gc.collect()
 
     log("int8 weights (nncf.compress_weights, the engine's code)")
     folder = workdir / "unet-int8"
     started = time.perf_counter()
     compress_ir(ir, folder, "nncf_int8")
     times_s["compress_weights"] = time.perf_counter() - started
-    compiled["openvino int8 weights (nncf_int8)"] = compile_static(core.read_model(str(folder / "model.xml")))
     sizes = {"bf16_ir_bytes": (ir / "model.bin").stat().st_size, "int8_ir_bytes": (folder / "model.bin").stat().st_size}
-
+    irs = {bf16_name: ir, "openvino int8 weights (nncf_int8)": folder}
     if args.full:
-        log(f"int8 weights and activations (nncf.quantize on an fp32 IR, {len(calibration)} calibration inputs)")
-        ir32 = workdir / "unet-fp32"
-        times_s["convert_fp32"] = convert_to_ir(*traceable_unet(unet32, sdxl=False), ir32)
+        # In a child process: nncf's statistics collection holds activations of every layer (17+ GB at 512² batch 2
+        # measured in-process), and the memory goes back to the system when the child exits.
+        log(f"int8 weights and activations (nncf.quantize on the fp32 IR, {len(calibration)} calibration inputs, child process)")
+        np.savez(workdir / "calibration.npz", **{f"{i}/{k}": v for i, feeds in enumerate(calibration) for k, v in feeds.items()})
         started = time.perf_counter()
-        full = nncf.quantize(core.read_model(str(ir32 / "model.xml")), nncf.Dataset(calibration),
-                             subset_size=len(calibration), model_type=nncf.ModelType.TRANSFORMER)  # fmt: skip
+        child = subprocess.run([sys.executable, __file__, "--quantize-child", str(workdir)], capture_output=True, text=True)
         times_s["quantize_full"] = time.perf_counter() - started
-        ov.save_model(full, str(workdir / "unet-a8" / "model.xml"), compress_to_fp16=False)
-        sizes["int8_full_ir_bytes"] = (workdir / "unet-a8" / "model.bin").stat().st_size
-        compiled["openvino int8 weights+activations (full)"] = compile_static(full)
-        del full
+        if child.returncode == 0:
+            sizes["int8_full_ir_bytes"] = (workdir / "unet-a8" / "model.bin").stat().st_size
+            irs["openvino int8 weights+activations (full)"] = workdir / "unet-a8"
+        else:
+            report["full_int8_error"] = f"exit {child.returncode}: {child.stderr.strip().splitlines()[-1:] or ''}"
+            log(f"full int8 failed: {report['full_int8_error']}")
         shutil.rmtree(ir32, ignore_errors=True)
+    compiled = {name: compile_static(core.read_model(str(path / "model.xml"))) for name, path in irs.items()}
     report["seconds"] = times_s
     report["ir_bytes"] = sizes
-    del unet_engine
-    gc.collect()
+    unet32 = build_unet32() if not args.skip_plain else None
 
     log("UNet steps, interleaved")
     inputs = {"sample": torch.from_numpy(calibration[0]["sample"]), "timestep": torch.tensor([500.0]),
@@ -185,9 +194,9 @@ def run(args: argparse.Namespace) -> dict:
     drift: dict[str, dict] = {}
     finals = {}
     for name, model in compiled.items():
-        if name.startswith("openvino bf16"):
+        if name == bf16_name:
             continue
-        finals[name] = denoise(lambda f, m=model: m(f)[0], start_latents, context, args.steps)
+        finals[name] = denoise(lambda f, m=model: m(f)[0], start_latents, context, args.drift_steps)
         drift[name] = {"latent_psnr_db": psnr(finals[name], reference)}
     report["load_average_after_unet"] = os.getloadavg()
 
@@ -233,11 +242,25 @@ def run(args: argparse.Namespace) -> dict:
     return report
 
 
+def quantize_child(workdir: Path) -> None:
+    """int8 weights and activations for workdir/unet-fp32, calibrated on workdir/calibration.npz -> workdir/unet-a8."""
+    import nncf
+    import openvino as ov
+
+    stored = np.load(workdir / "calibration.npz")
+    count = 1 + max(int(key.split("/")[0]) for key in stored.files)
+    calibration = [{key.split("/")[1]: stored[key] for key in stored.files if key.startswith(f"{i}/")} for i in range(count)]
+    model = ov.Core().read_model(str(workdir / "unet-fp32" / "model.xml"))
+    # TRANSFORMER keeps softmax/layer-norm-sensitive ops in float and applies SmoothQuant to the attention's matmuls.
+    full = nncf.quantize(model, nncf.Dataset(calibration), subset_size=count, model_type=nncf.ModelType.TRANSFORMER)
+    ov.save_model(full, str(workdir / "unet-a8" / "model.xml"), compress_to_fp16=False)
+
+
 def table(report: dict) -> str:
     results = report["results"]
     steps = report["steps"]
     unet = {k.split("/", 1)[1]: v for k, v in results.items() if k.startswith("unet/")}
-    bf16 = unet["openvino bf16 (engine today)"]["median_s"]
+    bf16 = next(v["median_s"] for k, v in unet.items() if k.endswith("(engine today)"))
     plain = unet.get("plain diffusers: torch fp32", {}).get("median_s")
     m = report["machine"]
     load = report["load_average_start"], report["load_average_after_unet"], report["load_average_end"]
@@ -260,7 +283,7 @@ def table(report: dict) -> str:
     sizes = report["ir_bytes"]
     lines += ["", "IR weights on disk: " + ", ".join(f"{k.removesuffix('_ir_bytes')} {v / 2**20:.0f} MiB" for k, v in sizes.items())
               + "; preparation: " + ", ".join(f"{k} {v:.1f} s" for k, v in report["seconds"].items()) + ".", ""]
-    lines += [f"Drift after {steps} DDIM steps (CFG 7.5) from the same seed, against the OpenVINO bf16 run "
+    lines += [f"Drift after {report['drift_steps']} DDIM steps (CFG 7.5) from the same seed, against the OpenVINO bf16 run "
               "(random weights: a bound on the arithmetic, not a trained model's image quality):", "",
               "| variant | latent PSNR dB | pixel PSNR dB | pixel max abs diff (0-1) |", "|---|---:|---:|---:|"]
     for name, row in report["drift"].items():
@@ -294,13 +317,18 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--rounds", type=int, default=3, help="timed UNet rounds per variant (after one warm-up)")
     parser.add_argument("--vae-rounds", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=25, help="denoising steps of the drift runs and the composed generate")
-    parser.add_argument("--calibration", type=int, default=4, help="UNet inputs (the first denoising steps) calibrating --full")
+    parser.add_argument("--steps", type=int, default=25, help="denoising steps of the composed whole generate")
+    parser.add_argument("--drift-steps", type=int, default=10, help="DDIM steps of the drift runs (same seed, each variant)")
+    parser.add_argument("--quantize-child", help=argparse.SUPPRESS)  # internal: the full int8 quantization, in a child
+    parser.add_argument("--calibration", type=int, default=2, help="UNet inputs (the first denoising steps) calibrating --full")
     parser.add_argument("--full", action=argparse.BooleanOptionalAction, default=True,
                         help="also int8 activations (nncf.quantize)")
     parser.add_argument("--skip-plain", action="store_true", help="skip the torch fp32 UNet rows")
     parser.add_argument("--cache-dir", help="working folder for the IRs (default: a temporary one, removed)")
     args = parser.parse_args()
+    if args.quantize_child:
+        quantize_child(Path(args.quantize_child))
+        return
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     made = args.cache_dir is None
     if made:
