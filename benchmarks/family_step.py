@@ -266,6 +266,8 @@ def write_table(device: str) -> str:
         how = "extrapolated from " + " / ".join(
             "+".join(str(v) for v in blocks.values()) for blocks in result["reduced"]["blocks"]) + " blocks" \
             if result["extrapolated"] else "measured (full model)"
+        if result.get("warning"):
+            how += f" (rough: {result['warning'].split(':')[0]})"
         rows.append((minutes, f"| {result['family']} | {result['full_weights_bytes'] / GB:.1f} | {result['batch']} | "
                               f"{result['seconds_per_step']:.0f} | {steps} | {minutes:.0f} | {peak / GB:.1f} | {how} | "
                               f"{load_text} |"))
