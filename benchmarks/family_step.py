@@ -8,7 +8,8 @@ what the pipeline feeds the transformer at native size: packed image tokens, the
 the family's token limit (the padded length where the pipeline pads; a 128-token prompt where it passes only the
 prompt's own tokens: Qwen-Image, Z-Image), pooled embeddings, timestep (and distilled guidance). CFG families run
 batch 2 (the two passes a step makes, whether the pipeline batches them or calls twice). A family whose block kinds
-differ in size (FLUX.2 dev) is measured at three depths, and the time per block of each kind fitted by least squares.
+differ in size (FLUX.2 dev) is measured at 1+0, 0+1 and 1+1 blocks, and the time per block of each kind fitted by
+least squares. Every fit also measures the model with no blocks (its fixed part) and flags a depth off the fit.
 Default steps per family come from the project's family registry (`registry` below: family id and variant).
 
     .venv/bin/python benchmarks/family_step.py --table   # benchmarks/results/family_step-cpu.md from every CPU result
