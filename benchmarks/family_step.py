@@ -252,6 +252,20 @@ def default_steps(name: str) -> int:
     return variant.default_steps if variant is not None else spec.default_steps
 
 
+def misfit(fitted: list[float], measured: list[float]) -> float:
+    """The largest distance of a measured depth from the fitted line, as a share of the longest time."""
+    return max(abs(f - m) for f, m in zip(fitted, measured)) / max(measured)
+
+
+def refit(result: dict) -> float:
+    """A stored result's misfit, recomputed from its depths (results written before the check have none)."""
+    kinds = list(FAMILIES[result["family"]]["blocks"])
+    depths, measured = result["reduced"]["blocks"], result["reduced"]["seconds"]
+    rows = torch.tensor([[1.0] + [float(d[k]) for k in kinds] for d in depths], dtype=torch.float64)
+    fit = torch.linalg.lstsq(rows, torch.tensor(measured, dtype=torch.float64)[:, None], driver="gelsd").solution
+    return misfit((rows @ fit)[:, 0].tolist(), measured)
+
+
 def write_table(device: str) -> str:
     """One table from every results/family_step-<family>-<device>.json: step time, default steps, minutes per image."""
     rows = []
@@ -267,8 +281,10 @@ def write_table(device: str) -> str:
         how = "extrapolated from " + " / ".join(
             "+".join(str(v) for v in blocks.values()) for blocks in result["reduced"]["blocks"]) + " blocks" \
             if result["extrapolated"] else "measured (full model)"
-        if result.get("warning"):
-            how += f" (rough: {result['warning'].split(':')[0]})"
+        if result["extrapolated"] and (refit(result) > 0.10 or result.get("fixed_seconds", 0) < 0):
+            how += f" (rough: the depths are off a line by {refit(result):.0%} of the longest time)"
+        elif result["extrapolated"] and len(result["reduced"]["blocks"]) == 2:
+            how += " (two depths: no check of the line)"
         rows.append((minutes, f"| {result['family']} | {result['full_weights_bytes'] / GB:.1f} | {result['batch']} | "
                               f"{result['seconds_per_step']:.0f} | {steps} | {minutes:.0f} | {peak / GB:.1f} | {how} | "
                               f"{load_text} |"))
@@ -359,10 +375,10 @@ def main() -> int:
         fixed = float(fit[0])
         seconds = float(torch.tensor([1.0] + [float(full_blocks[k]) for k in kinds], dtype=torch.float64) @ fit)
         fitted = (rows @ fit).tolist()
-        worst = max(abs(f - m) / m for f, m in zip(fitted, measured) if m > 0)
-        if worst > 0.15:
-            result["warning"] = (f"the depths do not fit a line (a depth is {worst:.0%} off the fit): the machine was "
-                                 "busy; the extrapolation is rough")
+        worst = misfit(fitted, measured)
+        if worst > 0.10:
+            result["warning"] = (f"the depths do not fit a line (a depth is off the fit by {worst:.0%} of the longest "
+                                 "time): the machine was busy; the extrapolation is rough")
         if fixed < -0.1 * measured[0]:
             # Per-block time cannot exceed the whole step: the runs were disturbed (a shared CPU); say so.
             result["warning"] = (f"the depths do not fit a line (fixed part {fixed:.1f} s < 0): the machine was busy; "
