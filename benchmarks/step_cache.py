@@ -11,8 +11,9 @@ engine's own `step_cache` context (src/imgtools_mcp/engine/step_cache.py), bf16 
 
 Drift is the PSNR of the final latents against the quality run's (same seed, same inputs), over the quality
 latents' range. Random weights only bound it: a trained model's features change more smoothly between steps,
-so what reuse costs in a real image is not measured here. Timings are wall seconds of the whole loop, and,
-for the UNet, the median of full and of reused passes.
+so what reuse costs in a real image is not measured here. The three speeds run in lockstep (a step of each in
+turn, on separate copies of the model) so that the shared machine's changing load falls on all of them alike;
+a run's time is the sum of its step times, and, for the UNet, the median full and reused pass are reported.
 
     flock /tmp/bench.lock timeout 1500 .venv/bin/python benchmarks/step_cache.py
     .venv/bin/python benchmarks/step_cache.py --tiny   # tiny widths, 64², 8 steps: checks the code in seconds
@@ -21,6 +22,7 @@ for the UNet, the median of full and of reused passes.
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import os
 import platform
@@ -28,6 +30,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from collections.abc import Iterator
 from types import SimpleNamespace
 
 import torch
@@ -50,7 +53,8 @@ def psnr(latents: torch.Tensor, reference: torch.Tensor) -> float:
     return math.inf if mse == 0 else 10 * math.log10(span**2 / mse)
 
 
-def unet_loop(unet: torch.nn.Module, speed: str, size: int, steps: int) -> dict:
+def unet_loop(unet: torch.nn.Module, speed: str, size: int, steps: int, result: dict) -> Iterator[None]:
+    """One SD denoising loop, a step per `next()`; fills `result` when it ends."""
     from diffusers import EulerDiscreteScheduler
 
     scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
@@ -61,7 +65,6 @@ def unet_loop(unet: torch.nn.Module, speed: str, size: int, steps: int) -> dict:
     text = torch.randn(2, 77, unet.config.cross_attention_dim, generator=generator).to(DTYPE)
     full, reused = [], []
     with torch.inference_mode(), step_cache(SimpleNamespace(unet=unet), speed, single_pass=False) as run:
-        started = time.perf_counter()
         for t in scheduler.timesteps:
             computed_before, began = run.computed if run else 0, time.perf_counter()
             model_input = scheduler.scale_model_input(torch.cat([latents] * 2), t).to(DTYPE)
@@ -69,13 +72,14 @@ def unet_loop(unet: torch.nn.Module, speed: str, size: int, steps: int) -> dict:
             uncond, cond = noise.chunk(2)
             latents = scheduler.step(uncond + 7.5 * (cond - uncond), t, latents).prev_sample
             (full if run is None or run.computed > computed_before else reused).append(time.perf_counter() - began)
-        seconds = time.perf_counter() - started
-    return {"speed": speed, "seconds": seconds, "cache": run.as_dict() if run else None, "latents": latents,
-            "full_pass_s": statistics.median(full) if full else None,
-            "reused_pass_s": statistics.median(reused) if reused else None}
+            yield
+    result.update(speed=speed, seconds=sum(full) + sum(reused), cache=run.as_dict() if run else None, latents=latents,
+                  full_pass_s=statistics.median(full) if full else None,
+                  reused_pass_s=statistics.median(reused) if reused else None)
 
 
-def dit_loop(transformer: torch.nn.Module, speed: str, size: int, steps: int) -> dict:
+def dit_loop(transformer: torch.nn.Module, speed: str, size: int, steps: int, result: dict) -> Iterator[None]:
+    """One FLUX.1 flow-matching loop, a step per `next()`; fills `result` when it ends."""
     from diffusers import FlowMatchEulerDiscreteScheduler
 
     scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
@@ -86,20 +90,33 @@ def dit_loop(transformer: torch.nn.Module, speed: str, size: int, steps: int) ->
     kwargs.pop("timestep")
     kwargs["encoder_hidden_states"] = kwargs["encoder_hidden_states"][:, :, : transformer.config.joint_attention_dim]
     kwargs["pooled_projections"] = kwargs["pooled_projections"][:, : transformer.config.pooled_projection_dim]
+    times = []
     with torch.inference_mode(), step_cache(SimpleNamespace(transformer=transformer), speed, single_pass=True) as run:
-        started = time.perf_counter()
         for t in scheduler.timesteps:
+            began = time.perf_counter()
             timestep = (t / 1000).expand(latents.shape[0]).to(DTYPE)
             out = transformer(hidden_states=latents.to(DTYPE), timestep=timestep, return_dict=False, **kwargs)[0].float()
             latents = scheduler.step(out, t, latents).prev_sample
-        seconds = time.perf_counter() - started
-    return {"speed": speed, "seconds": seconds, "cache": run.as_dict() if run else None, "latents": latents}
+            times.append(time.perf_counter() - began)
+            yield
+    result.update(speed=speed, seconds=sum(times), cache=run.as_dict() if run else None, latents=latents)
 
 
 def measure(name: str, loop, model: torch.nn.Module, size: int, steps: int) -> dict:
+    """The three speeds' loops in lockstep, each on its own copy of the model, the order rotating every step:
+    a change in the machine's load falls on all three alike."""
     load_start = os.getloadavg()
-    loop(model, "quality", size, min(steps, 2))  # warm-up: first-call allocations and kernel choices
-    runs = [loop(model, speed, size, steps) for speed in SPEEDS]
+    for _ in loop(model, "quality", size, min(steps, 2), {}):  # warm-up: first-call allocations and kernel choices
+        pass
+    models = {speed: model if speed == "quality" else copy.deepcopy(model) for speed in SPEEDS}
+    results: dict[str, dict] = {speed: {} for speed in SPEEDS}
+    loops = {speed: loop(models[speed], speed, size, steps, results[speed]) for speed in SPEEDS}
+    for step in range(steps):
+        for speed in SPEEDS[step % 3:] + SPEEDS[: step % 3]:
+            next(loops[speed])
+    for speed in SPEEDS:
+        next(loops[speed], None)  # past the last step: the loop closes its step cache and fills its result
+    runs = [results[speed] for speed in SPEEDS]
     reference = runs[0]["latents"]
     rows = []
     for run in runs:
@@ -113,7 +130,9 @@ def measure(name: str, loop, model: torch.nn.Module, size: int, steps: int) -> d
 def table(report: dict) -> str:
     lines = [f"# Step caches (`speed`): {report['mode']}", "",
              f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-             f"bf16, torch backend. One run per speed, in order quality, balanced, fast, after a 2-step warm-up.", ""]
+             f"bf16, torch backend. The three speeds run in lockstep after a 2-step warm-up, each on its own copy of the "
+             "model, one step of each in turn (the order rotating), so load changes fall on all three alike; "
+             "loop s is the sum of a run's step times.", ""]
     for part in report["parts"]:
         load = ", ".join(f"{x:.1f}" for x in part["loadavg_start"]) + " → " + f"{part['loadavg_end'][0]:.1f}"
         lines += [f"## {part['name']}", "", f"{part['size']}², {part['steps']} steps. Load average (1/5/15 min) at start: {load} "
