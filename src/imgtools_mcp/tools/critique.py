@@ -6,7 +6,8 @@ from typing import Any, Literal
 
 from mcp.server.mcpserver import Context, MCPServer
 from mcp_types import CallToolResult, TextContent, ToolAnnotations
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
 
 from ..app import AppContext
 from ..params import IMAGE_REFERENCE
@@ -27,6 +28,13 @@ class CritiqueRequest(BaseModel):
         None,
         description="Parameters it was made with; null: an output's own",
     )
+
+    @field_validator("goal")
+    @classmethod
+    def _goal_says_something(cls, goal: str) -> str:
+        if not goal.strip():
+            raise PydanticCustomError("blank", "must describe what the image should show, not only spaces")
+        return goal
 
 
 class CritiqueResultOut(BaseModel):

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
 
 from ...params import GenerationParams, ImageInfo
 from ...vlm import Critique, ProblemRegion, VLMUsage
@@ -38,6 +39,13 @@ class RefineRequest(GenerationParams):
         "auto: repair when local (<=40% of the image, score>=5)",
     )
     background: bool = Field(False, description="Return a job id at once; poll get_job")
+
+    @field_validator("goal")
+    @classmethod
+    def _goal_says_something(cls, goal: str) -> str:
+        if not goal.strip():
+            raise PydanticCustomError("blank", "must describe what the image should show, not only spaces")
+        return goal
 
 
 class RefineCandidate(ImageInfo):
