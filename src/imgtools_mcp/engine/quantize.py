@@ -58,8 +58,9 @@ METHODS: dict[str, QuantMethod] = {
         QuantMethod("sdnq_int8", "SDNQ int8", "int8", 1.0 + 1 / 64, "sdnq", frozenset({"cpu", "cuda", "rocm", "xpu"})),
         # int8 weights with a per-channel scale; the matmul dequantizes, so it runs wherever torch does.
         QuantMethod("torchao_int8", "torchao int8 weight-only", "int8", 1.0 + 1 / 64, "torchao", frozenset({"cpu", "cuda"})),
-        # The OpenVINO UNet's IR written with int8 weights (a scale and zero point per output channel); compute stays
-        # bf16, so it halves the weights' memory rather than the time (benchmarks/int8_cpu.py).
+        # The OpenVINO UNet's IR written with int8 weights (a scale and zero point per output channel): half the
+        # memory, but the CPU dequantizes every weight each step: SD 1.5 at 512² ran 7.3 s/step vs 1.8 s in bf16
+        # (benchmarks/int8_cpu.py), so it comes after the torch methods and is the int8 rung only without them.
         QuantMethod("nncf_int8", "NNCF int8 weight compression", "int8", 1.0 + 1 / 64, "nncf", frozenset({"cpu"}),
                     backend="openvino"),
         # 4-bit: NormalFloat4 in 64-weight blocks with an fp32 absmax each (bitsandbytes' layout).
@@ -99,11 +100,11 @@ def method_unavailable(method: QuantMethod, facts: DeviceFacts, *, installed: It
 
 
 def choose_method(level: str, facts: DeviceFacts, *, installed: Iterable[str], backend: str = "torch") -> Choice[str | None]:
-    """The first method of `level` that runs here (METHODS is ordered fastest first; the model's own backend's
-    methods before torch's, which would move the model to torch), or None with why not."""
+    """The first method of `level` that runs here (METHODS is ordered fastest first; a torch method on a model of
+    another backend moves that model to torch), or None with why not."""
     installed = frozenset(installed)
     skipped = []
-    for method in sorted(METHODS.values(), key=lambda m: m.backend != backend):  # stable: keeps METHODS' order
+    for method in METHODS.values():
         if method.level != level:
             continue
         why = method_unavailable(method, facts, installed=installed, backend=backend)

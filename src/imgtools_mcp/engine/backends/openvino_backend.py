@@ -14,9 +14,11 @@ How it works, and why:
   when OpenVINO's CACHE_DIR has it, which costs about the weights' size on disk per shape. The VAE decoder
   stays dynamic (its tiles come in several shapes, and static was no faster there).
 - It is compiled with bf16 inference precision where the CPU runs bf16 natively (AMX / AVX512-BF16).
-- IMGTOOLS_QUANTIZE=nncf_int8 (or int8, or auto where RAM is short) writes the UNet's IR with int8 weights
-  (`nncf.compress_weights`, INT8_ASYM): half the bf16 IR on disk and compiled in memory. The precision is part
-  of the IR's key, so bf16 and int8 IRs of one model sit side by side in the cache. Compute stays bf16.
+- IMGTOOLS_QUANTIZE=nncf_int8 (or int8 / auto where RAM is short and no torch int8 method is installed) writes
+  the UNet's IR with int8 weights (`nncf.compress_weights`, INT8_ASYM): half the bf16 IR on disk and compiled in
+  memory. The weights are part of the IR's key, so bf16 and int8 IRs of one model sit side by side in the cache.
+  It saves memory, not time: the CPU dequantizes the weights every step (SD 1.5 at 512²: 7.3 vs 1.8 s/step in
+  bf16, benchmarks/int8_cpu.py); int8 activations too (nncf.quantize) measured 1.3 s/step there, not wired yet.
 - Text encoders, the VAE encoder and the scheduler stay in torch: they are a small share of the time.
 - What a traced graph cannot do runs on torch for that request, with the reason in the result: sizes whose
   latents the UNet cannot halve evenly at every level (traced graphs bake the up-sampling sizes), active LoRA
@@ -532,7 +534,7 @@ def compress_weights(ov_model: Any, method: str) -> Any:
     """`ov_model` with int8 weights (nncf weight compression: one scale and zero point per output channel).
 
     Weight-only: activations stay in the inference precision and each layer dequantizes its weights as it runs,
-    so it halves the bf16 weights in memory and on disk; compute stays bf16 (benchmarks/int8_cpu.py).
+    so it halves the bf16 weights in memory and on disk, and runs slower than bf16 (benchmarks/int8_cpu.py).
     """
     import nncf
 
