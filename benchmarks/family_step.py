@@ -89,13 +89,6 @@ FAMILIES: dict[str, dict] = {
         blocks={"num_layers": 5, "num_single_layers": 20}, size=1024, text_tokens=512, text_dim=7680, batch=1,
         kind="flux2", registry=("flux2-klein", "distilled"),
         note="klein 4B as released: step-distilled, one pass per step"),
-    "flux2-klein-base": dict(
-        cls="Flux2Transformer2DModel",
-        config=dict(patch_size=1, in_channels=128, num_layers=5, num_single_layers=20, attention_head_dim=128,
-                    num_attention_heads=24, joint_attention_dim=7680, timestep_guidance_channels=256, mlp_ratio=3.0,
-                    axes_dims_rope=(32, 32, 32, 32), rope_theta=2000, guidance_embeds=False),
-        blocks={"num_layers": 5, "num_single_layers": 20}, size=1024, text_tokens=512, text_dim=7680, batch=2,
-        kind="flux2", registry=("flux2-klein", None), note="klein base 4B: real CFG, two passes per step"),
     # Qwen-Image: 60 MMDiT blocks at 3072 wide; Qwen2.5-VL-7B's last hidden layer (3584) for the prompt's own tokens.
     "qwen-image": dict(
         cls="QwenImageTransformer2DModel",
@@ -111,14 +104,12 @@ FAMILIES: dict[str, dict] = {
                     rope_theta=256.0, t_scale=1000.0, axes_dims=[32, 48, 48], axes_lens=[1024, 512, 512]),
         blocks={"n_layers": 30}, size=1024, text_tokens=128, text_dim=2560, batch=2, kind="zimage",
         registry=("z-image", None), note="Z-Image base: CFG, two passes per step"),
-    "z-image-turbo": dict(
-        cls="ZImageTransformer2DModel",
-        config=dict(all_patch_size=(2,), all_f_patch_size=(1,), in_channels=16, dim=3840, n_layers=30,
-                    n_refiner_layers=2, n_heads=30, n_kv_heads=30, norm_eps=1e-5, qk_norm=True, cap_feat_dim=2560,
-                    rope_theta=256.0, t_scale=1000.0, axes_dims=[32, 48, 48], axes_lens=[1024, 512, 512]),
-        blocks={"n_layers": 30}, size=1024, text_tokens=128, text_dim=2560, batch=1, kind="zimage",
-        registry=("z-image", "turbo"), note="Z-Image-Turbo: distilled, no CFG"),
 }
+# Variants with their base's architecture: only the passes per step and the registry entry differ.
+FAMILIES["flux2-klein-base"] = {**FAMILIES["flux2-klein"], "batch": 2, "registry": ("flux2-klein", None),
+                                "note": "klein base 4B: real CFG, two passes per step"}
+FAMILIES["z-image-turbo"] = {**FAMILIES["z-image"], "batch": 1, "registry": ("z-image", "turbo"),
+                             "note": "Z-Image-Turbo: distilled, no CFG"}
 
 
 def build(name: str, scale: dict[str, int], dtype: torch.dtype, device: str):
