@@ -34,6 +34,7 @@ import torch
 from PIL import Image
 
 from common import RESULTS, SD15_UNET, log, save_results
+from unet_step import interleaved
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -157,17 +158,8 @@ def time_controlnet_real(device: str, rounds: int, tiny: bool) -> dict:
 
     variants = {"UNet alone": none, "UNet + 1 ControlNet": one, "UNet + 2 ControlNets (MultiControlNet)": two}
     load_start = os.getloadavg()
-    times: dict[str, list[float]] = {name: [] for name in variants}
     with torch.inference_mode():
-        for name, call in variants.items():
-            log(f"warm-up {name}")
-            call()
-        for r in range(rounds):
-            for name, call in variants.items():
-                started = time.perf_counter()
-                call()
-                times[name].append(time.perf_counter() - started)
-                log(f"round {r + 1}/{rounds} {name}: {times[name][-1]:.3f} s")
+        times = interleaved(variants, rounds)
     load_end = os.getloadavg()
     base = statistics.median(times["UNet alone"])
     rows = [{"variant": name, "s_per_step": round(statistics.median(t), 3), "min_s": round(min(t), 3),
