@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
 from .images.masks import MaskShape
@@ -23,6 +23,17 @@ class LoraRequest(BaseModel):
 
 
 IMAGE_REFERENCE = "output id or imgtools:// URI, path under the input roots, data: URL/base64 or http(s) URL"
+
+
+def _says_something(goal: str) -> str:
+    if not goal.strip():
+        raise PydanticCustomError("blank", "must describe what the image should show, not only spaces")
+    return goal
+
+
+# What an image should show, as refine and critique take it: a VLM cannot judge against a blank goal.
+Goal = Annotated[str, Field(min_length=1, max_length=4000, description="What the image should show"),
+                 AfterValidator(_says_something)]
 
 
 class ReferenceImage(BaseModel):

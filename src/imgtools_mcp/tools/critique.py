@@ -6,11 +6,10 @@ from typing import Any, Literal
 
 from mcp.server.mcpserver import Context, MCPServer
 from mcp_types import CallToolResult, TextContent, ToolAnnotations
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-from pydantic_core import PydanticCustomError
+from pydantic import BaseModel, ConfigDict, Field
 
 from ..app import AppContext
-from ..params import IMAGE_REFERENCE
+from ..params import IMAGE_REFERENCE, Goal
 from ..vlm import Critique, VLMUsage
 from .present import app_of, bind_tool
 from .vision import VLM_ANNOTATIONS, InputImage, input_image
@@ -23,18 +22,11 @@ class CritiqueRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     image: str = Field(min_length=1, description=f"Image: {IMAGE_REFERENCE}")
-    goal: str = Field(min_length=1, max_length=4000, description="What the image should show")
+    goal: Goal
     parameters: dict[str, Any] | None = Field(
         None,
         description="Parameters it was made with; null: an output's own",
     )
-
-    @field_validator("goal")
-    @classmethod
-    def _goal_says_something(cls, goal: str) -> str:
-        if not goal.strip():
-            raise PydanticCustomError("blank", "must describe what the image should show, not only spaces")
-        return goal
 
 
 class CritiqueResultOut(BaseModel):

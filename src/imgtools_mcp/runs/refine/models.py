@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-from pydantic_core import PydanticCustomError
+from pydantic import BaseModel, ConfigDict, Field
 
-from ...params import GenerationParams, ImageInfo
+from ...params import GenerationParams, Goal, ImageInfo
 from ...vlm import Critique, ProblemRegion, VLMUsage
 
 Strategy = Literal["auto", "regenerate", "repair"]
@@ -19,9 +18,7 @@ class RefineRequest(GenerationParams):
 
     model_config = ConfigDict(extra="forbid")
 
-    goal: str = Field(
-        min_length=1, max_length=4000, description="What the image should show"
-    )
+    goal: Goal
     prompt: str | None = Field(  # type: ignore[assignment]
         None, min_length=1, max_length=4000, description="First round's prompt; null: the goal"
     )
@@ -39,13 +36,6 @@ class RefineRequest(GenerationParams):
         "auto: repair when local (<=40% of the image, score>=5)",
     )
     background: bool = Field(False, description="Return a job id at once; poll get_job")
-
-    @field_validator("goal")
-    @classmethod
-    def _goal_says_something(cls, goal: str) -> str:
-        if not goal.strip():
-            raise PydanticCustomError("blank", "must describe what the image should show, not only spaces")
-        return goal
 
 
 class RefineCandidate(ImageInfo):
