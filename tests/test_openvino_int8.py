@@ -35,6 +35,7 @@ needs_nncf = pytest.mark.skipif(why_not is not None, reason=f"OpenVINO int8: {wh
 
 
 def settings_for(model: Path, tmp_path: Path, cache: Path, **extra) -> Settings:
+    extra.setdefault("quantize", "none")  # bf16 reference runs: no int8-activation calibration (test_openvino_w8a8.py)
     return Settings(model=str(model), output_dir=tmp_path / "out", device="cpu", hf_offline=True, backend="openvino",
                     cache_dir=cache, **extra)  # fmt: skip
 

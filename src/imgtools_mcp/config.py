@@ -109,7 +109,8 @@ class Settings(BaseSettings):
         "auto", description="Memory plan; auto picks from the model's footprint and free memory."
     )
     quantize: Literal[
-        "auto", "none", "int8", "4bit", "torchao_int8", "torchao_fp8", "sdnq_int8", "nncf_int8", "bnb_nf4", "sdnq_int4"
+        "auto", "none", "int8", "4bit", "torchao_int8", "torchao_fp8", "sdnq_int8", "nncf_int8", "nncf_w8a8", "bnb_nf4",
+        "sdnq_int4",
     ] = Field(
         "auto",
         description="Quantized weights: auto quantizes only when that keeps a model resident that would otherwise "

@@ -375,6 +375,8 @@ class Engine:
         engine.backend, engine.backend_reason = backend_run.backend, backend_run.reason
         engine.backend_components, engine.backend_notes = dict(backend_run.components), list(backend_run.notes)
         engine.step_cache = cached.as_dict() if cached is not None else None
+        if backend_run.quantization is not None:
+            engine.quantization = dict(backend_run.quantization)
         return RunOutput(
             images=images,
             seeds=list(job.seeds),
@@ -555,8 +557,8 @@ class Engine:
                     adapter_bytes=adapters["adapter_bytes"],
                     loras_loaded=adapters["loras_loaded"],
                     loras_active=adapters["loras_active"],
-                    quantization=(report.as_dict() if (report := self._quantized.get(model.source.key, (None, None))[1])
-                                  else None),
+                    quantization=self.backends.quantization_info(model) or (
+                        report.as_dict() if (report := self._quantized.get(model.source.key, (None, None))[1]) else None),
                 )
             )
         choices = self.describe_choices()

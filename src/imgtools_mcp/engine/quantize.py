@@ -44,6 +44,8 @@ class QuantMethod:
     min_compute_capability: tuple[int, int] | None = None  # CUDA only
     backend: str = "torch"  # the backend whose weights it rewrites
     wired: bool = True  # False: declared (doctor shows it) but not applied by this build yet
+    # False: not a rung of the memory ladder (int8/4bit never pick it); asked for by name, or chosen by its backend.
+    ladder: bool = True
 
 
 METHODS: dict[str, QuantMethod] = {
@@ -63,6 +65,11 @@ METHODS: dict[str, QuantMethod] = {
         # (benchmarks/int8_cpu.py), so it comes after the torch methods and is the int8 rung only without them.
         QuantMethod("nncf_int8", "NNCF int8 weight compression", "int8", 1.0 + 1 / 64, "nncf", frozenset({"cpu"}),
                     backend="openvino"),
+        # int8 weights and activations for the OpenVINO UNet, calibrated on a model's first requests in the
+        # background (engine/backends/openvino_int8.py): faster than bf16 where the CPU has VNNI/AMX. A speed
+        # method, not a memory rung: the OpenVINO backend takes it under auto where its measured drift is small.
+        QuantMethod("nncf_w8a8", "NNCF int8 weights and activations", "int8", 1.0 + 1 / 64, "nncf", frozenset({"cpu"}),
+                    backend="openvino", ladder=False),
         # 4-bit: NormalFloat4 in 64-weight blocks with an fp32 absmax each (bitsandbytes' layout).
         QuantMethod("bnb_nf4", "bitsandbytes nf4", "4bit", 0.5 + 4 / 64, "bitsandbytes", frozenset({"cuda"}), wired=False),
         # SDNQ 4-bit: unsigned 4-bit weights in 64-weight groups with an fp32 scale and zero point each (uint4, SDNQ's
@@ -105,7 +112,7 @@ def choose_method(level: str, facts: DeviceFacts, *, installed: Iterable[str], b
     installed = frozenset(installed)
     skipped = []
     for method in METHODS.values():
-        if method.level != level:
+        if method.level != level or not method.ladder:
             continue
         why = method_unavailable(method, facts, installed=installed, backend=backend)
         if why is None:
@@ -360,6 +367,11 @@ def machine_report(facts: DeviceFacts, setting: str, *, installed: Iterable[str]
     for level in LEVELS:
         chosen = choose_method(level, facts, installed=installed, backend=backend)
         report["levels"][level] = {"method": chosen.value, "reason": chosen.reason}
+    if backend == "openvino":
+        from .backends.openvino_int8 import choose as choose_int8_activations
+
+        int8 = choose_int8_activations(setting, facts, installed)
+        report["int8_activations"] = {"enabled": int8.value, "reason": int8.reason}
     report["methods"] = {
         m.id: {"available": (why := method_unavailable(m, facts, installed=installed, backend=backend)) is None,
                **({"reason": why} if why else {})}

@@ -149,6 +149,10 @@ class Backends:
     def state_bytes(self, model: "LoadedModel") -> int:
         return self.get(model.backend).state_bytes(model)
 
+    def quantization_info(self, model: "LoadedModel") -> dict[str, Any] | None:
+        """The backend's own quantization of this model as it stands now (OpenVINO int8 activations), or None."""
+        return self.get(model.backend).quantization_info(model)
+
 
 def _event_text(event: dict[str, Any]) -> str:
     if event["event"] == "converted":

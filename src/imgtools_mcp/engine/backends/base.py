@@ -56,6 +56,9 @@ class BackendRun:
     components: dict[str, str] = field(default_factory=dict)  # unet / vae_decoder -> backend id
     notes: list[str] = field(default_factory=list)  # conversions, cache hits, mid-run fallbacks
     prepare_seconds: float = 0.0  # converting/compiling before the run (first use of a model)
+    # What the backend's own quantization did in this request (OpenVINO int8 activations), replacing the model's
+    # load-time report in the result; None: that report stands.
+    quantization: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         info: dict[str, Any] = {"backend": self.backend, "backend_reason": self.reason}
@@ -106,6 +109,10 @@ class Backend(ABC):
     def state_bytes(self, model: "LoadedModel") -> int:
         """Memory this backend holds for `model` beyond the torch weights (compiled graphs), for the cache budget."""
         return 0
+
+    def quantization_info(self, model: "LoadedModel") -> dict[str, Any] | None:
+        """Quantization this backend applies to `model` as it stands now, for engine_status; None: none of its own."""
+        return None
 
     def describe(self) -> dict[str, Any]:
         return {"id": self.id}

@@ -46,7 +46,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 import torch
 
+from . import openvino_int8
 from .base import Backend, BackendRun, Capabilities, RequestShape
+from .openvino_int8 import Int8Activations
 
 if TYPE_CHECKING:
     from ..cache import LoadedModel
@@ -120,6 +122,11 @@ class CompiledPart:
             # The request reuses its output buffer on the next call; the caller keeps a copy.
             return np.array(request.get_output_tensor(0).data, copy=True)
 
+    def release(self) -> None:
+        """Drop the compiled shapes (another part serves this component now); the IR stays on disk."""
+        with self._lock:
+            self._compiled.clear()
+
     @property
     def bytes(self) -> int:
         return self.weights_bytes * max(1, len(self._compiled))
@@ -131,10 +138,13 @@ class OpenVINOState:
 
     parts: dict[str, CompiledPart] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)  # component -> why conversion/compilation failed
+    int8: Int8Activations | None = None  # the UNet's int8-activation IR (openvino_int8.py), where chosen
+    unet_part: CompiledPart | None = None  # what serves the UNet in this request: parts["unet"] or the int8 one
 
     @property
     def bytes(self) -> int:
-        return sum(part.bytes for part in self.parts.values())
+        int8 = self.int8.part.bytes if self.int8 is not None and self.int8.part is not None else 0
+        return sum(part.bytes for part in self.parts.values()) + int8
 
 
 class _UNetForTrace(torch.nn.Module):
@@ -189,12 +199,13 @@ class OpenVINOUNet(torch.nn.Module):
     weights are not this module's.
     """
 
-    def __init__(self, original: torch.nn.Module, part: CompiledPart, run: BackendRun, sdxl: bool) -> None:
+    def __init__(self, original: torch.nn.Module, part: CompiledPart, run: BackendRun, sdxl: bool, keep: Any = None) -> None:
         super().__init__()
         object.__setattr__(self, "_original", original)
         object.__setattr__(self, "_part", part)
         object.__setattr__(self, "_run", run)
         object.__setattr__(self, "_sdxl", sdxl)
+        object.__setattr__(self, "_keep", keep)  # callable(feeds): keeps the inputs for int8 calibration
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -237,6 +248,8 @@ class OpenVINOUNet(torch.nn.Module):
             assert added_cond_kwargs is not None
             feeds["text_embeds"] = _to_numpy(added_cond_kwargs["text_embeds"])
             feeds["time_ids"] = _to_numpy(added_cond_kwargs["time_ids"])
+        if self._keep is not None:
+            self._keep(feeds)
         out = torch.from_numpy(self._part(feeds)).to(device=sample.device, dtype=sample.dtype)
         if not return_dict:
             return (out,)
@@ -350,6 +363,9 @@ class OpenVINOBackend(Backend):
         # bf16 only where the CPU has native bf16: elsewhere OpenVINO would emulate it, slower than fp32.
         self.precision = "bf16" if facts.supports_bf16 else "f32"
         self._core: Any = None
+        from ..quantize import installed_packages
+
+        self.int8_activations = openvino_int8.choose(settings.quantize, facts, installed_packages())
 
     # ----- per request -----
 
@@ -385,8 +401,13 @@ class OpenVINOBackend(Backend):
                         done = todo.index(component)
                         progress(f"OpenVINO: preparing the {component} of {model.source.name}", float(done), float(len(todo)))
                     state.parts[component] = self._load_part(model, component, progress)
+                part = state.parts[component]
+                if component == "unet":
+                    part = state.unet_part = self._unet_part(model, state)
                 # Compile now for the shapes this request will use, so the first step does not pay for it.
-                state.parts[component].compile_for(expected_shapes(pipe, component, shape))
+                part.compile_for(expected_shapes(pipe, component, shape))
+                if part is not state.parts[component]:
+                    state.parts[component].release()  # one UNet in memory: the int8 one replaced bf16
             except Exception as exc:  # conversion can fail on any op the frontend lacks; torch still runs it
                 log.warning("OpenVINO %s for %s failed; it runs on torch", component, model.source.spec, exc_info=exc)
                 detail = (str(exc).strip().splitlines() or [""])[0][:200]
@@ -400,10 +421,15 @@ class OpenVINOBackend(Backend):
         state = self.state(model)
         original_unet = pipe.unet
         original_decoder = pipe.vae.decoder
+        int8 = state.int8
+        calibrating = "unet" in served and int8 is not None and int8.state == "calibrating"
         try:
             if "unet" in served:
                 sdxl = model.family.family.value == "sdxl"
-                pipe.unet = OpenVINOUNet(original_unet, state.parts["unet"], run, sdxl)
+                part = state.unet_part or state.parts["unet"]
+                pipe.unet = OpenVINOUNet(original_unet, part, run, sdxl, keep=int8.keep if calibrating else None)
+                if int8 is not None:
+                    run.quantization = int8.as_dict() if part is int8.part or int8.state != "ready" else None
             if "vae_decoder" in served:
                 pipe.vae.decoder = OpenVINODecoder(original_decoder, state.parts["vae_decoder"], run)
             if "unet" not in served and ir_weights(model, "unet") is not None:
@@ -415,6 +441,52 @@ class OpenVINOBackend(Backend):
                 pipe.unet = original_unet
             if pipe.vae.decoder is not original_decoder:
                 pipe.vae.decoder = original_decoder
+        if calibrating:  # the request completed: its inputs are real calibration data
+            assert int8 is not None
+            self._calibrate_after(model, int8, original_unet, run)
+
+    def _unet_part(self, model: "LoadedModel", state: OpenVINOState) -> CompiledPart:
+        """The int8-activation UNet where it is chosen and ready, else the IR as converted."""
+        if not self.int8_activations.value or ir_weights(model, "unet") is not None:
+            return state.parts["unet"]
+        int8 = state.int8
+        if int8 is None:
+            folder = self.root / f"{ir_key(model, 'unet')}-w8a8"
+            int8 = state.int8 = Int8Activations(explicit=self.int8_activations.reason.startswith("IMGTOOLS_QUANTIZE"),
+                                                folder=folder, bytes_before=state.parts["unet"].weights_bytes)  # fmt: skip
+            if (folder / "model.xml").is_file():  # calibrated before, by this or an earlier server
+                int8.finished()
+                int8.reason += " (calibrated earlier, read from disk)"
+        with int8.lock:
+            if int8.state != "ready":
+                return state.parts["unet"]
+            if int8.part is None:
+                bf16 = state.parts["unet"]
+                int8.part = CompiledPart("unet", self.core(), int8.folder / "model.xml", self.precision, True,
+                                         int8.bytes_after, bf16.on_compiled)  # fmt: skip
+            return int8.part
+
+    def _calibrate_after(self, model: "LoadedModel", int8: Int8Activations, unet: Any, run: BackendRun) -> None:
+        with int8.lock:
+            if int8.state != "calibrating":
+                return
+            if len(int8.captured) < openvino_int8.MIN_CAPTURED:
+                int8.reason = (f"calibrating: {len(int8.captured)} of the {openvino_int8.MIN_CAPTURED} UNet inputs "
+                               "int8 calibration needs are kept; later requests add theirs")  # fmt: skip
+            else:
+                from ..device import probe
+
+                try:
+                    free = probe("cpu").free_memory_bytes
+                    openvino_int8.start(int8, unet, sdxl=model.family.family.value == "sdxl", bf16_ir=self.ir_dir(model, "unet"),
+                                        precision=self.precision, free_memory=free)  # fmt: skip
+                except Exception as exc:  # saving the UNet can fail (disk full); bf16 keeps serving
+                    int8.fail(f"{type(exc).__name__}: {exc}")
+            run.quantization = int8.as_dict()
+
+    def quantization_info(self, model: "LoadedModel") -> dict[str, Any] | None:
+        state = model.backend_state.get(self.id)
+        return state.int8.as_dict() if state is not None and state.int8 is not None else None
 
     def state(self, model: "LoadedModel") -> OpenVINOState:
         states = model.backend_state
@@ -427,7 +499,8 @@ class OpenVINOBackend(Backend):
         return state.bytes if state is not None else 0
 
     def describe(self) -> dict[str, Any]:
-        return {"id": self.id, "cache_dir": str(self.root), "inference_precision": self.precision}
+        return {"id": self.id, "cache_dir": str(self.root), "inference_precision": self.precision,
+                "int8_activations": self.int8_activations.value, "int8_activations_reason": self.int8_activations.reason}  # fmt: skip
 
     # ----- conversion and the disk cache -----
 
@@ -555,19 +628,24 @@ def convert_to_ir(
 ) -> float:
     """Trace and convert `module` (its weights compressed by `weights`, an IR_WEIGHT_METHODS id), write
     `folder/model.xml` (+ .bin) atomically; returns the seconds it took."""
+    started = time.perf_counter()
+    ov_model = convert_module(module, example, inputs)
+    if weights is not None:
+        ov_model = compress_weights(ov_model, weights)
+    return save_ir(ov_model, folder, started, meta={**(meta or {}), **({"weights": weights} if weights else {})})
+
+
+def convert_module(module: torch.nn.Module, example: dict[str, torch.Tensor], inputs: list) -> Any:
+    """`module` traced on `example` and converted to an OpenVINO model with `inputs`' names and dynamic shapes."""
     import openvino as ov
     from openvino.frontend.pytorch.ts_decoder import TorchScriptPythonDecoder
 
-    started = time.perf_counter()
     with torch.inference_mode(False), torch.no_grad():
         # check_trace would run the module twice more only to compare the outputs.
         decoder = TorchScriptPythonDecoder(module, example_input=example, trace_kwargs={"check_trace": False})
         ov_model = ov.convert_model(decoder, input=inputs)
     ov_model.outputs[0].get_tensor().set_names({"out"})
-    del decoder
-    if weights is not None:
-        ov_model = compress_weights(ov_model, weights)
-    return save_ir(ov_model, folder, started, meta={**(meta or {}), **({"weights": weights} if weights else {})})
+    return ov_model
 
 
 def compress_ir(source: Path, folder: Path, method: str) -> float:

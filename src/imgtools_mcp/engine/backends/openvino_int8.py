@@ -1,0 +1,264 @@
+"""int8 activations for the OpenVINO UNet (`nncf_w8a8`): calibrated on a real request, used where its drift is small.
+
+Why and how:
+- On a CPU whose bf16 UNet step already runs near the bf16 matmul roofline, the next factor is int8: VNNI and
+  AMX-INT8 take int8 dot products at twice the bf16 rate, but only when activations are int8 too. int8 weights
+  alone (`nncf_int8`) are dequantized every step and run slower than bf16 (benchmarks/int8_cpu.py).
+- int8 activations need calibration: `nncf.quantize` measures each layer's input range on real inputs. They come
+  from the model's own first requests: the bf16 IR serves them and their UNet inputs (every step, as the
+  scheduler and the prompts made them) are kept, at most MAX_KEPT, spread over the steps.
+- Then, in a child process at low CPU priority (nncf holds every layer's activations: GBs for SD 1.5 at 512²,
+  given back when the child exits), while the server keeps serving with bf16: the UNet as the server holds it
+  (saved once to a work folder) is loaded in fp32 (nncf calibrates float32 graphs; it cannot quantize the bf16
+  IR), converted, quantized on all but one of the kept inputs, and its drift measured on the one held out: the
+  PSNR of the int8 UNet's noise prediction against the bf16 IR's. The int8 IR is written beside the bf16 one,
+  keyed from it (model files, dtype, software versions), with the drift in its meta.json.
+- Later requests use it when the drift is at least MIN_PSNR_DB (`IMGTOOLS_QUANTIZE=auto`), or always when
+  `nncf_w8a8` is asked for by name (the drift is still reported); otherwise bf16 stays, with the measured drift
+  as the reason. A restart reads the IR and its drift from disk, so a model is calibrated once.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..choice import Choice
+
+if TYPE_CHECKING:
+    from ..device import DeviceFacts
+
+log = logging.getLogger(__name__)
+
+METHOD = "nncf_w8a8"
+# CPU instructions that take int8 dot products faster than bf16 ones; without them int8 activations only add work.
+INT8_DOT_FLAGS = frozenset({"amx_int8", "avx512_vnni", "avx_vnni"})
+# The noise prediction of one step against bf16's. Each step's error feeds the next, so what one step may lose is
+# kept small: on the real-size SD 1.5 UNet (random weights, 512²) one int8 step measured 36 dB, and 10 steps from
+# the same seed ended 39 dB from bf16 in pixels (benchmarks/int8_cpu.py); tiny test UNets measure 35-38 dB.
+MIN_PSNR_DB = 30.0
+# UNet inputs kept before calibrating: one held out for the drift, the rest calibrate (nncf's ranges come from them).
+# A 25-step request gives 25; a few-step model (sd-turbo) adds up over its first requests.
+MIN_CAPTURED = 8
+MAX_KEPT = 8  # inputs kept while calibrating, thinned evenly over the steps as a long request goes on
+CHILD_TIMEOUT_S = 3 * 3600
+# The child's peak memory per byte of the fp32 UNet: nncf.quantize peaked at 12.5 GB for SD 1.5 (3.4 GB in fp32) at
+# 512², so SDXL (10 GB) does not calibrate on a 24 GB machine under auto.
+CHILD_MEMORY_PER_FP32_BYTE = 4.0
+
+
+def choose(setting: str, facts: "DeviceFacts", installed: Iterable[str]) -> Choice[bool]:
+    """Whether OpenVINO UNets get int8 activations here, and why."""
+    name = setting.strip().lower().replace("-", "_")
+    if name == METHOD:
+        return Choice(True, f"IMGTOOLS_QUANTIZE={METHOD}")
+    if name != "auto":
+        return Choice(False, f"IMGTOOLS_QUANTIZE={name}")
+    if "nncf" not in set(installed):
+        return Choice(False, "int8 activations need the nncf package (the openvino extra)")
+    flags = sorted(facts.cpu_features & INT8_DOT_FLAGS)
+    if not flags:
+        return Choice(False, f"{facts.name} has no int8 dot-product instructions (VNNI, AMX): int8 would not be faster")
+    return Choice(
+        True,
+        f"{facts.name} has {', '.join(flags)} (int8 dot products at twice the bf16 rate): the OpenVINO UNet is "
+        f"calibrated on its first requests and switches to int8 activations where one step's drift is at least "
+        f"{MIN_PSNR_DB:g} dB PSNR",
+    )
+
+
+def decide(drift_db: float, *, explicit: bool) -> Choice[bool]:
+    """Whether a calibrated int8 UNet replaces bf16, from its measured drift."""
+    measured = f"one step measured {drift_db:.1f} dB PSNR against bf16"
+    if explicit:
+        return Choice(True, f"IMGTOOLS_QUANTIZE={METHOD}; {measured}")
+    if drift_db >= MIN_PSNR_DB:
+        return Choice(True, f"auto: {measured} (at least {MIN_PSNR_DB:g} dB)")
+    return Choice(False, f"auto: {measured}, below {MIN_PSNR_DB:g} dB; the UNet stays in bf16")
+
+
+def child_memory_bytes(unet_parameters: int) -> int:
+    return int(unet_parameters * 4 * CHILD_MEMORY_PER_FP32_BYTE)
+
+
+@dataclass
+class Int8Activations:
+    """One model's int8-activation UNet: calibrating -> quantizing -> ready | declined | failed."""
+
+    explicit: bool  # asked for by name: used whatever its drift
+    folder: Path  # where its IR is (or will be) written
+    state: str = "calibrating"
+    reason: str = "calibrating: the bf16 UNet's inputs of this request are kept for int8 calibration"
+    captured: list[dict[str, np.ndarray]] = field(default_factory=list)
+    drift_psnr_db: float | None = None
+    part: Any = None  # CompiledPart of the int8 IR once ready
+    bytes_before: int = 0  # the bf16 IR's weights
+    bytes_after: int = 0  # the int8 IR's weights
+    quantize_seconds: float | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def keep(self, feeds: dict[str, np.ndarray]) -> None:
+        """Keep one UNet call's inputs; past MAX_KEPT every other one is dropped, so they stay spread over the steps."""
+        self.captured.append({name: np.array(array, copy=True) for name, array in feeds.items()})
+        if len(self.captured) > MAX_KEPT:
+            self.captured = self.captured[::2]
+
+    def as_dict(self) -> dict[str, Any]:
+        """The result's and engine_status's `quantization` entry while this governs the model's UNet."""
+        ready = self.state == "ready"
+        info: dict[str, Any] = {
+            "method": METHOD if ready else "none",
+            "reason": self.reason,
+            "int8_activations": self.state,
+        }
+        if ready:
+            info.update(components=["unet"], bytes_before=self.bytes_before, bytes_after=self.bytes_after)
+        if self.drift_psnr_db is not None:
+            info["drift_psnr_db"] = round(self.drift_psnr_db, 2)
+        return info
+
+    def finished(self) -> None:
+        """Read the written IR's meta and decide whether it is used."""
+        meta = json.loads((self.folder / "meta.json").read_text())
+        self.drift_psnr_db = float(meta["drift_psnr_db"])
+        self.quantize_seconds = meta.get("convert_seconds")
+        self.bytes_after = sum(f.stat().st_size for f in self.folder.glob("*.bin"))
+        chosen = decide(self.drift_psnr_db, explicit=self.explicit)
+        self.state = "ready" if chosen.value else "declined"
+        self.reason = chosen.reason
+
+    def fail(self, why: str) -> None:
+        self.state, self.reason = "failed", f"int8 calibration failed ({why}); the UNet stays in bf16"
+        log.warning("OpenVINO int8 activations: %s", why)
+
+
+def split_captured(captured: list[dict[str, np.ndarray]]) -> tuple[list[dict], list[dict]]:
+    """(calibration inputs, held-out inputs): the middle step is held out, the rest spread over the steps calibrate."""
+    held = len(captured) // 2
+    return [c for i, c in enumerate(captured) if i != held], [captured[held]]
+
+
+def start(int8: Int8Activations, unet: Any, *, sdxl: bool, bf16_ir: Path, precision: str, free_memory: int) -> None:
+    """After a request that kept enough inputs: save the UNet and start the child that quantizes it (in a thread)."""
+    parameters = sum(p.numel() for p in unet.parameters())
+    need = child_memory_bytes(parameters)
+    if not int8.explicit and need > free_memory:
+        int8.state = "declined"
+        int8.reason = (f"auto: int8 calibration needs ~{need / 2**30:.1f} GiB free (nncf holds every layer's "
+                       f"activations), {free_memory / 2**30:.1f} GiB are; the UNet stays in bf16")  # fmt: skip
+        return
+    if getattr(unet, "peft_config", None):
+        int8.state = "declined"
+        int8.reason = "LoRA adapters are loaded into the UNet, so its weights are not the model's own; the UNet stays in bf16"
+        return
+    work = int8.folder.with_name(f"{int8.folder.name}.work-{os.getpid()}")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    started = time.perf_counter()
+    unet.save_pretrained(work / "unet", safe_serialization=True)
+    calibration, held_out = split_captured(int8.captured)
+    np.savez(work / "inputs.npz", **{f"{kind}/{i}/{name}": array
+                                     for kind, feeds in (("calibration", calibration), ("held_out", held_out))
+                                     for i, inputs in enumerate(feeds) for name, array in inputs.items()})  # fmt: skip
+    job = {"sdxl": sdxl, "bf16_ir": str(bf16_ir / "model.xml"), "out": str(int8.folder), "precision": precision}
+    (work / "job.json").write_text(json.dumps(job))
+    int8.captured = []
+    int8.state = "quantizing"
+    int8.reason = (f"quantizing: calibrating int8 activations on {len(calibration)} of this model's UNet inputs in a "
+                   "background process (minutes for SD 1.5 on 2 cores); requests run in bf16 until it is done")  # fmt: skip
+    log.info("OpenVINO int8: UNet saved for calibration in %.1f s; quantizing in the background", time.perf_counter() - started)
+    threading.Thread(target=_run_child, args=(int8, work), name="openvino-int8-calibration", daemon=True).start()
+
+
+def _run_child(int8: Int8Activations, work: Path) -> None:
+    command = [sys.executable, "-m", "imgtools_mcp.engine.backends.openvino_int8", str(work)]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S)
+        with int8.lock:
+            if done.returncode != 0:
+                lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
+                int8.fail(f"exit {done.returncode}: {lines[-1][:200] if lines else 'no message'}")
+            else:
+                int8.finished()
+                log.info("OpenVINO int8 activations: %s", int8.reason)
+    except Exception as exc:  # a killed or timed-out child leaves bf16 serving; the reason says what happened
+        with int8.lock:
+            int8.fail(f"{type(exc).__name__}: {exc}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+# ----- the child process -----
+
+
+def psnr_db(output: np.ndarray, reference: np.ndarray) -> float:
+    """PSNR in dB with the reference's own range as the peak (noise predictions are not in [0, 1])."""
+    output, reference = output.astype(np.float64), reference.astype(np.float64)
+    mse = float(((output - reference) ** 2).mean())
+    peak = float(reference.max() - reference.min())
+    return float("inf") if mse == 0 else float(10 * np.log10(peak**2 / mse))
+
+
+def quantize(ov_model: Any, calibration: list[dict[str, np.ndarray]]) -> Any:
+    """int8 weights and activations with nncf's transformer settings: softmax, layer/group norms and the attention's
+    score path stay in float, SmoothQuant evens the matmul inputs' ranges."""
+    import nncf
+
+    return nncf.quantize(ov_model, nncf.Dataset(calibration), subset_size=len(calibration),
+                         model_type=nncf.ModelType.TRANSFORMER)  # fmt: skip
+
+
+def child_main(work: Path) -> None:
+    """Quantize the saved UNet on the saved inputs, measure its drift against the bf16 IR, write the int8 IR."""
+    import openvino as ov
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from .openvino_backend import compile_options, convert_module, save_ir, traceable_unet
+
+    try:
+        os.nice(10)  # the server's requests come first
+    except OSError:
+        pass
+    job = json.loads((work / "job.json").read_text())
+    started = time.perf_counter()
+    stored = np.load(work / "inputs.npz")
+    feeds: dict[str, dict[int, dict[str, np.ndarray]]] = {"calibration": {}, "held_out": {}}
+    for key in stored.files:
+        kind, index, name = key.split("/")
+        feeds[kind].setdefault(int(index), {})[name] = stored[key]
+    calibration = [feeds["calibration"][i] for i in sorted(feeds["calibration"])]
+    held_out = [feeds["held_out"][i] for i in sorted(feeds["held_out"])]
+    unet = UNet2DConditionModel.from_pretrained(work / "unet", torch_dtype=torch.float32).eval()
+    ov_model = convert_module(*traceable_unet(unet, sdxl=job["sdxl"]))
+    del unet
+    gc.collect()
+    quantized = quantize(ov_model, calibration)
+    del ov_model
+    gc.collect()
+    core = ov.Core()
+    options = compile_options(job["precision"])
+    reference, candidate = core.compile_model(job["bf16_ir"], "CPU", options), core.compile_model(quantized, "CPU", options)
+    drift = min(psnr_db(np.asarray(candidate(f)[0]), np.asarray(reference(f)[0])) for f in held_out)
+    del reference, candidate
+    meta = {"activations": METHOD, "drift_psnr_db": round(drift, 3), "calibration_inputs": len(calibration),
+            "held_out_inputs": len(held_out), "from": job["bf16_ir"]}  # fmt: skip
+    save_ir(quantized, Path(job["out"]), started, meta=meta)
+    print(json.dumps(meta))
+
+
+if __name__ == "__main__":
+    child_main(Path(sys.argv[1]))
