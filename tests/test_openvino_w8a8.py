@@ -166,3 +166,16 @@ async def test_int8_activations_calibrate_in_the_background_then_run(tiny_sd15: 
         assert again["method"] == "nncf_w8a8" and np.array_equal(pixels(restarted), b)
     else:
         assert again["int8_activations"] == "declined" and np.array_equal(pixels(restarted), a)
+
+
+@needs_nncf
+def test_doctor_says_whether_openvino_unets_would_get_int8_activations(tiny_sd15: Path, tmp_path: Path) -> None:
+    from imgtools_mcp.doctor import collect
+    from imgtools_mcp.engine.quantize import installed_packages
+
+    for setting in ("auto", "none", "nncf_w8a8"):
+        report = collect(settings_for(tiny_sd15, tmp_path, tmp_path / "cache", setting))["quantization"]
+        expected = openvino_int8.choose(setting, probe("cpu"), installed_packages())
+        assert report["int8_activations"] == {"enabled": expected.value, "reason": expected.reason}, report
+        assert report["methods"]["nncf_w8a8"] == {"available": True}
+    assert "nncf_w8a8" not in {entry["method"] for entry in report["levels"].values()}  # not a memory rung

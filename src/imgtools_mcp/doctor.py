@@ -204,6 +204,9 @@ def doctor(settings: Settings, as_json: bool = False) -> int:
     print(f"quantize: {quant['setting']} — {quant['setting_reason']} (installed: {', '.join(quant['installed']) or 'none'})")
     for level, entry in quant["levels"].items():
         print(f"  - {level} rung: {entry['method'] or 'none'} — {entry['reason']}")
+    if "int8_activations" in quant:
+        int8 = quant["int8_activations"]
+        print(f"  - int8 activations (nncf_w8a8, OpenVINO UNets): {'on' if int8['enabled'] else 'off'} — {int8['reason']}")
     if "default_model_plan" in quant:
         plan = quant["default_model_plan"]
         print(f"  - {report['model']['spec']}: quantization {plan['quantization'] or 'none'} — {plan['quantization_reason']}; "
