@@ -7,8 +7,9 @@ Variants, timed side by side in one process (turn by turn, medians after one war
 - OpenVINO bf16, static shape: what the engine runs today;
 - OpenVINO int8 weights (`nncf.compress_weights`, INT8_ASYM): the engine's `nncf_int8`, made the same way
   (imgtools_mcp.engine.backends.openvino_backend.compress_ir);
-- OpenVINO int8 weights and activations (`nncf.quantize`, calibrated on UNet inputs captured from the first
-  denoising steps of the bf16 run), when --full (the default).
+- OpenVINO int8 weights and activations: the engine's `nncf_w8a8` (openvino_int8.quantize), calibrated on the
+  UNet inputs of the bf16 run kept the way the engine keeps a first request's (Int8Activations.keep, one held
+  out), when --full (the default).
 
 Drift: the same seed is denoised by each OpenVINO variant (DDIM, CFG 7.5) and the final latents, and their
 decodes through the OpenVINO VAE decoder, are compared with the bf16 run (PSNR). Random weights only bound the
@@ -99,6 +100,7 @@ def run(args: argparse.Namespace) -> dict:
         traceable_decoder,
         traceable_unet,
     )
+    from imgtools_mcp.engine.backends.openvino_int8 import Int8Activations, split_captured
     from imgtools_mcp.engine.device import probe
 
     facts = probe("cpu")
@@ -110,8 +112,9 @@ def run(args: argparse.Namespace) -> dict:
     workdir = Path(args.cache_dir)
     report: dict = {
         "size": size, "unet_batch": BATCH, "rounds": args.rounds, "steps": args.steps,
-        "drift_steps": args.drift_steps, "calibration": args.calibration, "tiny": args.tiny,
+        "drift_steps": args.drift_steps, "tiny": args.tiny,
         "machine": {"cpu": facts.name, "cores": facts.cpu_cores, "bf16_native": facts.supports_bf16,
+                    "cpu_flags": sorted(facts.cpu_features),
                     "python": platform.python_version(), "torch": torch.__version__, "diffusers": diffusers.__version__,
                     "openvino": ov.__version__, "nncf": nncf.__version__},
         "load_average_start": os.getloadavg(),
@@ -140,13 +143,16 @@ def run(args: argparse.Namespace) -> dict:
         times_s["convert_fp32"] = convert_to_ir(*traceable_unet(unet32, sdxl=False), ir32)
     del unet32  # rebuilt for the plain-diffusers rows: the quantization below needs the memory
     gc.collect()
-    bf16_name = f"openvino {precision} (engine today)"
+    bf16_name = f"openvino {precision} (quantize none)"
     bf16_call = compile_static(core.read_model(str(ir / "model.xml")))
 
-    log(f"{precision} denoising run, {args.drift_steps} steps (reference latents; its first steps' inputs calibrate the full int8)")
+    log(f"{precision} denoising run, {args.drift_steps} steps (reference latents; its inputs calibrate the full int8)")
     captured: list[dict] = []
     reference = denoise(lambda f: bf16_call(f)[0], start_latents, context, args.drift_steps, captured)
-    calibration = captured[: args.calibration]
+    kept = Int8Activations(explicit=True, folder=workdir / "unused")
+    for feeds in captured:
+        kept.keep(feeds)
+    calibration, (held_out,) = split_captured(kept.captured)
     del bf16_call
     gc.collect()
 
@@ -167,7 +173,7 @@ def run(args: argparse.Namespace) -> dict:
         times_s["quantize_full"] = time.perf_counter() - started
         if child.returncode == 0:
             sizes["int8_full_ir_bytes"] = (workdir / "unet-a8" / "model.bin").stat().st_size
-            irs["openvino int8 weights+activations (full)"] = workdir / "unet-a8"
+            irs["openvino int8 weights+activations (nncf_w8a8)"] = workdir / "unet-a8"
         else:
             report["full_int8_error"] = f"exit {child.returncode}: {child.stderr.strip().splitlines()[-1:] or ''}"
             log(f"full int8 failed: {report['full_int8_error']}")
@@ -193,11 +199,14 @@ def run(args: argparse.Namespace) -> dict:
     log("drift: the same seed through each int8 variant")
     drift: dict[str, dict] = {}
     finals = {}
+    bf16_step = np.array(compiled[bf16_name](held_out)[0])
     for name, model in compiled.items():
         if name == bf16_name:
             continue
         finals[name] = denoise(lambda f, m=model: m(f)[0], start_latents, context, args.drift_steps)
-        drift[name] = {"latent_psnr_db": psnr(finals[name], reference)}
+        # What the engine measures before it uses an int8 UNet: one step's noise prediction on the held-out input.
+        drift[name] = {"latent_psnr_db": psnr(finals[name], reference),
+                       "step_psnr_db": psnr(np.array(model(held_out)[0]), bf16_step)}  # fmt: skip
     report["load_average_after_unet"] = os.getloadavg()
 
     log("VAE decoder (torch fp32 = plain; OpenVINO bf16 = the engine) and text encoder")
@@ -244,15 +253,15 @@ def run(args: argparse.Namespace) -> dict:
 
 def quantize_child(workdir: Path) -> None:
     """int8 weights and activations for workdir/unet-fp32, calibrated on workdir/calibration.npz -> workdir/unet-a8."""
-    import nncf
     import openvino as ov
+
+    from imgtools_mcp.engine.backends.openvino_int8 import quantize
 
     stored = np.load(workdir / "calibration.npz")
     count = 1 + max(int(key.split("/")[0]) for key in stored.files)
     calibration = [{key.split("/")[1]: stored[key] for key in stored.files if key.startswith(f"{i}/")} for i in range(count)]
     model = ov.Core().read_model(str(workdir / "unet-fp32" / "model.xml"))
-    # TRANSFORMER keeps softmax/layer-norm-sensitive ops in float and applies SmoothQuant to the attention's matmuls.
-    full = nncf.quantize(model, nncf.Dataset(calibration), subset_size=count, model_type=nncf.ModelType.TRANSFORMER)
+    full = quantize(model, calibration)  # what the engine's calibration child runs
     ov.save_model(full, str(workdir / "unet-a8" / "model.xml"), compress_to_fp16=False)
 
 
@@ -260,7 +269,7 @@ def table(report: dict) -> str:
     results = report["results"]
     steps = report["steps"]
     unet = {k.split("/", 1)[1]: v for k, v in results.items() if k.startswith("unet/")}
-    bf16 = next(v["median_s"] for k, v in unet.items() if k.endswith("(engine today)"))
+    bf16 = next(v["median_s"] for k, v in unet.items() if k.endswith("(quantize none)"))
     plain = unet.get("plain diffusers: torch fp32", {}).get("median_s")
     m = report["machine"]
     load = report["load_average_start"], report["load_average_after_unet"], report["load_average_end"]
@@ -285,9 +294,11 @@ def table(report: dict) -> str:
               + "; preparation: " + ", ".join(f"{k} {v:.1f} s" for k, v in report["seconds"].items()) + ".", ""]
     lines += [f"Drift after {report['drift_steps']} DDIM steps (CFG 7.5) from the same seed, against the OpenVINO bf16 run "
               "(random weights: a bound on the arithmetic, not a trained model's image quality):", "",
-              "| variant | latent PSNR dB | pixel PSNR dB | pixel max abs diff (0-1) |", "|---|---:|---:|---:|"]
+              "| variant | one step PSNR dB (what the engine checks) | latent PSNR dB | pixel PSNR dB | pixel max abs diff (0-1) |",
+              "|---|---:|---:|---:|---:|"]
     for name, row in report["drift"].items():
-        lines.append(f"| {name} | {row['latent_psnr_db']:.1f} | {row['pixel_psnr_db']:.1f} | {row['pixel_max_abs']:.3f} |")
+        lines.append(f"| {name} | {row['step_psnr_db']:.1f} | {row['latent_psnr_db']:.1f} | {row['pixel_psnr_db']:.1f} | "
+                     f"{row['pixel_max_abs']:.3f} |")
 
     def part(prefix: str, name: str) -> float:
         return results[f"{prefix}/{name}"]["median_s"]
@@ -320,7 +331,6 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=25, help="denoising steps of the composed whole generate")
     parser.add_argument("--drift-steps", type=int, default=10, help="DDIM steps of the drift runs (same seed, each variant)")
     parser.add_argument("--quantize-child", help=argparse.SUPPRESS)  # internal: the full int8 quantization, in a child
-    parser.add_argument("--calibration", type=int, default=2, help="UNet inputs (the first denoising steps) calibrating --full")
     parser.add_argument("--full", action=argparse.BooleanOptionalAction, default=True,
                         help="also int8 activations (nncf.quantize)")
     parser.add_argument("--skip-plain", action="store_true", help="skip the torch fp32 UNet rows")

@@ -20,6 +20,7 @@ Why and how:
 
 from __future__ import annotations
 
+import atexit
 import gc
 import json
 import logging
@@ -183,21 +184,46 @@ def start(int8: Int8Activations, unet: Any, *, sdxl: bool, bf16_ir: Path, precis
     threading.Thread(target=_run_child, args=(int8, work), name="openvino-int8-calibration", daemon=True).start()
 
 
+# Calibration children still running, stopped when the server exits (a half-done calibration is redone next time).
+_children: dict[subprocess.Popen, Path] = {}
+_children_lock = threading.Lock()
+
+
+@atexit.register
+def stop_children() -> None:
+    with _children_lock:
+        running = list(_children.items())
+    for child, work in running:
+        child.kill()
+        child.wait()
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def _run_child(int8: Int8Activations, work: Path) -> None:
     command = [sys.executable, "-m", "imgtools_mcp.engine.backends.openvino_int8", str(work)]
+    child = None
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S)
+        child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        with _children_lock:
+            _children[child] = work
+        _, stderr = child.communicate(timeout=CHILD_TIMEOUT_S)
         with int8.lock:
-            if done.returncode != 0:
-                lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
-                int8.fail(f"exit {done.returncode}: {lines[-1][:200] if lines else 'no message'}")
+            if child.returncode != 0:
+                lines = [line for line in stderr.strip().splitlines() if line.strip()]
+                int8.fail(f"exit {child.returncode}: {lines[-1][:200] if lines else 'no message'}")
             else:
                 int8.finished()
                 log.info("OpenVINO int8 activations: %s", int8.reason)
     except Exception as exc:  # a killed or timed-out child leaves bf16 serving; the reason says what happened
+        if child is not None and child.poll() is None:
+            child.kill()
+            child.wait()
         with int8.lock:
             int8.fail(f"{type(exc).__name__}: {exc}")
     finally:
+        if child is not None:
+            with _children_lock:
+                _children.pop(child, None)
         shutil.rmtree(work, ignore_errors=True)
 
 
