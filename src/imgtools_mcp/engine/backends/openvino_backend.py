@@ -478,8 +478,9 @@ class OpenVINOBackend(Backend):
 
                 try:
                     free = probe("cpu").free_memory_bytes
+                    scheduler = {"class": type(model.base.scheduler).__name__, "config": dict(model.scheduler_config)}
                     openvino_int8.start(int8, unet, sdxl=model.family.family.value == "sdxl", bf16_ir=self.ir_dir(model, "unet"),
-                                        precision=self.precision, free_memory=free)  # fmt: skip
+                                        precision=self.precision, free_memory=free, scheduler=scheduler)  # fmt: skip
                 except Exception as exc:  # saving the UNet can fail (disk full); bf16 keeps serving
                     int8.fail(f"{type(exc).__name__}: {exc}")
             run.quantization = int8.as_dict()
