@@ -182,3 +182,13 @@ def test_doctor_says_whether_openvino_unets_would_get_int8_activations(tiny_sd15
         assert report["int8_activations"] == {"enabled": expected.value, "reason": expected.reason}, report
         assert report["methods"]["nncf_w8a8"] == {"available": True}
     assert "nncf_w8a8" not in {entry["method"] for entry in report["levels"].values()}  # not a memory rung
+
+
+def test_a_failed_calibration_says_why_and_leaves_bf16_serving(tmp_path: Path) -> None:
+    work = tmp_path / "unet-x-w8a8.work-1"
+    work.mkdir()  # no job in it: the child fails as a broken save would make it
+    int8 = openvino_int8.Int8Activations(explicit=True, folder=tmp_path / "unet-x-w8a8", state="quantizing")
+    openvino_int8._run_child(int8, work)
+    assert int8.state == "failed" and "FileNotFoundError" in int8.reason and "stays in bf16" in int8.reason, int8.reason
+    assert int8.as_dict()["method"] == "none"
+    assert not work.exists() and not int8.folder.exists()
