@@ -366,6 +366,7 @@ class OpenVINOBackend(Backend):
         from ..quantize import installed_packages
 
         self.int8_activations = openvino_int8.choose(settings.quantize, facts, installed_packages())
+        self.int8_explicit = settings.quantize.strip().lower().replace("-", "_") == openvino_int8.METHOD
 
     # ----- per request -----
 
@@ -452,8 +453,8 @@ class OpenVINOBackend(Backend):
         int8 = state.int8
         if int8 is None:
             folder = self.root / f"{ir_key(model, 'unet')}-w8a8"
-            int8 = state.int8 = Int8Activations(explicit=self.int8_activations.reason.startswith("IMGTOOLS_QUANTIZE"),
-                                                folder=folder, bytes_before=state.parts["unet"].weights_bytes)  # fmt: skip
+            int8 = state.int8 = Int8Activations(explicit=self.int8_explicit, folder=folder,
+                                                bytes_before=state.parts["unet"].weights_bytes)  # fmt: skip
             if (folder / "model.xml").is_file():  # calibrated before, by this or an earlier server
                 int8.finished()
                 int8.reason += " (calibrated earlier, read from disk)"

@@ -59,9 +59,11 @@ MIN_PSNR_DB = 35.0
 DRIFT_STEPS = 8
 DRIFT_GUIDANCE = 7.5
 # UNet inputs kept before calibrating: one held out for the drift, the rest calibrate (nncf's ranges come from them).
-# A 25-step request gives 25; a few-step model (sd-turbo) adds up over its first requests.
-MIN_CAPTURED = 8
-MAX_KEPT = 8  # inputs kept while calibrating, thinned evenly over the steps as a long request goes on
+# A 25-step request gives plenty; a few-step model (sd-turbo) adds up over its first requests.
+MIN_CAPTURED = 5
+# Inputs kept while calibrating: past this every other one is dropped, which keeps them spread over the steps and
+# never leaves fewer than MIN_CAPTURED once that many were kept (2 * MIN_CAPTURED - 1 + 1 halves to MIN_CAPTURED).
+MAX_KEPT = 2 * MIN_CAPTURED
 CHILD_TIMEOUT_S = 3 * 3600
 # The child's peak memory per byte of the fp32 UNet: nncf.quantize peaked at 12.5 GB for SD 1.5 (3.4 GB in fp32) at
 # 512², so SDXL (10 GB) does not calibrate on a 24 GB machine under auto.
