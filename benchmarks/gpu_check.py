@@ -9,6 +9,13 @@ Parts (real-size architectures with random weights, built from the configs in un
    fits, the planner's pick (choose_memory_plan on the device facts with that budget), and a run of the pick
    under torch.cuda.set_per_process_memory_fraction to show it really fits.
 
+3. a DiT (--dit, FLUX.1's 12B layout by default, from family_step.py): seconds per transformer step at 1024² for
+   plain diffusers bf16 eager; the engine's fast path (fused QKV, compiled whole with CUDA graphs); the same with
+   the engine's fp8 weights (torchao_fp8, weight-only) and with fp8 activations too (torchao's dynamic float8, a
+   candidate the engine does not use yet); and bf16 with block-level group offload, what a GPU too small for
+   the bf16 weights would otherwise run, against the fp8 weights resident. Each row's first call is timed on
+   its own: for a compiled row that is the first request's latency after load.
+
 Without CUDA it prints why and exits 0 (results already in benchmarks/results stay), so anyone can run it anywhere;
 --cpu-smoke runs the speed part on the CPU at a small size to check the script, writing nothing.
 
@@ -226,6 +233,82 @@ def plans_part(family: str, args: argparse.Namespace, deadline: Deadline, facts:
             "plans": measured, "budgets": budgets}  # fmt: skip
 
 
+def dit_part(args: argparse.Namespace, deadline: Deadline, facts: Any) -> list[dict]:
+    """Seconds per step of a DiT family's real-size transformer under each setup (see the module docstring)."""
+    from family_step import FAMILIES as DITS
+    from family_step import build, inputs
+
+    from imgtools_mcp.engine.backends.fast_path import apply_fast_path, plan_fast_path
+    from imgtools_mcp.engine.quantize import quantize_module
+
+    cuda = torch.cuda.is_available()
+    device = "cuda" if cuda else "cpu"
+    name = args.dit
+    spec = DITS[name]
+    scale = {key: args.dit_blocks for key in spec["blocks"]} if args.dit_blocks is not None else {}
+    size = args.size or spec["size"]
+    quantized = "torchao_fp8" if cuda else "sdnq_int8"  # fp8 needs CUDA; the CPU smoke checks the path with int8
+
+    def fp8_dynamic(model: torch.nn.Module) -> None:
+        from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, quantize_
+
+        quantize_(model, Float8DynamicActivationFloat8WeightConfig())
+
+    def group_offload(model: torch.nn.Module) -> None:
+        model.enable_group_offload(onload_device=torch.device("cuda"), offload_device=torch.device("cpu"),
+                                   offload_type="block_level", num_blocks_per_group=1, use_stream=True)  # fmt: skip
+
+    setups: list[tuple[str, str, Any, bool]] = [  # label, where the weights are built, prepare(model), compile
+        ("plain diffusers: bf16 eager", device, None, False),
+        (f"engine: {quantized} weights, eager", device, lambda m: quantize_module(m, quantized), False),
+    ]
+    if cuda:
+        setups += [
+            ("engine fast path: bf16, fused QKV + CUDA graphs", device, None, True),
+            (f"engine fast path: {quantized} weights + CUDA graphs", device, lambda m: quantize_module(m, quantized), True),
+            ("candidate: fp8 weights and activations (torchao dynamic float8) + CUDA graphs", device, fp8_dynamic, True),
+            ("bf16, block-level group offload (a GPU too small for bf16)", "cpu", group_offload, False),
+        ]
+    rows: list[dict] = []
+    for label, build_on, prepare, compiled in setups:
+        if deadline.left() < 120:
+            rows.append({"family": name, "setup": label, "skipped": "deadline"})
+            continue
+        log(f"{name} {label}: building")
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        model = build(name, scale, torch.bfloat16, build_on)
+        if prepare is not None:
+            prepare(model)
+        if compiled:
+            apply_fast_path(SimpleNamespace(transformer=model), plan_fast_path(facts, "cudagraphs"))
+        kwargs = inputs(name, torch.bfloat16, device, size)
+
+        def step() -> float:
+            if cuda:
+                torch.cuda.synchronize()
+            started = time.perf_counter()
+            with torch.inference_mode():
+                model(**kwargs)
+            if cuda:
+                torch.cuda.synchronize()
+            return time.perf_counter() - started
+
+        first_s = step()  # compiles, for a compiled row: what the first request after load waits
+        times = [step() for _ in range(args.dit_steps)]
+        row = {"family": name, "setup": label, "size": size, "blocks": scale or "all", "first_call_s": first_s,
+               "s_per_step": sorted(times)[len(times) // 2],
+               "peak_allocated_gib": torch.cuda.max_memory_allocated() / GIB if cuda else None}  # fmt: skip
+        log(f"  {row['s_per_step']:.3f} s/step (first call {first_s:.1f} s)")
+        rows.append(row)
+        del model, kwargs
+        gc.collect()
+        if cuda:
+            torch.cuda.empty_cache()
+        torch._dynamo.reset()
+    return rows
+
+
 def table(report: dict) -> str:
     if report.get("skipped"):
         return f"# GPU check\n\nSkipped: {report['skipped']}\n"
@@ -251,6 +334,18 @@ def table(report: dict) -> str:
             cap = b.get("pick_under_cap", {})
             ran = "not run" if not cap else ("OOM" if "out_of_memory" in cap else f"ran, {cap['peak_reserved_gib']:.2f} GiB")
             lines.append(f"| {b['budget_gib']} GiB | {', '.join(b['fits']) or 'none'} | {b['fastest_fitting']} | {b['planner_pick']} | {ran} |")
+    dit = report.get("dit") or []
+    if dit:
+        plain = next((r["s_per_step"] for r in dit if r.get("setup", "").startswith("plain") and "s_per_step" in r), None)
+        lines += ["", f"## DiT: {dit[0]['family']} transformer (random weights), one step at {dit[0].get('size', '?')}²", "",
+                  "| setup | s/step | × plain diffusers | first call s | peak alloc GiB |", "|---|---:|---:|---:|---:|"]  # fmt: skip
+        for row in dit:
+            if "skipped" in row:
+                lines.append(f"| {row['setup']} | skipped ({row['skipped']}) | | | |")
+                continue
+            ratio = f"{plain / row['s_per_step']:.2f}×" if plain else ""
+            peak = f"{row['peak_allocated_gib']:.1f}" if row["peak_allocated_gib"] is not None else ""
+            lines.append(f"| {row['setup']} | {row['s_per_step']:.3f} | {ratio} | {row['first_call_s']:.1f} | {peak} |")
     for error in report.get("errors", []):
         lines.append(f"\nError: {error}")
     return "\n".join(lines) + "\n"
@@ -267,6 +362,10 @@ def main() -> None:
     parser.add_argument("--build-on-cpu", action="store_true", help="build plan pipelines on the CPU (slower start)")
     parser.add_argument("--size", type=int, help="override the families' native size (smoke runs)")
     parser.add_argument("--cpu-smoke", action="store_true", help="run the speed part on the CPU to check this script")
+    parser.add_argument("--dit", default="flux", help="the DiT family of the transformer rows (family_step.py's names)")
+    parser.add_argument("--no-dit", dest="dit", action="store_const", const=None, help="skip the DiT rows")
+    parser.add_argument("--dit-blocks", type=int, help="blocks of each kind (smoke runs; default: the real depth)")
+    parser.add_argument("--dit-steps", type=int, default=5, help="timed transformer steps per DiT setup")
     args = parser.parse_args()
     outputs = [Path(os.environ["OUT"])] if os.environ.get("OUT") else []
     report: dict[str, Any]
@@ -288,7 +387,7 @@ def main() -> None:
     deadline = Deadline(args.deadline_s)
     facts = probe("cuda" if torch.cuda.is_available() else "cpu")
     report = {"device": facts.name, "torch": torch.__version__, "diffusers": diffusers.__version__,
-              "dtype_choice": choose_dtype(facts).value, "speed": [], "plans": []}  # fmt: skip
+              "dtype_choice": choose_dtype(facts).value, "speed": [], "plans": [], "dit": []}  # fmt: skip
     scratch = tempfile.TemporaryDirectory(prefix="imgtools-gpu-")  # removed when the script ends
     tok = Path(scratch.name) / "tokenizer"
 
@@ -320,6 +419,8 @@ def main() -> None:
     for family in rest:
         section(f"speed {family}", lambda f=family: report["speed"].extend(
             speed_part(f, args, deadline, facts, tok, dtypes=("bf16", "fp16"), compile_only=False)))
+    if args.dit:
+        section(f"dit {args.dit}", lambda: report["dit"].extend(dit_part(args, deadline, facts)))
     if args.compile:
         for family in args.families:
             section(f"compile {family}", lambda f=family: report["speed"].extend(
