@@ -114,7 +114,8 @@ class Settings(BaseSettings):
     ] = Field(
         "auto",
         description="Quantized weights: auto quantizes only when that keeps a model resident that would otherwise "
-        "be offloaded; none never; int8/4bit the best method of that level here; or a method by name.",
+        "be offloaded (and, on a VNNI/AMX CPU, calibrates int8 activations for OpenVINO UNets); none never; int8/4bit "
+        "the best method of that level here; or a method by name.",
     )
     max_pixels: int = Field(2048 * 2048, ge=64 * 64, description="Largest width*height a request may ask for.")
     max_input_bytes: int = Field(

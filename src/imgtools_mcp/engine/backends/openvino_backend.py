@@ -18,7 +18,8 @@ How it works, and why:
   the UNet's IR with int8 weights (`nncf.compress_weights`, INT8_ASYM): half the bf16 IR on disk and compiled in
   memory. The weights are part of the IR's key, so bf16 and int8 IRs of one model sit side by side in the cache.
   It saves memory, not time: the CPU dequantizes the weights every step (SD 1.5 at 512²: 7.3 vs 1.8 s/step in
-  bf16, benchmarks/int8_cpu.py); int8 activations too (nncf.quantize) measured 1.3 s/step there, not wired yet.
+  bf16, benchmarks/int8_cpu.py). int8 activations (`nncf_w8a8`, and `auto` on VNNI/AMX CPUs) are faster:
+  openvino_int8.py calibrates them on a model's first requests and swaps the UNet's compiled part once ready.
 - Text encoders, the VAE encoder and the scheduler stay in torch: they are a small share of the time.
 - What a traced graph cannot do runs on torch for that request, with the reason in the result: sizes whose
   latents the UNet cannot halve evenly at every level (traced graphs bake the up-sampling sizes), active LoRA
