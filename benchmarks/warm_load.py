@@ -63,7 +63,8 @@ def write_model(folder: Path) -> Path:
     return folder
 
 
-MCP_CHILD = r"""
+# What every MCP child starts with: the request and Settings as JSON arguments, the clock from process start.
+CHILD_PREAMBLE = r"""
 import json, sys, time
 started = time.perf_counter()
 import anyio
@@ -72,6 +73,9 @@ from imgtools_mcp.config import Settings
 from imgtools_mcp.server import build_server
 request = json.loads(sys.argv[1])
 settings = Settings(**json.loads(sys.argv[2]))
+"""
+
+MCP_CHILD = CHILD_PREAMBLE + r"""
 async def main():
     async with Client(build_server(settings)) as client:
         result = await client.call_tool("generate", request)
@@ -81,15 +85,7 @@ async def main():
 anyio.run(main)
 """
 
-CALIBRATE_CHILD = r"""
-import json, sys, time
-started = time.perf_counter()
-import anyio
-from mcp import Client
-from imgtools_mcp.config import Settings
-from imgtools_mcp.server import build_server
-request = json.loads(sys.argv[1])
-settings = Settings(**json.loads(sys.argv[2]))
+CALIBRATE_CHILD = CHILD_PREAMBLE + r"""
 async def main():
     async with Client(build_server(settings)) as client:
         first = await client.call_tool("generate", request)

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 from mcp import Client
+from ov_marks import needs_nncf
 from PIL import Image
 from pydantic import ValidationError
 
 from imgtools_mcp.config import Settings, config_errors
-from imgtools_mcp.engine.backends import backend_classes
-from imgtools_mcp.engine.device import probe
 from imgtools_mcp.engine.engine import Engine
 from imgtools_mcp.server import build_server
 
@@ -28,10 +26,6 @@ REQUEST = {"prompt": "a red cube on a table", "width": 64, "height": 64, "steps"
 # levels, so 4 tells "the same picture" from "another one" by a factor of ten, with room for other CPUs' kernels.
 INT8_LEVELS = 4.0
 
-why_not = backend_classes()["openvino"].unavailable(probe("cpu")) or (
-    None if importlib.util.find_spec("nncf") else "the nncf package is not installed"
-)
-needs_nncf = pytest.mark.skipif(why_not is not None, reason=f"OpenVINO int8: {why_not}")
 
 
 def settings_for(model: Path, tmp_path: Path, cache: Path, **extra) -> Settings:

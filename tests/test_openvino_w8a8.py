@@ -3,7 +3,6 @@ drift is small; through the MCP client on the tiny SD 1.5 model."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import time
 from pathlib import Path
@@ -12,10 +11,11 @@ import anyio
 import numpy as np
 import pytest
 from mcp import Client
+from ov_marks import needs_nncf
 from PIL import Image
 
 from imgtools_mcp.config import Settings
-from imgtools_mcp.engine.backends import backend_classes, openvino_int8
+from imgtools_mcp.engine.backends import openvino_int8
 from imgtools_mcp.engine.device import DeviceFacts, probe
 from imgtools_mcp.server import build_server
 
@@ -29,10 +29,6 @@ REQUEST = {"prompt": "a red cube on a table", "width": 64, "height": 64, "steps"
 # rounded to 256 levels of their calibrated range. Another seed moves the tiny model's image ~43 levels.
 W8A8_LEVELS = 12.0
 
-why_not = backend_classes()["openvino"].unavailable(probe("cpu")) or (
-    None if importlib.util.find_spec("nncf") else "the nncf package is not installed"
-)
-needs_nncf = pytest.mark.skipif(why_not is not None, reason=f"OpenVINO int8: {why_not}")
 
 
 def settings_for(model: Path, tmp_path: Path, cache: Path, quantize: str) -> Settings:
