@@ -158,13 +158,23 @@ async def test_int8_activations_calibrate_in_the_background_then_run(tiny_sd15: 
     if not openvino_int8.choose("auto", probe("cpu"), installed_packages()).value:
         return
     expected = openvino_int8.decide(meta["drift_psnr_db"], explicit=False)
-    async with Client(build_server(settings_for(tiny_sd15, tmp_path / "auto", cache, "auto"))) as client:
+    from imgtools_mcp.testing.files import make_test_lora
+
+    loras = tmp_path / "loras"
+    make_test_lora(tiny_sd15, loras / "style.safetensors", seed=1)
+    restart = settings_for(tiny_sd15, tmp_path / "auto", cache, "auto").model_copy(update={"lora_dirs": [loras]})
+    async with Client(build_server(restart)) as client:
         restarted = await client.call_tool("generate", REQUEST)
         wider = await client.call_tool("generate", {**REQUEST, "width": 128})  # a shape it was not calibrated at
+        # A LoRA request runs its UNet on torch, with the model's own weights, and says so.
+        lora = await client.call_tool("generate", {**REQUEST, "loras": [{"name": "style", "weight": 0.8}]})
     again = restarted.structured_content["engine"]["quantization"]
     assert again["reason"].startswith(expected.reason) and "read from disk" in again["reason"], again
     if expected.value:
         assert again["method"] == "nncf_w8a8" and np.array_equal(pixels(restarted), b)
+        assert lora.structured_content["engine"]["backend_components"]["unet"] == "torch"
+        on_torch = lora.structured_content["engine"]["quantization"]
+        assert on_torch["method"] == "none" and "ran on torch" in on_torch["reason"], on_torch
         assert wider.structured_content["engine"]["quantization"]["method"] == "nncf_w8a8" and pixels(wider).shape[1] == 128
     else:
         assert again["int8_activations"] == "declined" and np.array_equal(pixels(restarted), a)

@@ -434,6 +434,10 @@ class OpenVINOBackend(Backend):
                     run.quantization = int8.as_dict() if part is int8.part or int8.state != "ready" else None
             if "vae_decoder" in served:
                 pipe.vae.decoder = OpenVINODecoder(original_decoder, state.parts["vae_decoder"], run)
+            if "unet" not in served and int8 is not None:
+                run.quantization = {"method": "none", "int8_activations": int8.state,
+                                    "reason": f"the UNet ran on torch for this request; {openvino_int8.METHOD} applies "
+                                              "to the OpenVINO UNet only"}  # fmt: skip
             if "unet" not in served and ir_weights(model, "unet") is not None:
                 run.notes.append(f"unet: ran on torch with the model's own weights ({ir_weights(model, 'unet')} "
                                  "applies to the OpenVINO UNet only)")
