@@ -54,14 +54,6 @@ TINY_CLIP = {**CLIP_L, "hidden_size": 32, "intermediate_size": 64, "num_attentio
              "projection_dim": 32}  # fmt: skip
 
 
-def psnr(a: np.ndarray, reference: np.ndarray) -> float:
-    """PSNR in dB with the reference's own range as the peak (latents are not in [0, 1])."""
-    a, reference = a.astype(np.float64), reference.astype(np.float64)
-    mse = float(((a - reference) ** 2).mean())
-    peak = float(reference.max() - reference.min())
-    return float("inf") if mse == 0 else 10 * np.log10(peak**2 / mse)
-
-
 def scheduler():
     from diffusers import DDIMScheduler
 
@@ -100,7 +92,7 @@ def run(args: argparse.Namespace) -> dict:
         traceable_decoder,
         traceable_unet,
     )
-    from imgtools_mcp.engine.backends.openvino_int8 import Int8Activations, split_captured
+    from imgtools_mcp.engine.backends.openvino_int8 import Int8Activations, psnr_db, split_captured
     from imgtools_mcp.engine.device import probe
 
     facts = probe("cpu")
@@ -205,8 +197,8 @@ def run(args: argparse.Namespace) -> dict:
             continue
         finals[name] = denoise(lambda f, m=model: m(f)[0], start_latents, context, args.drift_steps)
         # One step's noise prediction on the held-out input (a poor proxy for the drift; the engine keeps it in meta only).
-        drift[name] = {"latent_psnr_db": psnr(finals[name], reference),
-                       "step_psnr_db": psnr(np.array(model(held_out)[0]), bf16_step)}  # fmt: skip
+        drift[name] = {"latent_psnr_db": psnr_db(finals[name], reference),
+                       "step_psnr_db": psnr_db(np.array(model(held_out)[0]), bf16_step)}  # fmt: skip
     report["load_average_after_unet"] = os.getloadavg()
 
     log("VAE decoder (torch fp32 = plain; OpenVINO bf16 = the engine) and text encoder")
@@ -222,7 +214,7 @@ def run(args: argparse.Namespace) -> dict:
 
     reference_pixels = pixels(reference)
     for name, final in finals.items():
-        drift[name]["pixel_psnr_db"] = psnr(pixels(final), reference_pixels)
+        drift[name]["pixel_psnr_db"] = psnr_db(pixels(final), reference_pixels)
         drift[name]["pixel_max_abs"] = float(np.abs(pixels(final) - reference_pixels).max())
     report["drift"] = drift
     z = torch.from_numpy(reference / 0.18215)

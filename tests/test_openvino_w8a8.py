@@ -96,7 +96,8 @@ def test_too_little_free_memory_declines_under_auto(tiny_sd15: Path, tmp_path: P
     unet = UNet2DConditionModel.from_pretrained(tiny_sd15 / "unet")
     int8 = openvino_int8.Int8Activations(explicit=False, folder=tmp_path / "unet-x-w8a8")
     int8.captured = [{}] * openvino_int8.MIN_CAPTURED
-    openvino_int8.start(int8, unet, sdxl=False, bf16_ir=tmp_path, precision="bf16", free_memory=0)
+    openvino_int8.start(int8, unet, sdxl=False, bf16_ir=tmp_path, precision="bf16", free_memory=0,
+                        scheduler={"class": "EulerDiscreteScheduler", "config": {}})
     assert int8.state == "declined" and "GiB free" in int8.reason and "stays in bf16" in int8.reason, int8.reason
     assert not list(tmp_path.iterdir())  # nothing saved, no child started
 

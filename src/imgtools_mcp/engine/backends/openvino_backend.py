@@ -364,10 +364,10 @@ class OpenVINOBackend(Backend):
         # bf16 only where the CPU has native bf16: elsewhere OpenVINO would emulate it, slower than fp32.
         self.precision = "bf16" if facts.supports_bf16 else "f32"
         self._core: Any = None
-        from ..quantize import installed_packages
+        from ..quantize import installed_packages, normalize_setting
 
         self.int8_activations = openvino_int8.choose(settings.quantize, facts, installed_packages())
-        self.int8_explicit = settings.quantize.strip().lower().replace("-", "_") == openvino_int8.METHOD
+        self.int8_explicit = normalize_setting(settings.quantize) == openvino_int8.METHOD
 
     # ----- per request -----
 

@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..choice import Choice
+from ..quantize import normalize_setting
 
 if TYPE_CHECKING:
     from ..device import DeviceFacts
@@ -72,7 +73,7 @@ CHILD_MEMORY_PER_FP32_BYTE = 4.0
 
 def choose(setting: str, facts: "DeviceFacts", installed: Iterable[str]) -> Choice[bool]:
     """Whether OpenVINO UNets get int8 activations here, and why."""
-    name = setting.strip().lower().replace("-", "_")
+    name = normalize_setting(setting)
     if name == METHOD:
         return Choice(True, f"IMGTOOLS_QUANTIZE={METHOD}")
     if name != "auto":
@@ -117,7 +118,6 @@ class Int8Activations:
     part: Any = None  # CompiledPart of the int8 IR once ready
     bytes_before: int = 0  # the bf16 IR's weights
     bytes_after: int = 0  # the int8 IR's weights
-    quantize_seconds: float | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def keep(self, feeds: dict[str, np.ndarray]) -> None:
@@ -144,7 +144,6 @@ class Int8Activations:
         """Read the written IR's meta and decide whether it is used."""
         meta = json.loads((self.folder / "meta.json").read_text())
         self.drift_psnr_db = float(meta["drift_psnr_db"])
-        self.quantize_seconds = meta.get("convert_seconds")
         self.bytes_after = sum(f.stat().st_size for f in self.folder.glob("*.bin"))
         chosen = decide(self.drift_psnr_db, explicit=self.explicit)
         self.state = "ready" if chosen.value else "declined"
@@ -162,7 +161,7 @@ def split_captured(captured: list[dict[str, np.ndarray]]) -> tuple[list[dict], l
 
 
 def start(int8: Int8Activations, unet: Any, *, sdxl: bool, bf16_ir: Path, precision: str, free_memory: int,
-          scheduler: dict[str, Any] | None = None) -> None:
+          scheduler: dict[str, Any]) -> None:
     """After a request that kept enough inputs: save the UNet and start the child that quantizes it (in a thread)."""
     parameters = sum(p.numel() for p in unet.parameters())
     need = child_memory_bytes(parameters)
@@ -185,7 +184,7 @@ def start(int8: Int8Activations, unet: Any, *, sdxl: bool, bf16_ir: Path, precis
                                      for kind, feeds in (("calibration", calibration), ("held_out", held_out))
                                      for i, inputs in enumerate(feeds) for name, array in inputs.items()})  # fmt: skip
     job = {"sdxl": sdxl, "bf16_ir": str(bf16_ir / "model.xml"), "out": str(int8.folder), "precision": precision,
-           "scheduler": scheduler or DEFAULT_SCHEDULER}  # fmt: skip
+           "scheduler": scheduler}  # fmt: skip
     (work / "job.json").write_text(json.dumps(job, default=str))
     int8.captured = []
     int8.state = "quantizing"
@@ -239,11 +238,6 @@ def _run_child(int8: Int8Activations, work: Path) -> None:
 
 
 # ----- the child process -----
-
-# SD 1.5's DDIM schedule, for a model whose scheduler is not given.
-DEFAULT_SCHEDULER = {"class": "DDIMScheduler", "config": {"beta_start": 0.00085, "beta_end": 0.012,
-                     "beta_schedule": "scaled_linear", "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1}}  # fmt: skip
-
 
 def denoised(unet: Any, inputs: dict[str, np.ndarray], scheduler: dict[str, Any], steps: int = DRIFT_STEPS) -> np.ndarray:
     """The latents after `steps` steps of `scheduler` through `unet` (a compiled OpenVINO model), from seeded noise
