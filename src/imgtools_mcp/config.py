@@ -143,6 +143,11 @@ class Settings(BaseSettings):
         description="torch backend: auto (cudagraphs on CUDA 8.0+, off elsewhere), off, regional (the denoiser's "
         "repeated blocks) or cudagraphs (the whole denoiser with CUDA graphs); each size compiles on first use.",
     )
+    warmup: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Load the default model at start and run it once at its native size in the background, so "
+        "the first request neither loads nor compiles: auto (where the torch backend compiles the denoiser), on, off.",
+    )
     engine: Literal["local", "ray"] = Field(
         "local",
         description="Where images are made: local (in this process) or ray (Ray Serve ImageEngine replicas; "

@@ -108,7 +108,12 @@ def collect(settings: Settings) -> dict[str, Any]:
     report["step_cache"] = step_cache_report(model)
     from .engine.backends.fast_path import plan_fast_path
 
-    report["fast_path"] = plan_fast_path(facts, settings.torch_compile).as_dict()
+    fast_path = plan_fast_path(facts, settings.torch_compile)
+    report["fast_path"] = fast_path.as_dict()
+    from .engine.warmup import plan_warmup
+
+    warmup = plan_warmup(settings.warmup, compile_mode=fast_path.compile.value, backend=backend.value, engine=settings.engine)
+    report["warmup"] = {"enabled": warmup.value, "reason": warmup.reason}
     report["cache_dir"] = str(settings.cache_dir)
     report["output_dir"] = str(settings.output_dir)
     report["input_roots"] = [str(p) for p in settings.allowed_input_roots]
@@ -218,6 +223,8 @@ def doctor(settings: Settings, as_json: bool = False) -> int:
     print("torch:    what the torch backend compiles and fuses here:")
     for name, entry in report["fast_path"].items():
         print(f"  - {name}: {entry['value']} — {entry['reason']}")
+    warmup = report["warmup"]
+    print(f"warm-up:  {'at start' if warmup['enabled'] else 'off'} — {warmup['reason']}")
     print(f"cache:    {report['cache_dir']} (compiled backend models)")
     model = report["model"]
     if "problem" in model:

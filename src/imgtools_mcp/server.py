@@ -114,6 +114,9 @@ def build_server(settings: Settings, engine: Engine | None = None, *, base_url: 
         async with anyio.create_task_group() as task_group:
             app.tasks.bind(task_group, admit=app.engine.admit)
             server.app_context = app
+            warm_up = getattr(app.engine, "warm_up", None)  # IMGTOOLS_WARMUP (engine/warmup.py); the local engine only
+            if warm_up is not None:
+                task_group.start_soon(warm_up)
             try:
                 yield app
             finally:

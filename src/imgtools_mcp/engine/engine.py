@@ -42,6 +42,7 @@ from .queue import DeviceQueue, QueueTicket
 from .request import EngineInfo, EngineRequest, LoraWeight, ProgressCallback, ResolvedJob, RunOutput, StepCallback
 from .samplers import make_scheduler, sampler_label
 from .status import CacheInfo, EngineStatusInfo, LoadedModelInfo, PlannedMemoryInfo
+from .warmup import WARMUP_PROMPT, WARMUP_STEPS, Warmup, plan_warmup
 from .weights import HeaderError, estimate_footprint
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,11 @@ class Engine:
         self.default_model = (
             choose_auto_model(self.facts) if settings.model == AUTO else Choice(settings.model, "IMGTOOLS_MODEL")
         )
+        # IMGTOOLS_WARMUP: whether start-up loads and runs the default model once (engine/warmup.py); warm_up() does it.
+        self.warmup = Warmup(plan_warmup(
+            settings.warmup, compile_mode=self.backends.torch.fast_path.compile.value,
+            backend=self.backends.choose(self._default_family() or "sd1").value, engine=settings.engine,
+        ))  # fmt: skip
 
     # ----- model resolution (cheap: configs only) -----
 
@@ -295,6 +301,43 @@ class Engine:
         model = self._load(source, family, progress)
         return model, model.load_seconds
 
+    async def warm_up(self) -> None:
+        """Load the default model and run it once at its native size (engine/warmup.py), when IMGTOOLS_WARMUP says so.
+
+        Never raises: what happened is in `self.warmup` (engine_status). The server starts it in the background.
+        """
+        warmup = self.warmup
+        if warmup.state != "pending":
+            return
+        spec = self.default_model.value
+        try:
+            self._local_source(spec)  # a model that is not on disk yet is downloaded by its first request, not now
+            job = await self.acheck(EngineRequest(mode="txt2img", model=spec, prompt=WARMUP_PROMPT, steps=WARMUP_STEPS))
+        except (EngineError, OSError, ValueError) as exc:
+            warmup.skip(f"{spec}: {exc}")
+            log.info("warm-up skipped: %s", warmup.detail)
+            return
+        job.warmup = True
+        warmup.start(job.source.name, f"{job.width}x{job.height}")
+        log.info("warm-up: %s", warmup.detail)
+
+        def on_progress(message: str, done: float | None = None, total: float | None = None) -> None:
+            warmup.progress(message)
+
+        try:
+            work = partial(self._generate_sync, job, None, on_progress)
+            result, _ = await self.queue.run(f"warmup:{job.source.name}", work)
+        except anyio.get_cancelled_exc_class():
+            warmup.fail("stopped: the server shut down during the warm-up")
+            raise
+        except Exception as exc:  # the warm-up failing must not take the server with it; requests still load the model
+            failure = exc if isinstance(exc, EngineError) else self._pipeline_failure(exc)
+            warmup.fail(str(failure))
+            log.warning("warm-up failed: %s", warmup.detail)
+            return
+        warmup.finish(result.timings, result.engine.backend_notes)
+        log.info("warm-up: %s in %.1f s", warmup.detail, warmup.seconds)
+
     # ----- generation -----
 
     async def generate(
@@ -398,7 +441,7 @@ class Engine:
         # Pipelines skip classifier-free guidance at guidance <= 1 and for guidance-distilled (LCM) UNets.
         guided = job.guidance_scale > 1 and getattr(unet_config, "time_cond_proj_dim", None) is None
         loras_active = bool(model.adapters is not None and model.adapters.active)
-        return RequestShape(job.mode, job.width, job.height, len(job.seeds), guided, loras_active)
+        return RequestShape(job.mode, job.width, job.height, len(job.seeds), guided, loras_active, warmup=job.warmup)
 
     def _apply_loras(self, model: LoadedModel, job: ResolvedJob, progress: Progress) -> list[AppliedLora]:
         """Activate exactly the job's adapters (loading each once); a job without LoRAs runs without any."""
@@ -587,6 +630,7 @@ class Engine:
             running_s=self.queue.running_seconds(),
             default_model=self.default_model.value,
             default_model_reason=self.default_model.reason,
+            warmup=self.warmup.as_dict(),
         )
 
     async def aclose(self) -> None:

@@ -191,6 +191,11 @@ class ImageEngineReplica:
             torch.set_num_threads(torch_threads)
         self.settings = Settings(**settings_fields)
         self.engine = Engine(self.settings)
+        from .choice import Choice
+        from .warmup import Warmup
+
+        self.engine.warmup = Warmup(Choice(False, "a Ray Serve replica loads a model when a request for it arrives "
+                                           "(Serve multiplexes models by id)"))  # fmt: skip
         context = serve.get_replica_context()
         self.replica_id = context.replica_id.unique_id
         self.node_ip = ray.util.get_node_ip_address()

@@ -73,6 +73,7 @@ class ResolvedJob:
     guidance_scale: float
     notes: list[str] = field(default_factory=list)  # what the caller should be told (e.g. a parameter ignored)
     controlnets: list[dict[str, Any]] = field(default_factory=list)  # per control entry: the ControlNet it runs with
+    warmup: bool = False  # the start-up warm-up (engine/warmup.py), not a user's request
 
     # Short names for what generate() and the tools read most.
     @property

@@ -95,6 +95,7 @@ class EngineStatusInfo:
     replicas: list[dict[str, Any]] = field(default_factory=list)  # remote engines (Ray) fill it; empty locally
     default_model: str | None = None  # what IMGTOOLS_MODEL resolves to (auto: picked for this device)
     default_model_reason: str | None = None
+    warmup: dict[str, Any] | None = None  # engine/warmup.py Warmup.as_dict(): start-up load and run of the default model
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -118,4 +119,5 @@ class EngineStatusInfo:
             "replicas": [dict(r) for r in self.replicas],
             "default_model": self.default_model,
             "default_model_reason": self.default_model_reason,
+            "warmup": dict(self.warmup) if self.warmup is not None else None,
         }

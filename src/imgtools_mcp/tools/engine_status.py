@@ -102,6 +102,9 @@ class EngineStatus(BaseModel):
     )
     default_model: str | None = Field(None, description="The default model (IMGTOOLS_MODEL; auto: picked for this device)")
     default_model_reason: str | None = Field(None, description="Why that model: IMGTOOLS_MODEL, or what auto saw")
+    warmup: dict[str, Any] | None = Field(
+        None, description="IMGTOOLS_WARMUP: whether the default model is loaded and run once at start, why, and its state"
+    )
     vlm: VlmStatus
 
 
@@ -136,6 +139,9 @@ def status_text(status: EngineStatus) -> str:
     if status.default_model_plan is not None:
         plan = status.default_model_plan
         lines.append(f"default model would run {plan.memory_plan}: {plan.reason}")
+    warmup = status.warmup or {}
+    if warmup.get("enabled"):
+        lines.append(f"warm-up {warmup['state']}: {warmup.get('detail') or warmup['reason']}")
     running = f"running {status.running} for {status.running_s:g} s" if status.running else "idle"
     lines.append(f"{running}; {status.queue_length} waiting (max {status.max_queue}); {status.background_jobs_active} background job(s)")
     for replica in status.replicas:  # IMGTOOLS_ENGINE=ray

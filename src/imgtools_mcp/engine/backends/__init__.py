@@ -140,6 +140,7 @@ class Backends:
         else:
             run = BackendRun(backend.id, model.backend_reason, components)
         run.prepare_seconds = prepare_seconds
+        run.warmup = shape.warmup
         run.notes.extend(_event_text(e) for e in model.backend_events if id(e) not in seen)
         if refused:
             log.info("%s for %s declined %s", backend.id, model.source.name, refused)

@@ -41,6 +41,7 @@ class RequestShape:
     images: int
     guidance: bool  # classifier-free guidance doubles the UNet batch
     loras_active: bool
+    warmup: bool = False  # the start-up warm-up (engine/warmup.py): its images and UNet inputs are not kept
 
     @property
     def unet_batch(self) -> int:
@@ -59,6 +60,7 @@ class BackendRun:
     # What the backend's own quantization did in this request (OpenVINO int8 activations), replacing the model's
     # load-time report in the result; None: that report stands.
     quantization: dict[str, Any] | None = None
+    warmup: bool = False  # the start-up warm-up: a backend keeps nothing of it (no calibration inputs)
 
     def as_dict(self) -> dict[str, Any]:
         info: dict[str, Any] = {"backend": self.backend, "backend_reason": self.reason}

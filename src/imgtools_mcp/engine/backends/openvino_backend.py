@@ -424,7 +424,8 @@ class OpenVINOBackend(Backend):
         original_unet = pipe.unet
         original_decoder = pipe.vae.decoder
         int8 = state.int8
-        calibrating = "unet" in served and int8 is not None and int8.state == "calibrating"
+        # The start-up warm-up's made-up prompt would be poor calibration data.
+        calibrating = "unet" in served and int8 is not None and int8.state == "calibrating" and not run.warmup
         try:
             if "unet" in served:
                 sdxl = model.family.family.value == "sdxl"
