@@ -6,9 +6,13 @@ Each script is run as `python benchmarks/<name>.py`, which puts this folder firs
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +22,16 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def log(message: str) -> None:
     """A progress line on stderr (stdout carries the result table)."""
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def scratch(prefix: str) -> Iterator[Path]:
+    """A temporary folder for a run's model, IRs and compiled blobs (gigabytes), removed however the run ends."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield work
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def save_results(stem: str, report: dict[str, Any], markdown: str, folder: Path = RESULTS) -> str:

@@ -22,12 +22,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
-import tempfile
 from pathlib import Path
 
-from common import log, save_results
+from common import log, save_results, scratch
 from warm_load import CHILD_PREAMBLE, MCP_CHILD, PROMPT, child, write_model
 
 FIRST_REQUEST_CHILD = CHILD_PREAMBLE + r"""
@@ -56,11 +54,8 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--model-dir", type=Path, help="where the real-size random-weight model goes (reused)")
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="imgtools-first-"))
-    try:
+    with scratch("imgtools-first-") as work:  # the model (unless --model-dir), IRs and compiled blobs
         measure(args, work)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)  # the model (unless --model-dir), IRs and compiled blobs: gigabytes
 
 
 def measure(args: argparse.Namespace, work: Path) -> None:

@@ -25,13 +25,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
-from common import CLIP_L, SD15_UNET, SD_VAE, log, save_results
+from common import CLIP_L, SD15_UNET, SD_VAE, log, save_results, scratch
 
 PROMPT = "a lighthouse on a cliff at dusk, oil painting"
 
@@ -145,11 +143,8 @@ def main() -> None:
     parser.add_argument("--skip-plain", action="store_true", help="skip the plain diffusers (fp32) run")
     parser.add_argument("--skip-int8", action="store_true", help="skip the int8-activation runs (minutes of calibration)")
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="imgtools-warm-"))
-    try:
+    with scratch("imgtools-warm-") as work:  # the model (unless --model-dir), IRs and compiled blobs
         measure(args, work)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)  # the model (unless --model-dir), IRs and compiled blobs: gigabytes
 
 
 def measure(args: argparse.Namespace, work: Path) -> None:

@@ -147,18 +147,6 @@ async def test_a_lora_applies_on_cached_and_full_passes(tmp_path: Path, tiny_sd1
     assert np.abs(styled_fast - base).mean() < np.abs(styled_fast - pixels(plain_fast["images"][0])).mean()
 
 
-@pytest.mark.skipif(__import__("importlib").util.find_spec("openvino") is None, reason="OpenVINO is not installed")
-async def test_an_openvino_unet_runs_at_quality_and_says_so(tmp_path: Path, tiny_sd15: Path) -> None:
-    settings = settings_for(tmp_path, tiny_sd15).model_copy(update={"backend": "openvino", "cache_dir": tmp_path / "cache"})
-    async with Client(build_server(settings)) as client:
-        quality = ok(await client.call_tool("generate", {**UNET_REQUEST, "steps": 2}))
-        fast = ok(await client.call_tool("generate", {**UNET_REQUEST, "steps": 2, "speed": "fast"}))
-    assert fast["engine"]["backend_components"]["unet"] == "openvino"
-    assert fast["engine"]["step_cache"]["method"] == "none" and "OpenVINO" in fast["engine"]["step_cache"]["reason"]
-    assert any(w.startswith("speed: ") and "ran at quality" in w for w in fast["warnings"])
-    assert np.array_equal(pixels(quality["images"][0]), pixels(fast["images"][0]))
-
-
 async def test_a_bad_speed_is_a_one_line_error_naming_it(tmp_path: Path, models) -> None:
     async with Client(build_server(settings_for(tmp_path, models["flux"]))) as client:
         result = await client.call_tool("generate", {**REQUEST, "speed": "ludicrous"})

@@ -441,7 +441,8 @@ class Engine:
         # Pipelines skip classifier-free guidance at guidance <= 1 and for guidance-distilled (LCM) UNets.
         guided = job.guidance_scale > 1 and getattr(unet_config, "time_cond_proj_dim", None) is None
         loras_active = bool(model.adapters is not None and model.adapters.active)
-        return RequestShape(job.mode, job.width, job.height, len(job.seeds), guided, loras_active, warmup=job.warmup)
+        return RequestShape(job.mode, job.width, job.height, len(job.seeds), guided, loras_active, warmup=job.warmup,
+                            speed=job.request.extra.get("speed", "quality"))
 
     def _apply_loras(self, model: LoadedModel, job: ResolvedJob, progress: Progress) -> list[AppliedLora]:
         """Activate exactly the job's adapters (loading each once); a job without LoRAs runs without any."""

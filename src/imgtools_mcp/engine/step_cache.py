@@ -138,39 +138,55 @@ def _timestep(args: tuple, kwargs: dict[str, Any]) -> float | None:
     return float(torch.as_tensor(t).reshape(-1)[0])
 
 
-class _DeepCache:
-    """Which UNet passes of a call are full, and the deep blocks' outputs from the last full pass.
+class Cadence:
+    """Which UNet passes of a call are full: the first of each denoising loop, then every `interval`-th; counted.
 
     A denoising loop's timesteps fall, so a pass whose timestep is not below the previous one starts a new
-    loop (another image, a second pipeline call) and is full. On a reused pass every block below the shallow
-    level returns what it returned at the last full pass: up_blocks[-2]'s output is the deep feature the
-    last up block builds on, and the others keep the UNet's skip bookkeeping (and added ControlNet
-    residuals) in the shapes it expects; their results are then unused.
+    loop (another image, a second pipeline call) and is full. Shared by the torch hooks below and the OpenVINO
+    UNet's shallow IR (backends/openvino_deep_cache.py), so both reuse the same passes.
+    """
+
+    def __init__(self, run: StepCacheRun) -> None:
+        self.run = run
+        self.position = 0
+        self.last_t: float | None = None
+        self.shape: tuple | None = None
+
+    def reuse(self, t: float | None, shape: tuple | None, *, have_features: bool) -> bool:
+        """Whether this pass reuses the last full pass's deep features (True) or computes them (False)."""
+        new_loop = t is None or self.last_t is None or t >= self.last_t or shape != self.shape
+        self.position = 0 if new_loop else self.position + 1
+        self.last_t, self.shape = t, shape
+        reusing = not new_loop and self.position % self.run.interval != 0 and have_features
+        self.run.passes += 1
+        if not reusing:
+            self.run.computed += 1
+        return reusing
+
+
+class _DeepCache:
+    """The torch UNet's deep blocks' outputs from the last full pass, returned on reused passes.
+
+    On a reused pass every block below the shallow level returns what it returned at the last full pass:
+    up_blocks[-2]'s output is the deep feature the last up block builds on, and the others keep the UNet's
+    skip bookkeeping (and added ControlNet residuals) in the shapes it expects; their results are then unused.
     """
 
     def __init__(self, unet: torch.nn.Module, run: StepCacheRun) -> None:
         self.run = run
+        self.cadence = Cadence(run)
         mid = [unet.mid_block] if getattr(unet, "mid_block", None) is not None else []
         self.deep: list[torch.nn.Module] = [*unet.down_blocks[1:], *mid, *unet.up_blocks[:-1]]
         self.outputs: dict[int, Any] = {}
-        self.position = 0
-        self.last_t: float | None = None
-        self.shape: tuple | None = None
         self.reusing = False
         self.active = True
 
     def pass_started(self, module: Any, args: tuple, kwargs: dict[str, Any]) -> None:
-        t = _timestep(args, kwargs)
         sample = kwargs.get("sample", args[0] if args else None)
         shape = tuple(sample.shape) if isinstance(sample, torch.Tensor) else None
-        new_loop = t is None or self.last_t is None or t >= self.last_t or shape != self.shape
-        self.position = 0 if new_loop else self.position + 1
-        self.last_t, self.shape = t, shape
-        self.reusing = not new_loop and self.position % self.run.interval != 0 and len(self.outputs) == len(self.deep)
-        self.run.passes += 1
+        self.reusing = self.cadence.reuse(_timestep(args, kwargs), shape, have_features=len(self.outputs) == len(self.deep))
         if not self.reusing:
             self.outputs.clear()
-            self.run.computed += 1
 
     def wrap(self, module: torch.nn.Module) -> Any:
         """Put a reusing forward on `module` (an instance attribute, as accelerate's hooks do); returns its undo."""
@@ -203,8 +219,6 @@ def _unet_cache_refusal(unet: Any) -> str | None:
     from diffusers import UNet2DConditionModel
 
     if not isinstance(unet, UNet2DConditionModel):
-        if type(unet).__name__ == "OpenVINOUNet":  # backends/openvino_backend.py's stand-in for one run
-            return "the UNet runs as an OpenVINO compiled model, which has no blocks to hook; ran at quality"
         return f"{type(unet).__name__} is not a diffusers UNet2DConditionModel; ran at quality"
     if len(unet.down_blocks) < 2 or len(unet.up_blocks) < 2:
         return "the UNet has a single resolution level, so nothing lies below the shallow path; ran at quality"
@@ -213,13 +227,25 @@ def _unet_cache_refusal(unet: Any) -> str | None:
 
 @contextlib.contextmanager
 def _unet_cache(unet: Any, speed: str) -> Iterator[StepCacheRun]:
+    interval = UNET_INTERVALS[speed]
+    reason = (f"between full UNet passes every {interval} steps, the other steps run only the outermost down and "
+              "up blocks on the last full pass's deep features")  # fmt: skip
+    deep_cache = getattr(unet, "deep_cache", None)  # the OpenVINO stand-in's own (backends/openvino_backend.py)
+    if deep_cache is not None:
+        refusal = unet.deep_cache_refusal()
+        if refusal is not None:
+            yield StepCacheRun(speed, "none", refusal)
+            return
+        run = StepCacheRun(speed, "deep_cache", reason + " (OpenVINO: a shallow IR of those blocks)", interval=interval)
+        with deep_cache(Cadence(run)):
+            yield run
+        log.info("step cache %s on OpenVINO: %d of %d UNet passes computed", speed, run.computed, run.passes)
+        return
     refusal = _unet_cache_refusal(unet)
     if refusal is not None:
         yield StepCacheRun(speed, "none", refusal)
         return
-    interval = UNET_INTERVALS[speed]
-    run = StepCacheRun(speed, "deep_cache", f"between full UNet passes every {interval} steps, the other steps run "
-                       "only the outermost down and up blocks on the last full pass's deep features", interval=interval)
+    run = StepCacheRun(speed, "deep_cache", reason, interval=interval)
     cache = _DeepCache(unet, run)
     undo = [cache.wrap(module) for module in cache.deep]
     handle = unet.register_forward_pre_hook(cache.pass_started, with_kwargs=True)
@@ -240,7 +266,7 @@ def choices_for(denoiser: str | None) -> dict[str, Any]:
     for speed, threshold in FBC_THRESHOLDS.items():
         if denoiser == "unet":
             report[speed] = (f"deep_cache, a full UNet pass every {UNET_INTERVALS[speed]} steps; the others run the "
-                             "shallow blocks on cached deep features (torch UNets; not the OpenVINO backend)")
+                             "shallow blocks on cached deep features (torch hooks; on OpenVINO a shallow IR of those blocks)")
         else:
             report[speed] = (f"first_block_cache, threshold {threshold:g} (transformer families whose pipeline marks "
                              "its passes, or that run one pass per step)")

@@ -42,6 +42,7 @@ class RequestShape:
     guidance: bool  # classifier-free guidance doubles the UNet batch
     loras_active: bool
     warmup: bool = False  # the start-up warm-up (engine/warmup.py): its images and UNet inputs are not kept
+    speed: str = "quality"  # the request's step cache (engine/step_cache.py): OpenVINO prepares a shallow UNet for it
 
     @property
     def unet_batch(self) -> int:

@@ -20,6 +20,8 @@ How it works, and why:
   It saves memory, not time: the CPU dequantizes the weights every step (SD 1.5 at 512²: 7.3 vs 1.8 s/step in
   bf16, benchmarks/int8_cpu.py). int8 activations (`nncf_w8a8`, and `auto` on VNNI/AMX CPUs) are faster:
   openvino_int8.py calibrates them on a model's first requests and swaps the UNet's compiled part once ready.
+- `speed` balanced/fast (DeepCache): the UNet's IR has a second output, its deep feature, and a small shallow IR
+  (openvino_deep_cache.py) is converted on the first such request; on a reused step only the shallow IR runs.
 - Text encoders, the VAE encoder and the scheduler stay in torch: they are a small share of the time.
 - What a traced graph cannot do runs on torch for that request, with the reason in the result: sizes whose
   latents the UNet cannot halve evenly at every level (traced graphs bake the up-sampling sizes), active LoRA
@@ -49,6 +51,7 @@ import torch
 
 from . import openvino_int8
 from .base import Backend, BackendRun, Capabilities, RequestShape
+from .openvino_deep_cache import DeepFeature, ShallowUNet, has_deep_split
 from .openvino_int8 import Int8Activations
 
 if TYPE_CHECKING:
@@ -59,9 +62,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # Bump when the traced wrappers below change, so IRs made by older code are not reused.
-CONVERTER_VERSION = 1
+# 2: the UNet's IR has a second output, its deep feature, for DeepCache (openvino_deep_cache.py).
+CONVERTER_VERSION = 2
 OPENVINO_FAMILIES = frozenset({"sd1", "sd2", "sdxl"})
 COMPONENTS = ("unet", "vae_decoder")
+SHALLOW = "unet_shallow"  # the UNet's outermost level, for speed=balanced/fast (openvino_deep_cache.py)
 MAX_STATIC_SHAPES = 1  # compiled UNet shapes kept per model: each is another copy of the weights in memory
 # Example inputs for tracing are small: tracing runs the module once, and the IR's dimensions are dynamic anyway.
 _TRACE_LATENT = 16
@@ -117,11 +122,15 @@ class CompiledPart:
         return entry
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        return self.outputs(feeds, 1)[0]
+
+    def outputs(self, feeds: dict[str, np.ndarray], count: int) -> list[np.ndarray]:
+        """The first `count` outputs for these inputs (the UNet's second one is its deep feature)."""
         with self._lock:
             _, request = self.compile_for({name: array.shape for name, array in feeds.items()})
             request.infer(feeds, share_inputs=True)
-            # The request reuses its output buffer on the next call; the caller keeps a copy.
-            return np.array(request.get_output_tensor(0).data, copy=True)
+            # The request reuses its output buffers on the next call; the caller keeps copies.
+            return [np.array(request.get_output_tensor(i).data, copy=True) for i in range(count)]
 
     def release(self) -> None:
         """Drop the compiled shapes (another part serves this component now); the IR stays on disk."""
@@ -149,37 +158,43 @@ class OpenVINOState:
 
 
 class _UNetForTrace(torch.nn.Module):
-    """The UNet with plain tensor inputs and outputs, in fp32 at the graph's edges (numpy has no bf16)."""
+    """The UNet with plain tensor inputs and outputs, in fp32 at the graph's edges (numpy has no bf16).
+
+    Outputs the noise prediction and, where the UNet has levels below the outermost one, its deep feature
+    (up_blocks[-2]'s output), which a DeepCache step hands the shallow IR (openvino_deep_cache.py).
+    """
 
     def __init__(self, unet: torch.nn.Module) -> None:
         super().__init__()
         self.unet = unet
 
-    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor) -> torch.Tensor:
+    def run(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor, **kwargs: Any) -> Any:
         dtype = self.unet.dtype
-        out = self.unet(sample.to(dtype), timestep, encoder_hidden_states.to(dtype), return_dict=False)[0]
-        return out.float()
+        if not has_deep_split(self.unet):
+            return self.unet(sample.to(dtype), timestep, encoder_hidden_states.to(dtype), return_dict=False, **kwargs)[0].float()
+        with DeepFeature(self.unet) as deep:
+            out = self.unet(sample.to(dtype), timestep, encoder_hidden_states.to(dtype), return_dict=False, **kwargs)[0]
+        assert deep.value is not None
+        return out.float(), deep.value.float()
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor) -> Any:
+        return self.run(sample, timestep, encoder_hidden_states)
 
 
-class _SDXLUNetForTrace(torch.nn.Module):
+class _SDXLUNetForTrace(_UNetForTrace):
     """As _UNetForTrace, with SDXL's pooled text embeddings and size/crop time ids."""
 
-    def __init__(self, unet: torch.nn.Module) -> None:
-        super().__init__()
-        self.unet = unet
-
-    def forward(
+    def forward(  # type: ignore[override]
         self,
         sample: torch.Tensor,
         timestep: torch.Tensor,
         encoder_hidden_states: torch.Tensor,
         text_embeds: torch.Tensor,
         time_ids: torch.Tensor,
-    ) -> torch.Tensor:
+    ) -> Any:
         dtype = self.unet.dtype
         added = {"text_embeds": text_embeds.to(dtype), "time_ids": time_ids.to(dtype)}
-        out = self.unet(sample.to(dtype), timestep, encoder_hidden_states.to(dtype), added_cond_kwargs=added, return_dict=False)[0]
-        return out.float()
+        return self.run(sample, timestep, encoder_hidden_states, added_cond_kwargs=added)
 
 
 class _DecoderForTrace(torch.nn.Module):
@@ -200,13 +215,40 @@ class OpenVINOUNet(torch.nn.Module):
     weights are not this module's.
     """
 
-    def __init__(self, original: torch.nn.Module, part: CompiledPart, run: BackendRun, sdxl: bool, keep: Any = None) -> None:
+    def __init__(
+        self, original: torch.nn.Module, part: CompiledPart, run: BackendRun, sdxl: bool, keep: Any = None,
+        shallow: CompiledPart | None = None, shallow_refused: str | None = None,
+    ) -> None:  # fmt: skip
         super().__init__()
         object.__setattr__(self, "_original", original)
         object.__setattr__(self, "_part", part)
         object.__setattr__(self, "_run", run)
         object.__setattr__(self, "_sdxl", sdxl)
         object.__setattr__(self, "_keep", keep)  # callable(feeds): keeps the inputs for int8 calibration
+        object.__setattr__(self, "_shallow", shallow)  # the shallow IR, for speed=balanced/fast
+        object.__setattr__(self, "_shallow_refused", shallow_refused)
+        object.__setattr__(self, "_cadence", None)  # step_cache.Cadence while a DeepCache request runs
+        object.__setattr__(self, "_deep", None)  # the last full pass's deep feature
+
+    def deep_cache_refusal(self) -> str | None:
+        """Why this run cannot reuse deep features (engine/step_cache.py asks before `deep_cache`); None: it can."""
+        if self._shallow is not None:
+            return None
+        if self._shallow_refused is not None:
+            return f"the UNet's shallow OpenVINO IR is not available ({self._shallow_refused}); ran at quality"
+        if not has_deep_split(self._original):
+            return "the UNet has a single resolution level, so nothing lies below the shallow path; ran at quality"
+        return "the UNet's shallow OpenVINO IR was not prepared for this request; ran at quality"
+
+    @contextmanager
+    def deep_cache(self, cadence: Any) -> Iterator[None]:
+        """Reuse the last full pass's deep feature on the passes `cadence` says, through the shallow IR."""
+        object.__setattr__(self, "_cadence", cadence)
+        try:
+            yield
+        finally:
+            object.__setattr__(self, "_cadence", None)
+            object.__setattr__(self, "_deep", None)
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -251,12 +293,22 @@ class OpenVINOUNet(torch.nn.Module):
             feeds["time_ids"] = _to_numpy(added_cond_kwargs["time_ids"])
         if self._keep is not None:
             self._keep(feeds)
-        out = torch.from_numpy(self._part(feeds)).to(device=sample.device, dtype=sample.dtype)
+        out = torch.from_numpy(self._compute(feeds, float(feeds["timestep"][0]))).to(device=sample.device, dtype=sample.dtype)
         if not return_dict:
             return (out,)
         from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
 
         return UNet2DConditionOutput(sample=out)
+
+    def _compute(self, feeds: dict[str, np.ndarray], t: float) -> np.ndarray:
+        cadence = self._cadence
+        if cadence is None:
+            return self._part(feeds)
+        if cadence.reuse(t, feeds["sample"].shape, have_features=self._deep is not None):
+            return self._shallow({**feeds, "deep": self._deep})
+        out, deep = self._part.outputs(feeds, 2)
+        object.__setattr__(self, "_deep", deep)
+        return out
 
     def _fall_back(self, why: str) -> None:
         note = f"unet: a call ran on torch ({why})"
@@ -304,7 +356,7 @@ def _to_numpy(tensor: torch.Tensor) -> np.ndarray:
 
 def expected_shapes(pipe: Any, component: str, shape: RequestShape) -> dict[str, tuple[int, ...]] | None:
     """The UNet input shapes a standard SD/SDXL pipeline call will use for `shape`; None for the dynamic decoder."""
-    if component != "unet":
+    if component not in ("unet", SHALLOW):
         return None
     config = pipe.unet.config
     batch = shape.unet_batch
@@ -318,6 +370,8 @@ def expected_shapes(pipe: Any, component: str, shape: RequestShape) -> dict[str,
     if getattr(config, "addition_embed_type", None) == "text_time":
         pooled = pipe.unet.add_embedding.linear_1.in_features - 6 * config.addition_time_embed_dim
         shapes.update(text_embeds=(batch, pooled), time_ids=(batch, 6))
+    if component == SHALLOW:  # up_blocks[-2]'s output: the second level's channels at the latents' size
+        shapes["deep"] = (batch, deep_channels(config), shape.height // scale, shape.width // scale)
     return shapes
 
 
@@ -410,6 +464,8 @@ class OpenVINOBackend(Backend):
                 part.compile_for(expected_shapes(pipe, component, shape))
                 if part is not state.parts[component]:
                     state.parts[component].release()  # one UNet in memory: the int8 one replaced bf16
+                if component == "unet" and shape.speed != "quality":
+                    self._prepare_shallow(model, state, shape, progress)
             except Exception as exc:  # conversion can fail on any op the frontend lacks; torch still runs it
                 log.warning("OpenVINO %s for %s failed; it runs on torch", component, model.source.spec, exc_info=exc)
                 detail = (str(exc).strip().splitlines() or [""])[0][:200]
@@ -417,6 +473,20 @@ class OpenVINOBackend(Backend):
                 state.parts.pop(component, None)
                 refused[component] = state.failed[component]
         return refused
+
+    def _prepare_shallow(self, model: "LoadedModel", state: OpenVINOState, shape: RequestShape, progress: "Progress | None") -> None:
+        """The shallow IR a DeepCache request reuses deep features with; a failure leaves that request at quality."""
+        if SHALLOW in state.failed or not has_deep_split(model.base.unet):
+            return
+        try:
+            if SHALLOW not in state.parts:
+                state.parts[SHALLOW] = self._load_part(model, SHALLOW, progress)
+            state.parts[SHALLOW].compile_for(expected_shapes(model.base, SHALLOW, shape))
+        except Exception as exc:  # as for the UNet: the request runs, without the step cache
+            log.warning("OpenVINO shallow UNet for %s failed", model.source.spec, exc_info=exc)
+            detail = (str(exc).strip().splitlines() or [""])[0][:200]
+            state.failed[SHALLOW] = f"its OpenVINO conversion failed ({type(exc).__name__}: {detail})"
+            state.parts.pop(SHALLOW, None)
 
     @contextmanager
     def running(self, pipe: Any, model: "LoadedModel", served: list[str], run: BackendRun) -> Iterator[None]:
@@ -430,7 +500,8 @@ class OpenVINOBackend(Backend):
             if "unet" in served:
                 sdxl = model.family.family.value == "sdxl"
                 part = state.unet_part or state.parts["unet"]
-                pipe.unet = OpenVINOUNet(original_unet, part, run, sdxl, keep=int8.keep if calibrating else None)
+                pipe.unet = OpenVINOUNet(original_unet, part, run, sdxl, keep=int8.keep if calibrating else None,
+                                         shallow=state.parts.get(SHALLOW), shallow_refused=state.failed.get(SHALLOW))
                 if int8 is not None:
                     run.quantization = int8.as_dict() if part is int8.part or int8.state != "ready" else None
             if "vae_decoder" in served:
@@ -549,7 +620,7 @@ class OpenVINOBackend(Backend):
         size = sum(f.stat().st_size for f in folder.glob("*.bin"))
         if weights is not None:
             model.backend_quantization.bytes_after = size  # the estimate made at load, replaced by the IR's real size
-        return CompiledPart(component, self.core(), xml, self.precision, component == "unet", size, on_compiled)
+        return CompiledPart(component, self.core(), xml, self.precision, component in ("unet", SHALLOW), size, on_compiled)
 
     def _convert(self, model: "LoadedModel", component: str, folder: Path, weights: str | None = None) -> None:
         log.info(
@@ -560,6 +631,8 @@ class OpenVINOBackend(Backend):
         pipe = model.base
         if component == "vae_decoder":
             traceable = traceable_decoder(pipe.vae)
+        elif component == SHALLOW:
+            traceable = traceable_shallow(pipe.unet, sdxl=model.family.family.value == "sdxl")
         else:
             traceable = traceable_unet(pipe.unet, sdxl=model.family.family.value == "sdxl")
         meta = {"model": str(model.source.key), "component": component, "key": ir_key_material(model, component)}
@@ -596,6 +669,24 @@ def traceable_unet(unet: torch.nn.Module, *, sdxl: bool) -> tuple[torch.nn.Modul
     example.update(text_embeds=torch.randn(2, pooled), time_ids=torch.randn(2, 6))
     inputs += [("text_embeds", ov.PartialShape([-1, pooled]), f32), ("time_ids", ov.PartialShape([-1, 6]), f32)]
     return _SDXLUNetForTrace(unet), example, inputs
+
+
+def traceable_shallow(unet: torch.nn.Module, *, sdxl: bool) -> tuple[torch.nn.Module, dict[str, torch.Tensor], list]:
+    """The UNet's shallow path on a given deep feature (openvino_deep_cache.py), like traceable_unet."""
+    import openvino as ov
+
+    _, example, inputs = traceable_unet(unet, sdxl=sdxl)
+    channels = deep_channels(unet.config)
+    # ShallowUNet's arguments in order: the three of every UNet, deep, then SDXL's two.
+    example = {**dict(list(example.items())[:3]), "deep": torch.randn(2, channels, _TRACE_LATENT, _TRACE_LATENT),
+               **dict(list(example.items())[3:])}  # fmt: skip
+    inputs = [*inputs[:3], ("deep", ov.PartialShape([-1, channels, -1, -1]), ov.Type.f32), *inputs[3:]]
+    return ShallowUNet(unet, sdxl=sdxl), example, inputs
+
+
+def deep_channels(unet_config: Any) -> int:
+    """Channels of up_blocks[-2]'s output: the second level's width (the up path mirrors the down path)."""
+    return int(unet_config.block_out_channels[1])
 
 
 def traceable_decoder(vae: torch.nn.Module) -> tuple[torch.nn.Module, dict[str, torch.Tensor], list]:
@@ -652,7 +743,8 @@ def convert_module(module: torch.nn.Module, example: dict[str, torch.Tensor], in
         # check_trace would run the module twice more only to compare the outputs.
         decoder = TorchScriptPythonDecoder(module, example_input=example, trace_kwargs={"check_trace": False})
         ov_model = ov.convert_model(decoder, input=inputs)
-    ov_model.outputs[0].get_tensor().set_names({"out"})
+    for output, name in zip(ov_model.outputs, ("out", "deep")):
+        output.get_tensor().set_names({name})
     return ov_model
 
 
