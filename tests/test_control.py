@@ -262,3 +262,29 @@ async def test_flux_controlnet_changes_the_image_and_weight_zero_does_not(tmp_pa
     assert np.abs(silent - plain).max() <= 1
     with pytest.raises(InvalidRequestError, match=r"control\[0\]\.type: no ControlNet for 'scribble' on flux models"):
         engine.check(EngineRequest(mode="txt2img", model=None, prompt="x", steps=2, extra={"control": [ControlInput("scribble", canny_map())]}))
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("openvino") is None, reason="OpenVINO is not installed")
+async def test_on_openvino_a_controlled_unet_runs_on_torch_with_the_step_cache(
+    tmp_path: Path, tiny_models: dict[str, Path], controlnet_dir: Path
+) -> None:
+    from mcp import Client
+
+    from imgtools_mcp.server import build_server
+
+    settings = Settings(model=str(tiny_models["sd15"]), output_dir=tmp_path / "out", device="cpu", hf_offline=True,
+                        controlnet_dirs=[controlnet_dir], backend="openvino", cache_dir=tmp_path / "cache", quantize="none")  # fmt: skip
+    request = {"prompt": "a ball", "width": 64, "height": 64, "steps": 8, "seed": 11, "speed": "balanced",
+               "control": [{"type": "canny", "image": drawing_url()}]}  # fmt: skip
+    async with Client(build_server(settings)) as client:
+        result = await client.call_tool("generate", request)
+        plain = await client.call_tool("generate", {key: value for key, value in request.items() if key != "control"})
+    assert not result.is_error, result.content[0].text
+    engine = result.structured_content["engine"]
+    # The ControlNet's residuals go into the UNet's blocks: its UNet is torch's for the whole request, said up front.
+    assert engine["backend_components"] == {"unet": "torch", "vae_decoder": "openvino"}
+    assert "ControlNet residuals" in engine["backend_reason"]
+    assert (engine["step_cache"]["method"], engine["step_cache"]["computed"], engine["step_cache"]["reused"]) == ("deep_cache", 4, 4)
+    # Without control the same server's UNet is OpenVINO's again, with its own shallow IR for the cache.
+    assert plain.structured_content["engine"]["backend_components"]["unet"] == "openvino"
+    assert plain.structured_content["engine"]["step_cache"]["computed"] == 4

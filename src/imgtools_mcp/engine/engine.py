@@ -393,7 +393,7 @@ class Engine:
                 warnings.append(f"speed: {cached.reason}")
             eager = eager_reason(
                 model.base, plan=model.plan, loras_active=shape.loras_active, speed=job.request.extra.get("speed", "quality"),
-                extras=bool(job.request.extra.get("control") or job.request.extra.get("ip_adapter")),
+                extras=shape.unet_extras,
             )
             if eager is not None:
                 backend_run.notes.append(f"compiled denoiser not used for this request: {eager}")
@@ -442,7 +442,7 @@ class Engine:
         guided = job.guidance_scale > 1 and getattr(unet_config, "time_cond_proj_dim", None) is None
         loras_active = bool(model.adapters is not None and model.adapters.active)
         return RequestShape(job.mode, job.width, job.height, len(job.seeds), guided, loras_active, warmup=job.warmup,
-                            speed=job.request.extra.get("speed", "quality"))
+                            speed=job.request.extra.get("speed", "quality"), unet_extras=_unet_extras(job))
 
     def _apply_loras(self, model: LoadedModel, job: ResolvedJob, progress: Progress) -> list[AppliedLora]:
         """Activate exactly the job's adapters (loading each once); a job without LoRAs runs without any."""
@@ -637,3 +637,8 @@ class Engine:
     async def aclose(self) -> None:
         for model in self.cache.loaded():
             self.cache.evict(model.source.key, reason="engine closed")
+
+
+def _unet_extras(job: ResolvedJob) -> bool:
+    """Whether ControlNet residuals or IP-Adapter image embeddings enter the denoiser's blocks in this job."""
+    return bool(job.request.extra.get("control") or job.request.extra.get("ip_adapter"))

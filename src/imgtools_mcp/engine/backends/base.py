@@ -43,6 +43,7 @@ class RequestShape:
     loras_active: bool
     warmup: bool = False  # the start-up warm-up (engine/warmup.py): its images and UNet inputs are not kept
     speed: str = "quality"  # the request's step cache (engine/step_cache.py): OpenVINO prepares a shallow UNet for it
+    unet_extras: bool = False  # ControlNet residuals or IP-Adapter embeddings go into the UNet's blocks
 
     @property
     def unet_batch(self) -> int:

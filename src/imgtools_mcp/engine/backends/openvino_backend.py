@@ -437,6 +437,9 @@ class OpenVINOBackend(Backend):
         unsupported = unet_unsupported(unet_config)
         if shape.loras_active and not caps.lora:
             refused["unet"] = "LoRA adapters are active and the converted UNet has the base weights only"
+        elif shape.unet_extras:
+            # Every call would pass to torch anyway; declared up front, the step cache hooks the torch UNet.
+            refused["unet"] = "ControlNet residuals or IP-Adapter embeddings go into the UNet's blocks, which the converted graph does not take"
         elif unsupported is not None:
             refused["unet"] = unsupported
         elif not caps.any_size and (shape.width % multiple or shape.height % multiple):
