@@ -21,7 +21,7 @@ unet_step.py.
     flock /tmp/bench.lock timeout 1500 .venv/bin/python benchmarks/int8_cpu.py          # ~15-25 min on 2 cores
     .venv/bin/python benchmarks/int8_cpu.py --tiny                                    # a tiny UNet, seconds: checks the code
 
-Writes benchmarks/results/int8_cpu.json and .md (int8_cpu-tiny.* with --tiny).
+Writes benchmarks/results/int8_cpu.json and .md (int8_cpu-tiny.* with --tiny; a -no-amx suffix on a CPU without AMX).
 """
 
 from __future__ import annotations
@@ -344,7 +344,11 @@ def main() -> None:
     finally:
         if made:
             shutil.rmtree(args.cache_dir, ignore_errors=True)
-    stem = "int8_cpu" + ("-tiny" if args.tiny else "")
+    from imgtools_mcp.engine.device import probe
+
+    # A CPU without AMX (int8 on VNNI, bf16 on AVX512-BF16) does not replace the results of one that has it.
+    amx = any(flag.startswith("amx") for flag in probe("cpu").cpu_features)
+    stem = "int8_cpu" + ("-tiny" if args.tiny else "") + ("" if amx else "-no-amx")
     print(save_results(stem, report, table(report)))
 
 
