@@ -16,6 +16,9 @@ Parts (real-size architectures with random weights, built from the configs in un
    the bf16 weights would otherwise run, against the fp8 weights resident. Each row's first call is timed on
    its own: for a compiled row that is the first request's latency after load.
 
+The first request through the server after a restart, with and without IMGTOOLS_WARMUP (which compiles the
+native size at start), is benchmarks/first_request.py --device cuda, run beside this in the same device session.
+
 Without CUDA it prints why and exits 0 (results already in benchmarks/results stay), so anyone can run it anywhere;
 --cpu-smoke runs the speed part on the CPU at a small size to check the script, writing nothing.
 

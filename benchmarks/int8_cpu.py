@@ -282,10 +282,10 @@ def table(report: dict) -> str:
         vs_plain = f"{plain / row['median_s']:.2f}×" if plain else "n/a"
         lines.append(f"| {name} | {row['median_s']:.3f} | {row['min_s']:.3f} | {bf16 / row['median_s']:.2f}× | {vs_plain} |")
     sizes = report["ir_bytes"]
-    lines += ["", "Compile order matters on this machine: in a separate check the engine's bf16 IR ran 3.42 s per step when "
-              "compiled before its int8 one and 2.27 s when compiled after it (int8 1.88 s compiled second, 1.99 s first), and the bf16 row "
-              "here is compiled first; benchmarks/results/whole_generate.md compares them end to end, turn by turn "
-              "through the engine."]
+    lines += ["", "The bf16 row here is compiled first. On the AMX machine of int8_cpu.md that order mattered: in a separate "
+              "check the engine's bf16 IR ran 3.42 s per step when compiled before its int8 one and 2.27 s when compiled "
+              "after it (int8 1.88 s compiled second, 1.99 s first); benchmarks/results/whole_generate*.md compare them "
+              "end to end, turn by turn through the engine."]
     lines += ["", "IR weights on disk: " + ", ".join(f"{k.removesuffix('_ir_bytes')} {v / 2**20:.0f} MiB" for k, v in sizes.items())
               + "; preparation: " + ", ".join(f"{k} {v:.1f} s" for k, v in report["seconds"].items()) + ".", ""]
     lines += [f"Drift after {report['drift_steps']} DDIM steps (CFG 7.5) from the same seed, against the OpenVINO bf16 run "

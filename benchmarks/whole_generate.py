@@ -17,7 +17,7 @@ bf16 one of the same seed (random weights only bound a trained model's drift).
     flock /tmp/bench.lock .venv/bin/python benchmarks/whole_generate.py [--rounds 3] [--plain-rounds 1]
         [--model-dir DIR] [--cache-dir DIR]     # ~15-25 min on 2 cores, most of it plain diffusers and calibration
 
-Writes benchmarks/results/whole_generate.json and .md.
+Writes benchmarks/results/whole_generate.json and .md (whole_generate-no-amx.* on a CPU without AMX).
 """
 
 from __future__ import annotations
@@ -180,7 +180,9 @@ def main() -> None:
         report = anyio.run(measure, args, model, args.cache_dir or work / "cache", work / "out")
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(save_results("whole_generate", report, table(report)))
+    # A CPU without AMX (int8 on VNNI, bf16 on AVX512-BF16) does not replace the results of one that has it.
+    amx = any(flag.startswith("amx") for flag in report["machine"]["cpu_flags"])
+    print(save_results("whole_generate" + ("" if amx else "-no-amx"), report, table(report)))
 
 
 if __name__ == "__main__":

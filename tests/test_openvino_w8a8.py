@@ -123,6 +123,7 @@ async def test_int8_activations_calibrate_in_the_background_then_run(tiny_sd15: 
         second = await client.call_tool("generate", REQUEST)
         info = await wait_for_calibration(client)
         third = await client.call_tool("generate", REQUEST)
+        cached = await client.call_tool("generate", {**REQUEST, "speed": "balanced"})  # deep features from the int8 IR
 
     # Calibrating: served by the bf16 IR (same pixels as the plain run), saying what it is doing.
     for result in (first, second):
@@ -144,6 +145,10 @@ async def test_int8_activations_calibrate_in_the_background_then_run(tiny_sd15: 
     a, b = pixels(plain), pixels(third)
     assert not np.array_equal(a, b)  # the int8 UNet really ran
     assert np.abs(a - b).mean() < W8A8_LEVELS, np.abs(a - b).mean()
+    step_cache = cached.structured_content["engine"]["step_cache"]
+    assert cached.structured_content["engine"]["quantization"]["method"] == "nncf_w8a8"
+    assert (step_cache["method"], step_cache["computed"], step_cache["reused"]) == ("deep_cache", 2, 2), step_cache
+    assert 0 < np.abs(pixels(cached) - b).mean() < W8A8_LEVELS
 
     (folder,) = cache.glob("openvino/unet-*-w8a8")
     meta = json.loads((folder / "meta.json").read_text())
