@@ -34,6 +34,12 @@ def scratch(prefix: str) -> Iterator[Path]:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def no_amx_suffix(cpu_features: Any) -> str:
+    """"-no-amx" on a CPU without AMX (int8 on VNNI, bf16 on AVX512-BF16), so its results sit beside an AMX
+    machine's instead of replacing them; "" with AMX."""
+    return "" if any(str(flag).startswith("amx") for flag in cpu_features) else "-no-amx"
+
+
 def save_results(stem: str, report: dict[str, Any], markdown: str, folder: Path = RESULTS) -> str:
     """Write `<stem>.json` and `<stem>.md` under `folder`; returns the Markdown for printing."""
     folder.mkdir(parents=True, exist_ok=True)

@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import CLIP_L, SD15_UNET, SD_VAE, log, save_results
+from common import CLIP_L, SD15_UNET, SD_VAE, log, no_amx_suffix, save_results
 from unet_step import build_text_encoder, interleaved, openvino_call, summary, torch_unet_call
 
 BATCH = 2
@@ -346,9 +346,7 @@ def main() -> None:
             shutil.rmtree(args.cache_dir, ignore_errors=True)
     from imgtools_mcp.engine.device import probe
 
-    # A CPU without AMX (int8 on VNNI, bf16 on AVX512-BF16) does not replace the results of one that has it.
-    amx = any(flag.startswith("amx") for flag in probe("cpu").cpu_features)
-    stem = "int8_cpu" + ("-tiny" if args.tiny else "") + ("" if amx else "-no-amx")
+    stem = "int8_cpu" + ("-tiny" if args.tiny else "") + no_amx_suffix(probe("cpu").cpu_features)
     print(save_results(stem, report, table(report)))
 
 

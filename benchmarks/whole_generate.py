@@ -32,7 +32,7 @@ from pathlib import Path
 
 import anyio
 import numpy as np
-from common import log, save_results
+from common import log, no_amx_suffix, save_results
 from warm_load import PROMPT, write_model
 
 REQUEST = {"prompt": PROMPT, "width": 512, "height": 512, "steps": 25, "guidance_scale": 7.0, "sampler": "euler",
@@ -180,9 +180,7 @@ def main() -> None:
         report = anyio.run(measure, args, model, args.cache_dir or work / "cache", work / "out")
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    # A CPU without AMX (int8 on VNNI, bf16 on AVX512-BF16) does not replace the results of one that has it.
-    amx = any(flag.startswith("amx") for flag in report["machine"]["cpu_flags"])
-    print(save_results("whole_generate" + ("" if amx else "-no-amx"), report, table(report)))
+    print(save_results("whole_generate" + no_amx_suffix(report["machine"]["cpu_flags"]), report, table(report)))
 
 
 if __name__ == "__main__":

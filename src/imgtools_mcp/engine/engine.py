@@ -311,7 +311,9 @@ class Engine:
             return
         spec = self.default_model.value
         try:
-            self._local_source(spec)  # a model that is not on disk yet is downloaded by its first request, not now
+            # A model not on disk yet is downloaded by its first request, not now; found, check() reuses what was read.
+            if spec not in self._sources:
+                self._sources[spec] = self._local_source(spec)
             job = await self.acheck(EngineRequest(mode="txt2img", model=spec, prompt=WARMUP_PROMPT, steps=WARMUP_STEPS))
         except (EngineError, OSError, ValueError) as exc:
             warmup.skip(f"{spec}: {exc}")

@@ -91,9 +91,3 @@ class ShallowUNet(torch.nn.Module):
             hidden = unet.conv_act(unet.conv_norm_out(hidden))
         return unet.conv_out(hidden).float()
 
-
-def shallow_parameters(unet: torch.nn.Module) -> int:
-    """Parameters the shallow IR holds (its memory), for engine_status and the benchmark."""
-    parts = [unet.time_embedding, unet.conv_in, unet.down_blocks[0], unet.up_blocks[-1], unet.conv_out]
-    parts += [m for m in (getattr(unet, "add_embedding", None), unet.conv_norm_out) if m is not None]
-    return sum(p.numel() for part in parts for p in part.parameters())
