@@ -148,6 +148,64 @@ async def test_the_warm_up_keeps_no_int8_calibration_inputs(tiny_sd15: Path, tmp
         assert f"{FIRST['steps']} of the {openvino_int8.MIN_CAPTURED} UNet inputs" in quantization["reason"], quantization
 
 
+async def wait_for_later(client, count: int, timeout_s: float = 120.0) -> dict:
+    """engine_status once `count` warm-ups after load have ended."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status = (await client.call_tool("engine_status", {})).structured_content
+        later = status["warmup"].get("later", [])
+        if len(later) >= count and all(entry["state"] not in ("pending", "running") for entry in later):
+            return status
+        assert time.monotonic() < deadline, f"{count} warm-up(s) after load did not end in {timeout_s:g} s: {status['warmup']}"
+        await anyio.sleep(0.2)
+
+
+async def test_a_model_a_request_loads_later_runs_its_native_size_in_the_background(tiny_sd15: Path, tiny_sdxl: Path,
+                                                                                    tmp_path: Path) -> None:  # fmt: skip
+    settings = Settings(model="example-owner/not-downloaded", output_dir=tmp_path / "out", device="cpu",
+                        hf_offline=True, warmup="on")  # fmt: skip
+    async with Client(build_server(settings)) as client:
+        assert (await wait_for_warmup(client))["warmup"]["state"] == "skipped"
+        # Loaded at its native size: that request ran the shape, so nothing is left to warm up.
+        native = await client.call_tool("generate", {**FIRST, "model": str(tiny_sd15)})
+        assert native.structured_content["timings"]["load_s"] > 0
+        # Loaded at another size: the native one runs once the device is idle.
+        other = await client.call_tool("generate", {**FIRST, "model": str(tiny_sdxl), "width": 96, "height": 96})
+        assert not other.is_error, other.content[0].text
+        assert other.structured_content["timings"]["load_s"] > 0
+        status = await wait_for_later(client, 1)
+        (later,) = status["warmup"]["later"]
+        assert later["state"] == "ready" and later["model"] == tiny_sdxl.name and later["size"] == "64x64", later
+        assert later["timings"]["load_s"] == 0  # it ran on the loaded model; a warm-up never loads one
+        text = (await client.call_tool("engine_status", {})).content[0].text
+        assert f"warm-up after load ready: {tiny_sdxl.name} run at 64x64 in the background after its load" in text
+        again = await client.call_tool("generate", {**FIRST, "model": str(tiny_sdxl)})
+        assert again.structured_content["timings"]["load_s"] == 0
+        await anyio.sleep(0.5)
+        assert len((await client.call_tool("engine_status", {})).structured_content["warmup"]["later"]) == 1
+        assert sorted(path.name for path in (tmp_path / "out").rglob("*.png")) == sorted(
+            Path(image["path"]).name for result in (native, other, again) for image in result.structured_content["images"]
+        )  # the warm-up's images are not kept
+
+
+@needs_openvino
+async def test_on_openvino_the_native_shape_of_a_model_loaded_later_is_compiled_before_it_is_asked_for(
+    tiny_sd15: Path, tmp_path: Path
+) -> None:
+    settings = Settings(model="example-owner/not-downloaded", output_dir=tmp_path / "out", device="cpu", hf_offline=True,
+                        warmup="on", backend="openvino", cache_dir=tmp_path / "cache", quantize="none")  # fmt: skip
+    async with Client(build_server(settings)) as client:
+        await wait_for_warmup(client)
+        first = await client.call_tool("generate", {**FIRST, "model": str(tiny_sd15), "width": 96, "height": 96})
+        assert any("converted to openvino" in n for n in first.structured_content["engine"]["backend_notes"])
+        (later,) = (await wait_for_later(client, 1))["warmup"]["later"]
+        assert later["state"] == "ready" and "compiled for sample 2x4x32x32" in later["detail"], later
+        native = await client.call_tool("generate", {**FIRST, "model": str(tiny_sd15)})
+        engine = native.structured_content["engine"]
+        assert engine["backend_components"]["unet"] == "openvino"
+        assert "backend_notes" not in engine, engine["backend_notes"]  # nothing compiled for the first native request
+
+
 def test_doctor_says_whether_the_server_would_warm_up(tiny_sd15: Path, tmp_path: Path) -> None:
     report = collect(Settings(model=str(tiny_sd15), output_dir=tmp_path / "out", device="cpu", warmup="on"))
     assert report["warmup"] == {"enabled": True, "reason": plan_warmup("on", compile_mode="off", backend="torch").reason}

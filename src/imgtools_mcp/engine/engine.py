@@ -7,6 +7,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -42,7 +43,7 @@ from .queue import DeviceQueue, QueueTicket
 from .request import EngineInfo, EngineRequest, LoraWeight, ProgressCallback, ResolvedJob, RunOutput, StepCallback
 from .samplers import make_scheduler, sampler_label
 from .status import CacheInfo, EngineStatusInfo, LoadedModelInfo, PlannedMemoryInfo
-from .warmup import WARMUP_PROMPT, WARMUP_STEPS, Warmup, plan_warmup
+from .warmup import IDLE_POLL_S, IDLE_QUIET_S, WARMUP_PROMPT, WARMUP_STEPS, Warmup, plan_warmup, shape_key
 from .weights import HeaderError, estimate_footprint
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,9 @@ class Engine:
             settings.warmup, compile_mode=self.backends.torch.fast_path.compile.value,
             backend=self.backends.choose(self._default_family() or "sd1").value, engine=settings.engine,
         ))  # fmt: skip
+        # Models loaded by requests after start, waiting for their native size's background warm-up: (spec, key).
+        self._later_warmups: list[tuple[str | None, str]] = []
+        self._later_wake: anyio.Event | None = None  # set while warm_up() listens for them
 
     # ----- model resolution (cheap: configs only) -----
 
@@ -302,19 +306,35 @@ class Engine:
         return model, model.load_seconds
 
     async def warm_up(self) -> None:
-        """Load the default model and run it once at its native size (engine/warmup.py), when IMGTOOLS_WARMUP says so.
+        """Warm the default model up at start, then each model a request loads later (engine/warmup.py).
 
+        Runs for the server's lifetime when IMGTOOLS_WARMUP says so, and returns at once when it does not.
         Never raises: what happened is in `self.warmup` (engine_status). The server starts it in the background.
         """
-        warmup = self.warmup
-        if warmup.state != "pending":
+        if self.warmup.state != "pending" or self._later_wake is not None:
             return
+        await self._warm_default()
+        while True:
+            self._later_wake = anyio.Event()
+            if not self._later_warmups:
+                await self._later_wake.wait()
+            while self._later_warmups:
+                spec, key = self._later_warmups.pop(0)
+                try:
+                    await self._warm_later(spec, key)
+                except anyio.get_cancelled_exc_class():
+                    raise
+                except Exception:  # a warm-up must never take the server down; the next request compiles instead
+                    log.exception("warm-up after load failed for %s", key)
+
+    async def _warm_default(self) -> None:
+        warmup = self.warmup
         spec = self.default_model.value
         try:
             # A model not on disk yet is downloaded by its first request, not now; found, check() reuses what was read.
             if spec not in self._sources:
                 self._sources[spec] = self._local_source(spec)
-            job = await self.acheck(EngineRequest(mode="txt2img", model=spec, prompt=WARMUP_PROMPT, steps=WARMUP_STEPS))
+            job = await self.acheck(self._warmup_request(spec))
         except (EngineError, OSError, ValueError) as exc:
             warmup.skip(f"{spec}: {exc}")
             log.info("warm-up skipped: %s", warmup.detail)
@@ -322,13 +342,68 @@ class Engine:
         job.warmup = True
         warmup.start(job.source.name, f"{job.width}x{job.height}")
         log.info("warm-up: %s", warmup.detail)
+        result = await self._run_warmup(warmup, job, partial(self._generate_sync, job, None))
+        if result is not None:
+            warmup.finish(result.timings, result.engine.backend_notes)
+            log.info("warm-up: %s in %.1f s", warmup.detail, warmup.seconds)
+
+    async def _warm_later(self, spec: str | None, key: str) -> None:
+        """Run a model's native size once after a request loaded it at another, when the device is idle."""
+        await self._device_quiet()
+        model = next((loaded for loaded in self.cache.loaded() if loaded.source.key == key), None)
+        if model is None:  # evicted meanwhile: loading it again for a warm-up would cost more than it saves
+            return
+        try:
+            job = await self.acheck(self._warmup_request(spec))
+        except (EngineError, OSError, ValueError) as exc:
+            log.info("warm-up after load skipped for %s: %s", model.source.name, exc)
+            return
+        job.warmup = True
+        shape = self._request_shape(model, job)
+        if shape_key(shape.width, shape.height, shape.unet_batch) in model.shapes_run:
+            return  # a request has already run (and compiled) that shape
+        name, size = job.source.name, f"{job.width}x{job.height}"
+        warmup = self.warmup.add_later(name, f"{name} was loaded by a request at another size; its native size runs "
+                                       "once in the background while the device is idle")  # fmt: skip
+        warmup.start(name, size)
+        warmup.detail = f"running {WARMUP_STEPS} steps of {name} at {size}"
+        log.info("warm-up after load: %s", warmup.detail)
+
+        def work(on_progress: ProgressCallback, cancel: threading.Event) -> RunOutput | None:
+            if key not in self.cache:  # evicted while this waited for the device
+                return None
+            return self._generate_sync(job, None, on_progress, cancel)
+
+        result = await self._run_warmup(warmup, job, work)
+        if result is None and warmup.state == "running":
+            warmup.skip(f"{name} was unloaded before its warm-up ran")
+        elif result is not None:
+            warmup.finish(result.timings, result.engine.backend_notes, f"{name} run at {size} in the background after its load")
+            log.info("warm-up after load: %s in %.1f s", warmup.detail, warmup.seconds)
+
+    async def _device_quiet(self) -> None:
+        """Return once no run has held or waited for the device for IDLE_QUIET_S (requests first; a sweep's cells follow
+        one another closer than that, and an accepted background job's ticket counts as waiting)."""
+        quiet_since: float | None = None
+        while quiet_since is None or time.monotonic() - quiet_since < IDLE_QUIET_S:
+            if self.queue.busy or self.queue.waiting:
+                quiet_since = None
+            elif quiet_since is None:
+                quiet_since = time.monotonic()
+            await anyio.sleep(IDLE_POLL_S)
+
+    def _warmup_request(self, spec: str | None) -> EngineRequest:
+        """The shape of a plain first `generate`: native size, one image, the family's default guidance."""
+        return EngineRequest(mode="txt2img", model=spec, prompt=WARMUP_PROMPT, steps=WARMUP_STEPS)
+
+    async def _run_warmup(self, warmup: Warmup, job: ResolvedJob, work: Callable[..., RunOutput | None]) -> RunOutput | None:
+        """Run a warm-up through the device queue; a failure is recorded in `warmup`, never raised."""
 
         def on_progress(message: str, done: float | None = None, total: float | None = None) -> None:
             warmup.progress(message)
 
         try:
-            work = partial(self._generate_sync, job, None, on_progress)
-            result, _ = await self.queue.run(f"warmup:{job.source.name}", work)
+            result, _ = await self.queue.run(f"warmup:{job.source.name}", partial(work, on_progress))
         except anyio.get_cancelled_exc_class():
             warmup.fail("stopped: the server shut down during the warm-up")
             raise
@@ -336,9 +411,15 @@ class Engine:
             failure = exc if isinstance(exc, EngineError) else self._pipeline_failure(exc)
             warmup.fail(str(failure))
             log.warning("warm-up failed: %s", warmup.detail)
+            return None
+        return result
+
+    def _after_load(self, job: ResolvedJob) -> None:
+        """A request loaded its model: queue the native size's warm-up when the warm-up loop is listening."""
+        if self._later_wake is None or not self.warmup.choice.value or job.warmup or job.family.inpainting:
             return
-        warmup.finish(result.timings, result.engine.backend_notes)
-        log.info("warm-up: %s in %.1f s", warmup.detail, warmup.seconds)
+        self._later_warmups.append((job.request.model, job.source.key))
+        self._later_wake.set()
 
     # ----- generation -----
 
@@ -359,6 +440,8 @@ class Engine:
         except Exception as exc:  # a failing pipeline fails this request only; the engine and the queue go on
             raise self._pipeline_failure(exc) from exc
         result.timings["queue_s"] = round(waited, 4)
+        if result.timings.get("load_s", 0) > 0:
+            self._after_load(job)
         return result
 
     def _pipeline_failure(self, exc: Exception) -> EngineError:
@@ -413,6 +496,8 @@ class Engine:
                 self._switch_plan(model, next_plan)
                 with compile_stance(eager_reason(model.base, plan=model.plan, loras_active=False, speed="quality", extras=False)):
                     images, label, steps_run = self._denoise(model, job, on_step, cancel)
+        if not shape.loras_active and not shape.unet_extras:
+            model.shapes_run.add(shape_key(shape.width, shape.height, shape.unet_batch))
         if backend_run.prepare_seconds:
             self.cache.make_room(0, keep=source.key)  # compiled graphs count against the budget too
         denoise_s = time.perf_counter() - started - load_s

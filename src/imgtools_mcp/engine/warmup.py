@@ -12,6 +12,13 @@ meanwhile waits for it, as it would have waited for the load. Its images are dro
 downloads (a default model that is not on disk is skipped, and the first request downloads it), and
 OpenVINO's int8 calibration does not keep its UNet inputs (a made-up prompt is poor calibration data).
 
+A model loaded later, by a request at another size (or the default model, when the start skipped it because
+it was not on disk yet), gets the same pass once the device is idle: its native size compiles in the
+background after the load, not on the first native-size request. It waits until no request has run or
+waited for `IDLE_QUIET_S`, never loads a model again (one evicted meanwhile is left alone), and is skipped
+when a request has already run that shape. A request that arrives while it runs waits for its few steps.
+engine_status lists these under the warm-up's `later`.
+
 `plan_warmup` is pure (the setting and the engine's choices in, a `Choice` out); `Warmup` is what
 engine_status and doctor show: whether it runs, why, and how far it got.
 """
@@ -26,6 +33,9 @@ from .choice import Choice
 
 WARMUP_STEPS = 3  # CUDA graph trees record on a compiled graph's second call and replay from the third
 WARMUP_PROMPT = "warm-up"
+IDLE_POLL_S = 0.25  # how often a warm-up after load looks whether the device is idle
+IDLE_QUIET_S = 1.0  # how long the device must have been idle before a warm-up after load takes it
+LATER_KEPT = 8  # warm-ups of models loaded after start that engine_status lists, newest last
 COMPILED_MODES = ("cudagraphs", "regional")
 
 
@@ -60,6 +70,7 @@ class Warmup:
     seconds: float | None = None
     timings: dict[str, float] = field(default_factory=dict)
     _started: float = 0.0
+    _later: list["Warmup"] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
         self.state = self.state or ("pending" if self.choice.value else "off")
@@ -73,11 +84,11 @@ class Warmup:
         if self.state == "running":
             self.detail = message
 
-    def finish(self, timings: dict[str, float], notes: list[str]) -> None:
+    def finish(self, timings: dict[str, float], notes: list[str], done: str | None = None) -> None:
         self.state, self.seconds = "ready", round(time.perf_counter() - self._started, 2)
         self.timings = dict(timings)
-        done = "; ".join(notes)
-        self.detail = f"{self.model} loaded and run at {self.size}" + (f" ({done})" if done else "")
+        noted = "; ".join(notes)
+        self.detail = (done or f"{self.model} loaded and run at {self.size}") + (f" ({noted})" if noted else "")
 
     def skip(self, why: str) -> None:
         self.state, self.detail = "skipped", why
@@ -94,4 +105,23 @@ class Warmup:
                 report[key] = getattr(self, key)
         if self.timings:
             report["timings"] = dict(self.timings)
+        if self.later:
+            report["later"] = [{key: value for key, value in later.as_dict().items() if key != "enabled"} for later in self.later]
         return report
+
+    @property
+    def later(self) -> list["Warmup"]:
+        """Warm-ups of models loaded after start (newest last, at most LATER_KEPT)."""
+        return self._later
+
+    def add_later(self, model: str, reason: str) -> "Warmup":
+        later = Warmup(Choice(True, reason))
+        later.model = model
+        self._later.append(later)
+        del self._later[:-LATER_KEPT]
+        return later
+
+
+def shape_key(width: int, height: int, unet_batch: int) -> tuple[int, int, int]:
+    """What a compiled denoiser is specialised on: the latents' size and the UNet's batch (images x CFG)."""
+    return (width, height, unet_batch)

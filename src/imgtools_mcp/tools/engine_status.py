@@ -103,7 +103,9 @@ class EngineStatus(BaseModel):
     default_model: str | None = Field(None, description="The default model (IMGTOOLS_MODEL; auto: picked for this device)")
     default_model_reason: str | None = Field(None, description="Why that model: IMGTOOLS_MODEL, or what auto saw")
     warmup: dict[str, Any] | None = Field(
-        None, description="IMGTOOLS_WARMUP: whether the default model is loaded and run once at start, why, and its state"
+        None,
+        description="IMGTOOLS_WARMUP: whether the default model is loaded and run once at start, why, and its state; "
+        "`later`: models loaded by requests afterwards, whose native size ran once in the background",
     )
     vlm: VlmStatus
 
@@ -142,6 +144,8 @@ def status_text(status: EngineStatus) -> str:
     warmup = status.warmup or {}
     if warmup.get("enabled"):
         lines.append(f"warm-up {warmup['state']}: {warmup.get('detail') or warmup['reason']}")
+        for later in warmup.get("later", []):
+            lines.append(f"warm-up after load {later['state']}: {later.get('detail') or later['reason']}")
     running = f"running {status.running} for {status.running_s:g} s" if status.running else "idle"
     lines.append(f"{running}; {status.queue_length} waiting (max {status.max_queue}); {status.background_jobs_active} background job(s)")
     for replica in status.replicas:  # IMGTOOLS_ENGINE=ray
