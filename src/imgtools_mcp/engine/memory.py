@@ -8,15 +8,6 @@ from enum import Enum
 
 import torch
 
-# diffusers 0.42 has no public way to undo enable_group_offload; reset_memory_plan removes the hooks by the names
-# diffusers registers them under, as its own `_maybe_remove_and_reapply_group_offloading` does.
-from diffusers.hooks.group_offloading import (
-    _GROUP_OFFLOADING,
-    _LAYER_EXECUTION_TRACKER,
-    _LAZY_PREFETCH_GROUP_OFFLOADING,
-)
-from diffusers.utils.torch_utils import empty_device_cache
-
 from .choice import Choice
 from .device import DeviceFacts
 
@@ -331,6 +322,8 @@ def apply_memory_plan(pipe, plan: MemoryPlan | str, device: str | torch.device) 
     else:
         # Offload hooks expect every weight in CPU RAM; an out-of-memory error mid-run can leave some on the device.
         pipe.to("cpu", silence_dtype_warnings=True)
+        from diffusers.utils.torch_utils import empty_device_cache
+
         empty_device_cache(device.type)
     if plan is MemoryPlan.MODEL_OFFLOAD:
         pipe.enable_model_cpu_offload(device=device)
@@ -356,6 +349,11 @@ def reset_memory_plan(pipe) -> None:
 
 
 def _remove_group_offloading(module: torch.nn.Module) -> None:
+    # diffusers 0.42 has no public way to undo enable_group_offload; this removes the hooks by the names diffusers
+    # registers them under, as its own `_maybe_remove_and_reapply_group_offloading` does. Imported here, not at the
+    # top: diffusers.hooks pulls in peft and transformers (~2 s), which `doctor` and a server's start never need.
+    from diffusers.hooks.group_offloading import _GROUP_OFFLOADING, _LAYER_EXECUTION_TRACKER, _LAZY_PREFETCH_GROUP_OFFLOADING
+
     for submodule in module.modules():
         registry = getattr(submodule, "_diffusers_hook", None)
         if registry is None:

@@ -3,41 +3,39 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from diffusers import (
-    DDIMScheduler,
-    DPMSolverMultistepScheduler,
-    EulerAncestralDiscreteScheduler,
-    EulerDiscreteScheduler,
-    FlowMatchEulerDiscreteScheduler,
-    LCMScheduler,
-    UniPCMultistepScheduler,
-)
-from diffusers.schedulers.scheduling_utils import SchedulerMixin
+if TYPE_CHECKING:
+    from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 
 @dataclass(frozen=True)
 class SamplerSpec:
-    scheduler_cls: type[SchedulerMixin]
+    class_name: str  # a diffusers scheduler, imported when first built (importing diffusers takes seconds)
     label: str  # the A1111 infotext name
     overrides: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def scheduler_cls(self) -> type["SchedulerMixin"]:
+        import diffusers
+
+        return getattr(diffusers, self.class_name)
+
 
 SAMPLERS: dict[str, SamplerSpec] = {
-    "euler": SamplerSpec(EulerDiscreteScheduler, "Euler"),
-    "euler_a": SamplerSpec(EulerAncestralDiscreteScheduler, "Euler a"),
+    "euler": SamplerSpec("EulerDiscreteScheduler", "Euler"),
+    "euler_a": SamplerSpec("EulerAncestralDiscreteScheduler", "Euler a"),
     "dpmpp_2m": SamplerSpec(
-        DPMSolverMultistepScheduler, "DPM++ 2M", {"algorithm_type": "dpmsolver++", "solver_order": 2}
+        "DPMSolverMultistepScheduler", "DPM++ 2M", {"algorithm_type": "dpmsolver++", "solver_order": 2}
     ),
     "dpmpp_2m_karras": SamplerSpec(
-        DPMSolverMultistepScheduler,
+        "DPMSolverMultistepScheduler",
         "DPM++ 2M Karras",
         {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True},
     ),
-    "ddim": SamplerSpec(DDIMScheduler, "DDIM"),
-    "unipc": SamplerSpec(UniPCMultistepScheduler, "UniPC"),
-    "lcm": SamplerSpec(LCMScheduler, "LCM"),
+    "ddim": SamplerSpec("DDIMScheduler", "DDIM"),
+    "unipc": SamplerSpec("UniPCMultistepScheduler", "UniPC"),
+    "lcm": SamplerSpec("LCMScheduler", "LCM"),
 }
 SAMPLER_NAMES: tuple[str, ...] = (*SAMPLERS, "default")
 _LABEL_TO_NAME = {spec.label: name for name, spec in SAMPLERS.items()}
@@ -47,8 +45,8 @@ _LABEL_TO_NAME = {spec.label: name for name, spec in SAMPLERS.items()}
 # only schedulers that step such a path fit. Each is built from the model's own FlowMatch config, so its shift
 # (fixed, or resolution-dependent through the `mu` the pipeline passes) is the model's.
 FLOW_SAMPLERS: dict[str, SamplerSpec] = {
-    "euler": SamplerSpec(FlowMatchEulerDiscreteScheduler, "Euler"),
-    "unipc": SamplerSpec(UniPCMultistepScheduler, "UniPC"),
+    "euler": SamplerSpec("FlowMatchEulerDiscreteScheduler", "Euler"),
+    "unipc": SamplerSpec("UniPCMultistepScheduler", "UniPC"),
 }
 # DPM++ is left out: its set_timesteps takes no custom sigmas, which every flow img2img/inpaint pipeline passes.
 
@@ -88,7 +86,7 @@ def check_sampler(name: str, kind: str, family_label: str, fitting: tuple[str, .
         raise ValueError(f"sampler: {name!r} does not fit {family_label} ({what}); use one of: default, {', '.join(fitting)}")
 
 
-def make_scheduler(name: str, base_config: Any, kind: str = "discrete") -> SchedulerMixin | None:
+def make_scheduler(name: str, base_config: Any, kind: str = "discrete") -> "SchedulerMixin | None":
     """A fresh scheduler for one request built from the model's own config; None for `default`."""
     if name == "default":
         return None
@@ -97,7 +95,7 @@ def make_scheduler(name: str, base_config: Any, kind: str = "discrete") -> Sched
             spec = FLOW_SAMPLERS[name]
         except KeyError:
             raise ValueError(f"sampler: {name!r} does not fit a flow-matching model; use one of: default, {', '.join(FLOW_SAMPLERS)}") from None
-        if spec.scheduler_cls is FlowMatchEulerDiscreteScheduler:
+        if spec.class_name == "FlowMatchEulerDiscreteScheduler":
             return spec.scheduler_cls.from_config(base_config)
         return spec.scheduler_cls.from_config(base_config, **spec.overrides, **_flow_overrides(base_config))
     try:
@@ -127,7 +125,7 @@ def sampler_label(name: str, default_scheduler_class: str) -> str:
         by_class: dict[str, str] = {}
         for spec in (*SAMPLERS.values(), *FLOW_SAMPLERS.values()):
             # The first label per class is its plain form ("DPM++ 2M", not the Karras variant).
-            by_class.setdefault(spec.scheduler_cls.__name__, spec.label)
+            by_class.setdefault(spec.class_name, spec.label)
         return (
             by_class.get(default_scheduler_class)
             or _A1111_CLASS_LABELS.get(default_scheduler_class)

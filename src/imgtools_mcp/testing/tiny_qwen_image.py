@@ -75,13 +75,13 @@ def build_qwen_image_edit(folder: Path | str, seed: int = 0, pipeline_class: str
     import diffusers
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    from ..engine.families.qwen_image import StillImageQwen2VLProcessor
+    from ..engine.families.qwen_image import still_image_processor_class
 
     folder = Path(folder)
     parts = _components(seed)
     # The real processor's sizes (patch 14, merge 2); the pipeline resizes each reference to ~384x384 for it.
     image_processor = Qwen2VLImageProcessorPil(patch_size=14, temporal_patch_size=2, merge_size=2)
-    processor = StillImageQwen2VLProcessor(image_processor=image_processor, tokenizer=parts["tokenizer"])
+    processor = still_image_processor_class()(image_processor=image_processor, tokenizer=parts["tokenizer"])
     pipe = getattr(diffusers, pipeline_class)(**parts, processor=processor)
     # model_index names the processor as the real checkpoints do, so the folder has their layout.
     pipe.register_to_config(processor=("transformers", "Qwen2VLProcessor"))

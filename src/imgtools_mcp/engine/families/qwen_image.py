@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -11,22 +12,21 @@ from .registry import register
 GB = 10**9
 FLOW_SAMPLERS = ("euler", "unipc", "dpmpp_2m")  # flow-match versions, built with the model's shift
 
-try:
-    from transformers import Qwen2VLProcessor
-except ImportError:  # transformers without Qwen2-VL: the edit families cannot load, nothing else is affected
-    Qwen2VLProcessor = object  # type: ignore[assignment,misc]
-
-
-class StillImageQwen2VLProcessor(Qwen2VLProcessor):  # type: ignore[misc,valid-type]
-    """Qwen2-VL's processor for still images only.
+@functools.cache
+def still_image_processor_class() -> type:
+    """Qwen2-VL's processor for still images only, built on first use (importing transformers' processors takes ~2 s).
 
     transformers 5 builds the processor's video part from torchvision, which this project does not need
     otherwise; instruction edits never pass video, so the edit pipelines get this processor instead.
     """
+    from transformers import Qwen2VLProcessor
 
-    @classmethod
-    def get_attributes(cls) -> list[str]:
-        return ["image_processor", "tokenizer"]
+    class StillImageQwen2VLProcessor(Qwen2VLProcessor):  # type: ignore[misc,valid-type]
+        @classmethod
+        def get_attributes(cls) -> list[str]:
+            return ["image_processor", "tokenizer"]
+
+    return StillImageQwen2VLProcessor
 
 
 def edit_processor(folder: Path, dtype: Any) -> dict[str, Any]:
@@ -35,7 +35,7 @@ def edit_processor(folder: Path, dtype: Any) -> dict[str, Any]:
     processor_dir = Path(folder) / "processor"
     if not processor_dir.is_dir():
         return {}
-    return {"processor": StillImageQwen2VLProcessor.from_pretrained(str(processor_dir))}
+    return {"processor": still_image_processor_class().from_pretrained(str(processor_dir))}
 
 
 def true_cfg_call(job: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
