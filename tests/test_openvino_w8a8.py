@@ -90,6 +90,38 @@ def test_calibration_keeps_inputs_spread_over_the_steps() -> None:
     assert len(held_out) == 1 and held_out[0] not in calibration and len(calibration) == len(kept) - 1
 
 
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_the_clean_latents_a_unet_call_predicts(prediction_type: str) -> None:
+    rng = np.random.default_rng(0)
+    alphas = np.linspace(0.9991, 0.0047, 1000)  # SD's alphas_cumprod falls from ~1 to ~0.005
+    clean, noise = rng.standard_normal((1, 4, 8, 8)), rng.standard_normal((1, 4, 8, 8))
+    t, a = 500, alphas[500]
+    sample = np.sqrt(a) * clean + np.sqrt(1 - a) * noise
+    velocity = np.sqrt(a) * noise - np.sqrt(1 - a) * clean
+    exact = noise if prediction_type == "epsilon" else velocity
+    # CFG's batch: the unconditional half predicts something else; the guided combination is the exact one.
+    uncond = exact + rng.standard_normal(exact.shape)
+    cond = uncond + (exact - uncond) / openvino_int8.DRIFT_GUIDANCE
+    feeds = {"sample": np.concatenate([sample, sample]).astype(np.float32), "timestep": np.asarray([float(t)], np.float32)}
+    got = openvino_int8.clean_latents(feeds, np.concatenate([uncond, cond]), alphas, prediction_type)
+    assert got is not None and got.shape == clean.shape and np.abs(got - clean).max() < 1e-4
+    noisy = {**feeds, "timestep": np.asarray([999.0], np.float32)}  # a = 0.005: no picture's latents yet
+    assert openvino_int8.clean_latents(noisy, np.concatenate([uncond, cond]), alphas, prediction_type) is None
+
+
+@pytest.mark.parametrize(
+    ("drift", "explicit", "used", "says"),
+    [
+        (39.5, False, True, "auto: the drift run's image through it ended 39.5 dB pixel PSNR from the bf16 decoder's (at least 35 dB)"),
+        (33.2, False, False, "below 35 dB; the VAE decoder stays in bf16"),
+        (20.0, True, True, "IMGTOOLS_QUANTIZE=nncf_w8a8; the drift run's image"),
+    ],
+)
+def test_the_decoder_s_own_drift_decides_for_it(drift: float, explicit: bool, used: bool, says: str) -> None:
+    chosen = openvino_int8.decide_decoder(drift, explicit=explicit)
+    assert chosen.value is used and says in chosen.reason, chosen
+
+
 def test_too_little_free_memory_declines_under_auto(tiny_sd15: Path, tmp_path: Path) -> None:
     from diffusers import UNet2DConditionModel
 
@@ -139,8 +171,11 @@ async def test_int8_activations_calibrate_in_the_background_then_run(tiny_sd15: 
     engine = third.structured_content["engine"]
     assert engine["backend_components"]["unet"] == "openvino", engine
     used = engine["quantization"]
-    assert used["method"] == "nncf_w8a8" and used["components"] == ["unet"], used
+    assert used["method"] == "nncf_w8a8" and used["components"] == ["unet", "vae_decoder"], used
     assert used["reason"].startswith("IMGTOOLS_QUANTIZE=nncf_w8a8; 8 steps from the same noise ended"), used
+    decoder = used["vae_decoder"]  # quantized in the same child; asked for by name, used whatever its drift
+    assert decoder["state"] == "ready" and decoder["drift_psnr_db"] > 20, decoder  # the tiny decoder measured ~33 dB
+    assert decoder["reason"].startswith("IMGTOOLS_QUANTIZE=nncf_w8a8; the drift run's image through it ended"), decoder
     assert 0.2 * used["bytes_before"] < used["bytes_after"] < 0.6 * used["bytes_before"], used  # int8 weights too
     a, b = pixels(plain), pixels(third)
     assert not np.array_equal(a, b)  # the int8 UNet really ran
@@ -155,6 +190,12 @@ async def test_int8_activations_calibrate_in_the_background_then_run(tiny_sd15: 
     assert meta["activations"] == "nncf_w8a8" and meta["calibration_inputs"] == 2 * 4 - 1  # two requests' steps, one held out
     assert meta["drift_psnr_db"] == pytest.approx(used["drift_psnr_db"], abs=0.01)
     assert meta["drift_steps"] == openvino_int8.DRIFT_STEPS and meta["scheduler"] == "EulerDiscreteScheduler", meta  # the model's own
+    (decoder_folder,) = cache.glob("openvino/vae_decoder-*-w8a8")
+    decoder_meta = json.loads((decoder_folder / "meta.json").read_text())
+    # Calibrated on the clean latents the UNet predicts at the kept steps past the noisiest (t 999 is not one).
+    assert 1 <= decoder_meta["calibration_inputs"] < meta["calibration_inputs"], decoder_meta
+    assert decoder_meta["drift_psnr_db"] == pytest.approx(decoder["drift_psnr_db"], abs=0.01)
+    assert meta["vae_decoder"]["drift_psnr_db"] == decoder_meta["drift_psnr_db"]
     assert not list(cache.glob("openvino/*.work-*")), "the calibration's work folder is removed"
 
     # A restart under auto reads the IR and its drift from disk, and decides from the drift alone (where auto takes
@@ -164,6 +205,7 @@ async def test_int8_activations_calibrate_in_the_background_then_run(tiny_sd15: 
     if not openvino_int8.choose("auto", probe("cpu"), installed_packages()).value:
         return
     expected = openvino_int8.decide(meta["drift_psnr_db"], explicit=False)
+    expected_decoder = openvino_int8.decide_decoder(decoder_meta["drift_psnr_db"], explicit=False)
     from imgtools_mcp.testing.files import make_test_lora
 
     loras = tmp_path / "loras"
@@ -176,8 +218,14 @@ async def test_int8_activations_calibrate_in_the_background_then_run(tiny_sd15: 
         lora = await client.call_tool("generate", {**REQUEST, "loras": [{"name": "style", "weight": 0.8}]})
     again = restarted.structured_content["engine"]["quantization"]
     assert again["reason"].startswith(expected.reason) and "read from disk" in again["reason"], again
+    assert again["vae_decoder"]["reason"].startswith(expected_decoder.reason), again
     if expected.value:
-        assert again["method"] == "nncf_w8a8" and np.array_equal(pixels(restarted), b)
+        assert again["method"] == "nncf_w8a8"
+        if expected_decoder.value:  # both as under nncf_w8a8: the same pixels
+            assert again["components"] == ["unet", "vae_decoder"] and np.array_equal(pixels(restarted), b)
+        else:  # the int8 UNet with the bf16 decoder
+            assert again["components"] == ["unet"] and again["vae_decoder"]["state"] == "declined", again
+            assert not np.array_equal(pixels(restarted), b) and np.abs(pixels(restarted) - b).mean() < W8A8_LEVELS
         assert lora.structured_content["engine"]["backend_components"]["unet"] == "torch"
         on_torch = lora.structured_content["engine"]["quantization"]
         assert on_torch["method"] == "none" and "ran on torch" in on_torch["reason"], on_torch
@@ -207,3 +255,15 @@ def test_a_failed_calibration_says_why_and_leaves_bf16_serving(tmp_path: Path) -
     assert int8.state == "failed" and "FileNotFoundError" in int8.reason and "stays in bf16" in int8.reason, int8.reason
     assert int8.as_dict()["method"] == "none"
     assert not work.exists() and not int8.folder.exists()
+
+
+def test_a_decoder_that_did_not_quantize_stays_in_bf16_beside_the_int8_unet(tmp_path: Path) -> None:
+    folder = tmp_path / "unet-x-w8a8"
+    folder.mkdir()
+    error = "its int8 calibration failed (ValueError: no kept step was past the noisiest)"
+    (folder / "meta.json").write_text(json.dumps({"drift_psnr_db": 40.0, "decoder_error": error}))
+    int8 = openvino_int8.Int8Activations(explicit=False, folder=folder, decoder_folder=tmp_path / "vae_decoder-x-w8a8")
+    int8.finished()
+    info = int8.as_dict()
+    assert info["int8_activations"] == "ready" and info["components"] == ["unet"], info
+    assert info["vae_decoder"] == {"state": "none", "reason": f"the VAE decoder stays in bf16: {error}"}, info

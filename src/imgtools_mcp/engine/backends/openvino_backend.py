@@ -19,7 +19,8 @@ How it works, and why:
   memory. The weights are part of the IR's key, so bf16 and int8 IRs of one model sit side by side in the cache.
   It saves memory, not time: the CPU dequantizes the weights every step (SD 1.5 at 512²: 7.3 vs 1.8 s/step in
   bf16, benchmarks/int8_cpu.py). int8 activations (`nncf_w8a8`, and `auto` on VNNI/AMX CPUs) are faster:
-  openvino_int8.py calibrates them on a model's first requests and swaps the UNet's compiled part once ready.
+  openvino_int8.py calibrates them on a model's first requests and swaps the UNet's compiled part once ready,
+  and the VAE decoder's with it where its own measured drift is small.
 - `speed` balanced/fast (DeepCache): the UNet's IR has a second output, its deep feature, and a small shallow IR
   (openvino_deep_cache.py) is converted on the first such request; on a reused step only the shallow IR runs.
 - Text encoders, the VAE encoder and the scheduler stay in torch: they are a small share of the time.
@@ -153,7 +154,7 @@ class OpenVINOState:
 
     @property
     def bytes(self) -> int:
-        int8 = self.int8.part.bytes if self.int8 is not None and self.int8.part is not None else 0
+        int8 = sum(part.bytes for part in (self.int8.part, self.int8.decoder_part) if part is not None) if self.int8 else 0
         return sum(part.bytes for part in self.parts.values()) + int8
 
 
@@ -508,7 +509,9 @@ class OpenVINOBackend(Backend):
                 if int8 is not None:
                     run.quantization = int8.as_dict() if part is int8.part or int8.state != "ready" else None
             if "vae_decoder" in served:
-                pipe.vae.decoder = OpenVINODecoder(original_decoder, state.parts["vae_decoder"], run)
+                # The int8 decoder goes with the int8 UNet; a request whose UNet runs on torch keeps the bf16 one.
+                decoder = self._decoder_part(state) if "unet" in served else state.parts["vae_decoder"]
+                pipe.vae.decoder = OpenVINODecoder(original_decoder, decoder, run)
             if "unet" not in served and int8 is not None:
                 run.quantization = {"method": "none", "int8_activations": int8.state,
                                     "reason": f"the UNet ran on torch for this request; {openvino_int8.METHOD} applies "
@@ -534,7 +537,8 @@ class OpenVINOBackend(Backend):
         if int8 is None:
             folder = self.root / f"{ir_key(model, 'unet')}-w8a8"
             int8 = state.int8 = Int8Activations(explicit=self.int8_explicit, folder=folder,
-                                                bytes_before=state.parts["unet"].weights_bytes)  # fmt: skip
+                                                bytes_before=state.parts["unet"].weights_bytes,
+                                                decoder_folder=self.root / f"{ir_key(model, 'vae_decoder')}-w8a8")  # fmt: skip
             if (folder / "model.xml").is_file():  # calibrated before, by this or an earlier server
                 int8.finished()
                 int8.reason += " (calibrated earlier, read from disk)"
@@ -546,6 +550,19 @@ class OpenVINOBackend(Backend):
                 int8.part = CompiledPart("unet", self.core(), int8.folder / "model.xml", self.precision, True,
                                          int8.bytes_after, bf16.on_compiled)  # fmt: skip
             return int8.part
+
+    def _decoder_part(self, state: OpenVINOState) -> CompiledPart:
+        """The int8 VAE decoder where it was calibrated, chosen, and the int8 UNet serves; else the IR as converted."""
+        bf16, int8 = state.parts["vae_decoder"], state.int8
+        if int8 is None or int8.part is None or state.unet_part is not int8.part:
+            return bf16
+        with int8.lock:
+            if int8.decoder_state != "ready" or int8.decoder_folder is None:
+                return bf16
+            if int8.decoder_part is None:
+                int8.decoder_part = CompiledPart("vae_decoder", self.core(), int8.decoder_folder / "model.xml",
+                                                 self.precision, False, int8.decoder_bytes, bf16.on_compiled)  # fmt: skip
+            return int8.decoder_part
 
     def _calibrate_after(self, model: "LoadedModel", int8: Int8Activations, unet: Any, run: BackendRun) -> None:
         with int8.lock:
@@ -560,8 +577,11 @@ class OpenVINOBackend(Backend):
                 try:
                     free = probe("cpu").free_memory_bytes
                     scheduler = {"class": type(model.base.scheduler).__name__, "config": dict(model.scheduler_config)}
+                    decoder = "vae_decoder" in self.state(model).parts  # OpenVINO serves it: it is quantized too
                     openvino_int8.start(int8, unet, sdxl=model.family.family.value == "sdxl", bf16_ir=self.ir_dir(model, "unet"),
-                                        precision=self.precision, free_memory=free, scheduler=scheduler)  # fmt: skip
+                                        precision=self.precision, free_memory=free, scheduler=scheduler,
+                                        vae=model.base.vae if decoder else None,
+                                        decoder_ir=self.ir_dir(model, "vae_decoder") if decoder else None)  # fmt: skip
                 except Exception as exc:  # saving the UNet can fail (disk full); bf16 keeps serving
                     int8.fail(f"{type(exc).__name__}: {exc}")
             run.quantization = int8.as_dict()

@@ -18,6 +18,12 @@ Why and how:
   denoise ends: 39.4 dB in latents, 35.9 dB in pixels after 10 steps in the second; benchmarks/int8_cpu.py.)
   The int8 IR is written beside the bf16 one, keyed from it (model files, dtype, software versions), with the
   drift in its meta.json.
+- The VAE decoder is quantized in the same child when OpenVINO serves it (the largest part of a CPU generate after
+  the UNet steps: 6.4 s bf16 against 4.0 s int8 for SD 1.5 at 512², benchmarks/vae_int8.py). Its calibration
+  inputs are the clean latents the bf16 UNet predicts from the kept calibration inputs (steps past the noisiest,
+  where that prediction is a picture's latents), cropped to DECODER_CROP; its drift is the pixel PSNR of the int8
+  UNet's own drift run decoded through both decoders. It is used with the int8 UNet where that drift is at least
+  MIN_DECODER_PSNR_DB (or always when asked for by name); a decoder that fails to quantize leaves it in bf16.
 - Later requests use it when the drift is at least MIN_PSNR_DB (`IMGTOOLS_QUANTIZE=auto`), or always when
   `nncf_w8a8` is asked for by name (the drift is still reported); otherwise bf16 stays, with the measured drift
   as the reason. A restart reads the IR and its drift from disk, so a model is calibrated once.
@@ -65,6 +71,13 @@ MIN_CAPTURED = 5
 # Inputs kept while calibrating: past this every other one is dropped, which keeps them spread over the steps and
 # never leaves fewer than MIN_CAPTURED once that many were kept (2 * MIN_CAPTURED - 1 + 1 halves to MIN_CAPTURED).
 MAX_KEPT = 2 * MIN_CAPTURED
+# The least pixel PSNR of the drift run's image through the int8 decoder against the bf16 decoder, for auto to use it:
+# 39.5 dB with random weights on SD 1.5's decoder at 512² (benchmarks/vae_int8.py), as the UNet's 36-37 dB.
+MIN_DECODER_PSNR_DB = 35.0
+# Clean-latent predictions only from steps where the noise is at most this share of the signal (alphas_cumprod at
+# least MIN_SIGNAL): at the noisiest steps the prediction divides by a tiny signal and is no picture's latents.
+MIN_SIGNAL = 0.1
+DECODER_CROP = 32  # calibration latents are cropped to this (256² pixels for SD): the ranges, at a quarter the cost
 CHILD_TIMEOUT_S = 3 * 3600
 # The child's peak memory per byte of the fp32 UNet: nncf.quantize peaked at 12.5 GB for SD 1.5 (3.4 GB in fp32) at
 # 512², so SDXL (10 GB) does not calibrate on a 24 GB machine under auto.
@@ -87,7 +100,8 @@ def choose(setting: str, facts: "DeviceFacts", installed: Iterable[str]) -> Choi
         True,
         f"{facts.name} has {', '.join(flags)} (int8 dot products at twice the bf16 rate): the OpenVINO UNet is "
         f"calibrated on its first requests and switches to int8 activations where {DRIFT_STEPS} steps end at least "
-        f"{MIN_PSNR_DB:g} dB PSNR from bf16",
+        f"{MIN_PSNR_DB:g} dB PSNR from bf16 (its VAE decoder too, where the image through it ends at least "
+        f"{MIN_DECODER_PSNR_DB:g} dB from bf16's)",
     )
 
 
@@ -99,6 +113,16 @@ def decide(drift_db: float, *, explicit: bool) -> Choice[bool]:
     if drift_db >= MIN_PSNR_DB:
         return Choice(True, f"auto: {measured} (at least {MIN_PSNR_DB:g} dB)")
     return Choice(False, f"auto: {measured}, below {MIN_PSNR_DB:g} dB; the UNet stays in bf16")
+
+
+def decide_decoder(drift_db: float, *, explicit: bool) -> Choice[bool]:
+    """Whether the calibrated int8 VAE decoder replaces bf16 beside the int8 UNet, from its measured drift."""
+    measured = f"the drift run's image through it ended {drift_db:.1f} dB pixel PSNR from the bf16 decoder's"
+    if explicit:
+        return Choice(True, f"IMGTOOLS_QUANTIZE={METHOD}; {measured}")
+    if drift_db >= MIN_DECODER_PSNR_DB:
+        return Choice(True, f"auto: {measured} (at least {MIN_DECODER_PSNR_DB:g} dB)")
+    return Choice(False, f"auto: {measured}, below {MIN_DECODER_PSNR_DB:g} dB; the VAE decoder stays in bf16")
 
 
 def child_memory_bytes(unet_parameters: int) -> int:
@@ -119,6 +143,13 @@ class Int8Activations:
     bytes_before: int = 0  # the bf16 IR's weights
     bytes_after: int = 0  # the int8 IR's weights
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # The VAE decoder's int8 IR (written by the same child, where OpenVINO serves the decoder): none | ready | declined.
+    decoder_folder: Path | None = None
+    decoder_state: str = "none"
+    decoder_reason: str = ""
+    decoder_drift_psnr_db: float | None = None
+    decoder_part: Any = None  # CompiledPart of the int8 decoder once used
+    decoder_bytes: int = 0
 
     def keep(self, feeds: dict[str, np.ndarray]) -> None:
         """Keep one UNet call's inputs; past MAX_KEPT every other one is dropped, so they stay spread over the steps."""
@@ -135,9 +166,15 @@ class Int8Activations:
             "int8_activations": self.state,
         }
         if ready:
-            info.update(components=["unet"], bytes_before=self.bytes_before, bytes_after=self.bytes_after)
+            components = ["unet", "vae_decoder"] if self.decoder_state == "ready" else ["unet"]
+            info.update(components=components, bytes_before=self.bytes_before, bytes_after=self.bytes_after)
         if self.drift_psnr_db is not None:
             info["drift_psnr_db"] = round(self.drift_psnr_db, 2)
+        if self.decoder_reason:
+            decoder: dict[str, Any] = {"state": self.decoder_state, "reason": self.decoder_reason}
+            if self.decoder_drift_psnr_db is not None:
+                decoder["drift_psnr_db"] = round(self.decoder_drift_psnr_db, 2)
+            info["vae_decoder"] = decoder
         return info
 
     def finished(self) -> None:
@@ -148,6 +185,21 @@ class Int8Activations:
         chosen = decide(self.drift_psnr_db, explicit=self.explicit)
         self.state = "ready" if chosen.value else "declined"
         self.reason = chosen.reason
+        self._decoder_finished(meta)
+
+    def _decoder_finished(self, unet_meta: dict[str, Any]) -> None:
+        if self.decoder_folder is None:
+            return
+        if not (self.decoder_folder / "model.xml").is_file():
+            why = unet_meta.get("decoder_error") or "it was not calibrated with this UNet"
+            self.decoder_state, self.decoder_reason = "none", f"the VAE decoder stays in bf16: {why}"
+            return
+        meta = json.loads((self.decoder_folder / "meta.json").read_text())
+        self.decoder_drift_psnr_db = float(meta["drift_psnr_db"])
+        self.decoder_bytes = sum(f.stat().st_size for f in self.decoder_folder.glob("*.bin"))
+        chosen = decide_decoder(self.decoder_drift_psnr_db, explicit=self.explicit)
+        self.decoder_state = "ready" if chosen.value else "declined"
+        self.decoder_reason = chosen.reason
 
     def fail(self, why: str) -> None:
         self.state, self.reason = "failed", f"int8 calibration failed ({why}); the UNet stays in bf16"
@@ -161,8 +213,9 @@ def split_captured(captured: list[dict[str, np.ndarray]]) -> tuple[list[dict], l
 
 
 def start(int8: Int8Activations, unet: Any, *, sdxl: bool, bf16_ir: Path, precision: str, free_memory: int,
-          scheduler: dict[str, Any]) -> None:
-    """After a request that kept enough inputs: save the UNet and start the child that quantizes it (in a thread)."""
+          scheduler: dict[str, Any], vae: Any = None, decoder_ir: Path | None = None) -> None:
+    """After a request that kept enough inputs: save the UNet (and the VAE, with `decoder_ir` the bf16 decoder's IR
+    that OpenVINO serves) and start the child that quantizes them (in a thread)."""
     parameters = sum(p.numel() for p in unet.parameters())
     need = child_memory_bytes(parameters)
     if not int8.explicit and need > free_memory:
@@ -179,12 +232,17 @@ def start(int8: Int8Activations, unet: Any, *, sdxl: bool, bf16_ir: Path, precis
     work.mkdir(parents=True)
     started = time.perf_counter()
     unet.save_pretrained(work / "unet", safe_serialization=True)
+    decoder = vae is not None and decoder_ir is not None and int8.decoder_folder is not None
+    if decoder:
+        vae.save_pretrained(work / "vae", safe_serialization=True)
     calibration, held_out = split_captured(int8.captured)
     np.savez(work / "inputs.npz", **{f"{kind}/{i}/{name}": array
                                      for kind, feeds in (("calibration", calibration), ("held_out", held_out))
                                      for i, inputs in enumerate(feeds) for name, array in inputs.items()})  # fmt: skip
     job = {"sdxl": sdxl, "bf16_ir": str(bf16_ir / "model.xml"), "out": str(int8.folder), "precision": precision,
            "scheduler": scheduler}  # fmt: skip
+    if decoder:
+        job.update(decoder_ir=str(Path(decoder_ir) / "model.xml"), decoder_out=str(int8.decoder_folder))
     (work / "job.json").write_text(json.dumps(job, default=str))
     int8.captured = []
     int8.state = "quantizing"
@@ -262,12 +320,83 @@ def denoised(unet: Any, inputs: dict[str, np.ndarray], scheduler: dict[str, Any]
     return x.numpy()
 
 
+def clean_latents(feeds: dict[str, np.ndarray], prediction: np.ndarray, alphas_cumprod: np.ndarray,
+                  prediction_type: str) -> np.ndarray | None:
+    """The clean latents a UNet call predicts (the picture its step aims at), from its inputs and output; None at a
+    step too noisy for that prediction to be a picture's (signal share below MIN_SIGNAL).
+
+    Every SD scheduler feeds the UNet the variance-preserving sample sqrt(a) x0 + sqrt(1 - a) noise (Euler's
+    scale_model_input makes it so), with a = alphas_cumprod at the timestep; an even batch is CFG's halves."""
+    t = int(round(float(np.asarray(feeds["timestep"]).reshape(-1)[0])))
+    a = float(alphas_cumprod[min(max(t, 0), len(alphas_cumprod) - 1)])
+    if a < MIN_SIGNAL:
+        return None
+    sample, out = feeds["sample"].astype(np.float64), prediction.astype(np.float64)
+    if sample.shape[0] % 2 == 0:
+        half = sample.shape[0] // 2
+        sample, (uncond, cond) = sample[:half], (out[:half], out[half:])
+        out = uncond + DRIFT_GUIDANCE * (cond - uncond)
+    if prediction_type == "v_prediction":
+        clean = np.sqrt(a) * sample - np.sqrt(1 - a) * out
+    elif prediction_type == "sample":
+        clean = out
+    else:
+        clean = (sample - np.sqrt(1 - a) * out) / np.sqrt(a)
+    return clean.astype(np.float32)
+
+
+def crop(latents: np.ndarray, size: int = DECODER_CROP) -> np.ndarray:
+    """The centre `size` x `size` of latents (all of them when smaller)."""
+    h, w = latents.shape[-2:]
+    top, left = max(0, (h - size) // 2), max(0, (w - size) // 2)
+    return np.ascontiguousarray(latents[..., top : top + size, left : left + size])
+
+
 def psnr_db(output: np.ndarray, reference: np.ndarray) -> float:
     """PSNR in dB with the reference's own range as the peak (noise predictions are not in [0, 1])."""
     output, reference = output.astype(np.float64), reference.astype(np.float64)
     mse = float(((output - reference) ** 2).mean())
     peak = float(reference.max() - reference.min())
     return float("inf") if mse == 0 else float(10 * np.log10(peak**2 / mse))
+
+
+def quantize_decoder(work: Path, job: dict[str, Any], core: Any, reference: Any, calibration: list[dict],
+                     int8_latents: np.ndarray) -> dict[str, Any]:
+    """Quantize the saved VAE's decoder on the clean latents the bf16 UNet predicts from the calibration inputs,
+    measure its pixel drift on `int8_latents` (the int8 UNet's drift run), write its IR to job["decoder_out"]."""
+    import diffusers
+    import torch
+
+    from .openvino_backend import compile_options, convert_module, save_ir, traceable_decoder
+
+    started = time.perf_counter()
+    vae = diffusers.AutoencoderKL.from_pretrained(work / "vae", torch_dtype=torch.float32).eval()
+    sched = getattr(diffusers, job["scheduler"]["class"]).from_config(job["scheduler"]["config"])
+    alphas = np.asarray(sched.alphas_cumprod, dtype=np.float64)
+    prediction_type = sched.config.get("prediction_type", "epsilon")
+    scale = float(vae.config.scaling_factor)
+
+    def decoder_input(latents: np.ndarray) -> dict[str, np.ndarray]:
+        with torch.inference_mode():  # what the engine's decoder part is given: after post_quant_conv
+            z = torch.from_numpy(latents) / scale
+            return {"latents": (vae.post_quant_conv(z) if vae.post_quant_conv is not None else z).numpy()}
+
+    cleans = [clean_latents(f, np.asarray(reference(f)[0]), alphas, prediction_type) for f in calibration]
+    inputs = [decoder_input(crop(c)) for c in cleans if c is not None]
+    if not inputs:
+        raise ValueError("no kept step was past the noisiest, where the UNet predicts a picture's latents")
+    ov_decoder = convert_module(*traceable_decoder(vae))
+    quantized = quantize(ov_decoder, inputs)
+    options = compile_options(job["precision"])
+    bf16 = core.compile_model(job["decoder_ir"], "CPU", options)
+    int8 = core.compile_model(quantized, "CPU", options)
+    held_out = decoder_input(int8_latents)
+    drift = psnr_db(np.clip(np.asarray(int8(held_out)[0]) / 2 + 0.5, 0, 1), np.clip(np.asarray(bf16(held_out)[0]) / 2 + 0.5, 0, 1))
+    del bf16, int8
+    meta = {"activations": METHOD, "drift_psnr_db": round(drift, 3), "drift": "pixel PSNR of the UNet's drift run's image",
+            "calibration_inputs": len(inputs), "calibration_crop": DECODER_CROP, "from": job["decoder_ir"]}  # fmt: skip
+    save_ir(quantized, Path(job["decoder_out"]), started, meta=meta)
+    return meta
 
 
 def quantize(ov_model: Any, calibration: list[dict[str, np.ndarray]]) -> Any:
@@ -311,11 +440,19 @@ def child_main(work: Path) -> None:
     options = compile_options(job["precision"])
     reference, candidate = core.compile_model(job["bf16_ir"], "CPU", options), core.compile_model(quantized, "CPU", options)
     step = min(psnr_db(np.asarray(candidate(f)[0]), np.asarray(reference(f)[0])) for f in held_out)
-    drift = min(psnr_db(denoised(candidate, f, job["scheduler"]), denoised(reference, f, job["scheduler"])) for f in held_out)
-    del reference, candidate
+    ends = [(denoised(candidate, f, job["scheduler"]), denoised(reference, f, job["scheduler"])) for f in held_out]
+    drift = min(psnr_db(int8_end, bf16_end) for int8_end, bf16_end in ends)
     meta = {"activations": METHOD, "drift_psnr_db": round(drift, 3), "drift_steps": DRIFT_STEPS,
             "step_psnr_db": round(step, 3), "calibration_inputs": len(calibration), "held_out_inputs": len(held_out),
             "scheduler": job["scheduler"]["class"], "from": job["bf16_ir"]}  # fmt: skip
+    del candidate
+    gc.collect()
+    if "decoder_out" in job:  # before the UNet's IR, whose model.xml tells the server the calibration is done
+        try:
+            meta["vae_decoder"] = quantize_decoder(work, job, core, reference, calibration, ends[0][0])
+        except Exception as exc:  # the UNet's int8 stands on its own; the decoder stays in bf16, saying why
+            meta["decoder_error"] = f"its int8 calibration failed ({type(exc).__name__}: {str(exc)[:200]})"
+    del reference
     save_ir(quantized, Path(job["out"]), started, meta=meta)
     print(json.dumps(meta))
 
