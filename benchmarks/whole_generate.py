@@ -6,7 +6,8 @@ all of them alike:
 
 - engine bf16: `generate` through the in-process MCP client, OpenVINO backend, IMGTOOLS_QUANTIZE=none;
 - engine int8: the same with IMGTOOLS_QUANTIZE=nncf_w8a8 — calibrated first on its own requests when the cache has
-  no int8 IR for this model yet (minutes, in the background; the wait is reported, not timed as generate);
+  no int8 IR for this model yet (minutes, in the background; the wait is reported, not timed as generate); its
+  VAE decoder is int8 too where the calibration made one (the table says which components ran int8);
 - plain diffusers: `AutoPipelineForText2Image.from_pretrained(..., torch_dtype=torch.float32)`, one pipeline call
   (the engine rows' images come from the same seed and prompt).
 
@@ -158,6 +159,8 @@ def table(report: dict) -> str:
         "",
         f"int8 preparation before the timed rounds: {prep['seconds']:.0f} s over {prep['requests']} request(s) "
         f"(calibration in the background, or the int8 IR read from the cache); {q.get('reason', '')}.",
+        f"int8 components in the timed rounds: {', '.join(report['int8_engine']['quantization'].get('components', []))}"
+        + (f"; VAE decoder {q['vae_decoder']['state']}: {q['vae_decoder']['reason']}." if q.get("vae_decoder") else "."),
         f"Drift, int8 against bf16 image of the same seed: pixel PSNR {report['drift']['pixel_psnr_db']:.1f} dB, max "
         f"difference {report['drift']['pixel_max_abs'] * 255:.0f} of 255 levels (random weights: a bound on the "
         "arithmetic, not a trained model's image quality).",
