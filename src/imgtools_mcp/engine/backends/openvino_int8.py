@@ -108,21 +108,21 @@ def choose(setting: str, facts: "DeviceFacts", installed: Iterable[str]) -> Choi
 def decide(drift_db: float, *, explicit: bool) -> Choice[bool]:
     """Whether a calibrated int8 UNet replaces bf16, from its measured drift."""
     measured = f"{DRIFT_STEPS} steps from the same noise ended {drift_db:.1f} dB PSNR from bf16"
-    if explicit:
-        return Choice(True, f"IMGTOOLS_QUANTIZE={METHOD}; {measured}")
-    if drift_db >= MIN_PSNR_DB:
-        return Choice(True, f"auto: {measured} (at least {MIN_PSNR_DB:g} dB)")
-    return Choice(False, f"auto: {measured}, below {MIN_PSNR_DB:g} dB; the UNet stays in bf16")
+    return _decided(drift_db, MIN_PSNR_DB, measured, "the UNet", explicit=explicit)
 
 
 def decide_decoder(drift_db: float, *, explicit: bool) -> Choice[bool]:
     """Whether the calibrated int8 VAE decoder replaces bf16 beside the int8 UNet, from its measured drift."""
     measured = f"the drift run's image through it ended {drift_db:.1f} dB pixel PSNR from the bf16 decoder's"
+    return _decided(drift_db, MIN_DECODER_PSNR_DB, measured, "the VAE decoder", explicit=explicit)
+
+
+def _decided(drift_db: float, least_db: float, measured: str, part: str, *, explicit: bool) -> Choice[bool]:
     if explicit:
         return Choice(True, f"IMGTOOLS_QUANTIZE={METHOD}; {measured}")
-    if drift_db >= MIN_DECODER_PSNR_DB:
-        return Choice(True, f"auto: {measured} (at least {MIN_DECODER_PSNR_DB:g} dB)")
-    return Choice(False, f"auto: {measured}, below {MIN_DECODER_PSNR_DB:g} dB; the VAE decoder stays in bf16")
+    if drift_db >= least_db:
+        return Choice(True, f"auto: {measured} (at least {least_db:g} dB)")
+    return Choice(False, f"auto: {measured}, below {least_db:g} dB; {part} stays in bf16")
 
 
 def child_memory_bytes(unet_parameters: int) -> int:
