@@ -47,10 +47,6 @@ def decoder_inputs(vae: torch.nn.Module, count: int, latent: int, seed: int) -> 
         return [vae.post_quant_conv(torch.randn(1, 4, latent, latent, generator=gen) / SCALE).numpy() for _ in range(count)]
 
 
-def pixels(decoded: np.ndarray) -> np.ndarray:
-    return np.clip(decoded.astype(np.float64) / 2 + 0.5, 0, 1)
-
-
 def run(args: argparse.Namespace) -> dict:
     import diffusers
     import nncf
@@ -58,7 +54,7 @@ def run(args: argparse.Namespace) -> dict:
     from diffusers import AutoencoderKL
 
     from imgtools_mcp.engine.backends.openvino_backend import compile_options, convert_to_ir, traceable_decoder
-    from imgtools_mcp.engine.backends.openvino_int8 import psnr_db
+    from imgtools_mcp.engine.backends.openvino_int8 import decoded_pixels as pixels, psnr_db
     from imgtools_mcp.engine.device import probe
 
     facts = probe("cpu")

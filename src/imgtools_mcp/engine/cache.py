@@ -64,7 +64,7 @@ class LoadedModel:
     backend_events: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=EVENTS_KEPT))
     # Quantization the backend applies to its own converted graphs (nncf_int8 on OpenVINO): a QuantizationReport.
     backend_quantization: Any = None
-    # Denoiser shapes (engine/warmup.py shape_key) this load has run without LoRAs or extra UNet inputs: the ones a
+    # Denoiser shapes (RequestShape.denoiser_shape) this load has run without LoRAs or extra UNet inputs: the ones a
     # compiling backend has compiled. The background warm-up after a load skips a native shape already here.
     shapes_run: set[tuple[int, int, int]] = field(default_factory=set)
 

@@ -43,7 +43,7 @@ from .queue import DeviceQueue, QueueTicket
 from .request import EngineInfo, EngineRequest, LoraWeight, ProgressCallback, ResolvedJob, RunOutput, StepCallback
 from .samplers import make_scheduler, sampler_label
 from .status import CacheInfo, EngineStatusInfo, LoadedModelInfo, PlannedMemoryInfo
-from .warmup import IDLE_POLL_S, IDLE_QUIET_S, WARMUP_PROMPT, WARMUP_STEPS, Warmup, plan_warmup, shape_key
+from .warmup import IDLE_POLL_S, IDLE_QUIET_S, WARMUP_PROMPT, WARMUP_STEPS, Warmup, plan_warmup
 from .weights import HeaderError, estimate_footprint
 
 log = logging.getLogger(__name__)
@@ -360,7 +360,7 @@ class Engine:
             return
         job.warmup = True
         shape = self._request_shape(model, job)
-        if shape_key(shape.width, shape.height, shape.unet_batch) in model.shapes_run:
+        if shape.denoiser_shape in model.shapes_run:
             return  # a request has already run (and compiled) that shape
         name, size = job.source.name, f"{job.width}x{job.height}"
         warmup = self.warmup.add_later(name, f"{name} was loaded by a request at another size; its native size runs "
@@ -497,7 +497,7 @@ class Engine:
                 with compile_stance(eager_reason(model.base, plan=model.plan, loras_active=False, speed="quality", extras=False)):
                     images, label, steps_run = self._denoise(model, job, on_step, cancel)
         if not shape.loras_active and not shape.unet_extras:
-            model.shapes_run.add(shape_key(shape.width, shape.height, shape.unet_batch))
+            model.shapes_run.add(shape.denoiser_shape)
         if backend_run.prepare_seconds:
             self.cache.make_room(0, keep=source.key)  # compiled graphs count against the budget too
         denoise_s = time.perf_counter() - started - load_s

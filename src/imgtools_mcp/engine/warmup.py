@@ -70,7 +70,7 @@ class Warmup:
     seconds: float | None = None
     timings: dict[str, float] = field(default_factory=dict)
     _started: float = 0.0
-    _later: list["Warmup"] = field(default_factory=list, repr=False)
+    later: list["Warmup"] = field(default_factory=list, repr=False)  # models loaded after start, newest last
 
     def __post_init__(self) -> None:
         self.state = self.state or ("pending" if self.choice.value else "off")
@@ -109,19 +109,10 @@ class Warmup:
             report["later"] = [{key: value for key, value in later.as_dict().items() if key != "enabled"} for later in self.later]
         return report
 
-    @property
-    def later(self) -> list["Warmup"]:
-        """Warm-ups of models loaded after start (newest last, at most LATER_KEPT)."""
-        return self._later
-
     def add_later(self, model: str, reason: str) -> "Warmup":
         later = Warmup(Choice(True, reason))
         later.model = model
-        self._later.append(later)
-        del self._later[:-LATER_KEPT]
+        self.later.append(later)
+        del self.later[:-LATER_KEPT]
         return later
 
-
-def shape_key(width: int, height: int, unet_batch: int) -> tuple[int, int, int]:
-    """What a compiled denoiser is specialised on: the latents' size and the UNet's batch (images x CFG)."""
-    return (width, height, unet_batch)

@@ -49,6 +49,11 @@ class RequestShape:
     def unet_batch(self) -> int:
         return self.images * (2 if self.guidance else 1)
 
+    @property
+    def denoiser_shape(self) -> tuple[int, int, int]:
+        """What a compiled denoiser is specialised on: the size and the UNet's batch (images x CFG)."""
+        return (self.width, self.height, self.unet_batch)
+
 
 @dataclass
 class BackendRun:

@@ -179,9 +179,7 @@ class Int8Activations:
 
     def finished(self) -> None:
         """Read the written IR's meta and decide whether it is used."""
-        meta = json.loads((self.folder / "meta.json").read_text())
-        self.drift_psnr_db = float(meta["drift_psnr_db"])
-        self.bytes_after = sum(f.stat().st_size for f in self.folder.glob("*.bin"))
+        meta, self.drift_psnr_db, self.bytes_after = _written_ir(self.folder)
         chosen = decide(self.drift_psnr_db, explicit=self.explicit)
         self.state = "ready" if chosen.value else "declined"
         self.reason = chosen.reason
@@ -194,9 +192,7 @@ class Int8Activations:
             why = unet_meta.get("decoder_error") or "it was not calibrated with this UNet"
             self.decoder_state, self.decoder_reason = "none", f"the VAE decoder stays in bf16: {why}"
             return
-        meta = json.loads((self.decoder_folder / "meta.json").read_text())
-        self.decoder_drift_psnr_db = float(meta["drift_psnr_db"])
-        self.decoder_bytes = sum(f.stat().st_size for f in self.decoder_folder.glob("*.bin"))
+        _, self.decoder_drift_psnr_db, self.decoder_bytes = _written_ir(self.decoder_folder)
         chosen = decide_decoder(self.decoder_drift_psnr_db, explicit=self.explicit)
         self.decoder_state = "ready" if chosen.value else "declined"
         self.decoder_reason = chosen.reason
@@ -204,6 +200,12 @@ class Int8Activations:
     def fail(self, why: str) -> None:
         self.state, self.reason = "failed", f"int8 calibration failed ({why}); the UNet stays in bf16"
         log.warning("OpenVINO int8 activations: %s", why)
+
+
+def _written_ir(folder: Path) -> tuple[dict[str, Any], float, int]:
+    """An int8 IR the child wrote: its meta, its measured drift, its weights' bytes."""
+    meta = json.loads((folder / "meta.json").read_text())
+    return meta, float(meta["drift_psnr_db"]), sum(f.stat().st_size for f in folder.glob("*.bin"))
 
 
 def split_captured(captured: list[dict[str, np.ndarray]]) -> tuple[list[dict], list[dict]]:
@@ -352,6 +354,11 @@ def crop(latents: np.ndarray, size: int = DECODER_CROP) -> np.ndarray:
     return np.ascontiguousarray(latents[..., top : top + size, left : left + size])
 
 
+def decoded_pixels(decoded: Any) -> np.ndarray:
+    """A VAE decoder's output ([-1, 1]) as the image's pixels in [0, 1], the way the pipelines post-process it."""
+    return np.clip(np.asarray(decoded, dtype=np.float64) / 2 + 0.5, 0, 1)
+
+
 def psnr_db(output: np.ndarray, reference: np.ndarray) -> float:
     """PSNR in dB with the reference's own range as the peak (noise predictions are not in [0, 1])."""
     output, reference = output.astype(np.float64), reference.astype(np.float64)
@@ -391,7 +398,7 @@ def quantize_decoder(work: Path, job: dict[str, Any], core: Any, reference: Any,
     bf16 = core.compile_model(job["decoder_ir"], "CPU", options)
     int8 = core.compile_model(quantized, "CPU", options)
     held_out = decoder_input(int8_latents)
-    drift = psnr_db(np.clip(np.asarray(int8(held_out)[0]) / 2 + 0.5, 0, 1), np.clip(np.asarray(bf16(held_out)[0]) / 2 + 0.5, 0, 1))
+    drift = psnr_db(decoded_pixels(int8(held_out)[0]), decoded_pixels(bf16(held_out)[0]))
     del bf16, int8
     meta = {"activations": METHOD, "drift_psnr_db": round(drift, 3), "drift": "pixel PSNR of the UNet's drift run's image",
             "calibration_inputs": len(inputs), "calibration_crop": DECODER_CROP, "from": job["decoder_ir"]}  # fmt: skip
