@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> dict:
         traceable_decoder,
         traceable_unet,
     )
-    from imgtools_mcp.engine.backends.openvino_int8 import Int8Activations, psnr_db, split_captured
+    from imgtools_mcp.engine.backends.openvino_int8 import Int8Activations, psnr_db, split_captured, unet_inputs
     from imgtools_mcp.engine.device import probe
 
     facts = probe("cpu")
@@ -143,8 +143,9 @@ def run(args: argparse.Namespace) -> dict:
     reference = denoise(lambda f: bf16_call(f)[0], start_latents, context, args.drift_steps, captured)
     kept = Int8Activations(explicit=True, folder=workdir / "unused")
     for feeds in captured:
-        kept.keep(feeds)
-    calibration, (held_out,) = split_captured(kept.captured)
+        kept.keep(feeds, guided=True)  # denoise() runs CFG's [unconditional, conditional] batch
+    calibration, held = split_captured(kept.captured)
+    calibration, held_out = [unet_inputs(c)[0] for c in calibration], unet_inputs(held[0])[0]
     del bf16_call
     gc.collect()
 

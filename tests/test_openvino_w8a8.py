@@ -80,7 +80,7 @@ def test_the_measured_drift_decides(drift: float, explicit: bool, used: bool, sa
 def test_calibration_keeps_inputs_spread_over_the_steps() -> None:
     int8 = openvino_int8.Int8Activations(explicit=False, folder=Path("unused"))
     for step in range(50):
-        int8.keep({"timestep": np.asarray([float(step)])})
+        int8.keep({"timestep": np.asarray([float(step)])}, guided=True)
         if step + 1 >= openvino_int8.MIN_CAPTURED:  # once enough were kept, thinning never leaves too few
             assert len(int8.captured) >= openvino_int8.MIN_CAPTURED
     kept = [float(f["timestep"][0]) for f in int8.captured]
@@ -103,10 +103,17 @@ def test_the_clean_latents_a_unet_call_predicts(prediction_type: str) -> None:
     uncond = exact + rng.standard_normal(exact.shape)
     cond = uncond + (exact - uncond) / openvino_int8.DRIFT_GUIDANCE
     feeds = {"sample": np.concatenate([sample, sample]).astype(np.float32), "timestep": np.asarray([float(t)], np.float32)}
-    got = openvino_int8.clean_latents(feeds, np.concatenate([uncond, cond]), alphas, prediction_type)
+    got = openvino_int8.clean_latents(feeds, np.concatenate([uncond, cond]), alphas, prediction_type, guided=True)
     assert got is not None and got.shape == clean.shape and np.abs(got - clean).max() < 1e-4
     noisy = {**feeds, "timestep": np.asarray([999.0], np.float32)}  # a = 0.005: no picture's latents yet
-    assert openvino_int8.clean_latents(noisy, np.concatenate([uncond, cond]), alphas, prediction_type) is None
+    assert openvino_int8.clean_latents(noisy, np.concatenate([uncond, cond]), alphas, prediction_type, guided=True) is None
+    # Two images without guidance are an even batch too: each is its own picture, not CFG's halves.
+    other = rng.standard_normal((1, 4, 8, 8))
+    samples = np.concatenate([sample, np.sqrt(a) * other + np.sqrt(1 - a) * noise]).astype(np.float32)
+    predictions = np.concatenate([exact, exact if prediction_type == "epsilon" else np.sqrt(a) * noise - np.sqrt(1 - a) * other])
+    both = openvino_int8.clean_latents({**feeds, "sample": samples}, predictions, alphas, prediction_type, guided=False)
+    assert both is not None and both.shape == (2, 4, 8, 8)
+    assert np.abs(both - np.concatenate([clean, other])).max() < 1e-4
 
 
 @pytest.mark.parametrize(
@@ -132,6 +139,25 @@ def test_too_little_free_memory_declines_under_auto(tiny_sd15: Path, tmp_path: P
                         scheduler={"class": "EulerDiscreteScheduler", "config": {}})
     assert int8.state == "declined" and "GiB free" in int8.reason and "stays in bf16" in int8.reason, int8.reason
     assert not list(tmp_path.iterdir())  # nothing saved, no child started
+
+
+@needs_nncf
+async def test_each_kept_input_says_whether_its_batch_is_cfg(tiny_sd15: Path, tmp_path: Path) -> None:
+    from imgtools_mcp.engine.base import build_engine
+
+    settings = settings_for(tiny_sd15, tmp_path, tmp_path / "cache", "nncf_w8a8")
+    engine = build_engine(settings)
+    async with Client(build_server(settings, engine)) as client:
+        for extra in ({"num_images": 2, "guidance_scale": 1.0}, {"guidance_scale": 5.0}):  # both UNet batches are 2
+            result = await client.call_tool("generate", {**REQUEST, "steps": 2, **extra})
+            assert not result.is_error, result.content[0].text
+        (model,) = engine.cache.loaded()
+        int8 = engine.backends.get("openvino").state(model).int8
+        kept = [(c["sample"].shape[0], bool(c[openvino_int8.GUIDED])) for c in int8.captured]
+    assert kept == [(2, False), (2, False), (2, True), (2, True)], kept  # fewer than MIN_CAPTURED: no calibration yet
+    assert int8.state == "calibrating"
+    feeds, guided = openvino_int8.unet_inputs(int8.captured[0])
+    assert openvino_int8.GUIDED not in feeds and set(feeds) == {"sample", "timestep", "encoder_hidden_states"}
 
 
 async def wait_for_calibration(client: Client, timeout_s: float = 400.0) -> dict:

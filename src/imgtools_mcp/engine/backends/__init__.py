@@ -141,6 +141,7 @@ class Backends:
             run = BackendRun(backend.id, model.backend_reason, components)
         run.prepare_seconds = prepare_seconds
         run.warmup = shape.warmup
+        run.guided = shape.guidance
         run.notes.extend(_event_text(e) for e in model.backend_events if id(e) not in seen)
         if refused:
             log.info("%s for %s declined %s", backend.id, model.source.name, refused)

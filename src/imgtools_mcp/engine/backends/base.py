@@ -68,6 +68,7 @@ class BackendRun:
     # load-time report in the result; None: that report stands.
     quantization: dict[str, Any] | None = None
     warmup: bool = False  # the start-up warm-up: a backend keeps nothing of it (no calibration inputs)
+    guided: bool = False  # classifier-free guidance: the UNet's batch is [unconditional, conditional] halves
 
     def as_dict(self) -> dict[str, Any]:
         info: dict[str, Any] = {"backend": self.backend, "backend_reason": self.reason}

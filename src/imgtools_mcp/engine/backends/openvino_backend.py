@@ -33,6 +33,7 @@ How it works, and why:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -504,8 +505,9 @@ class OpenVINOBackend(Backend):
             if "unet" in served:
                 sdxl = model.family.family.value == "sdxl"
                 part = state.unet_part or state.parts["unet"]
-                pipe.unet = OpenVINOUNet(original_unet, part, run, sdxl, keep=int8.keep if calibrating else None,
-                                         shallow=state.parts.get(SHALLOW), shallow_refused=state.failed.get(SHALLOW))
+                keep = functools.partial(int8.keep, guided=run.guided) if calibrating else None
+                pipe.unet = OpenVINOUNet(original_unet, part, run, sdxl, keep=keep, shallow=state.parts.get(SHALLOW),
+                                         shallow_refused=state.failed.get(SHALLOW))  # fmt: skip
                 if int8 is not None:
                     run.quantization = int8.as_dict() if part is int8.part or int8.state != "ready" else None
             if "vae_decoder" in served:
@@ -785,19 +787,19 @@ def save_ir(ov_model: Any, folder: Path, started: float, *, meta: dict[str, Any]
     import openvino as ov
 
     # Write next to the final place and rename, so a crash never leaves a half-written IR that looks complete.
-    partial = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
+    staging = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
     # Keep the module's own precision: bf16 weights stay bf16 (fp16 compression would lose bf16's range).
-    ov.save_model(ov_model, str(partial / "model.xml"), compress_to_fp16=False)
+    ov.save_model(ov_model, str(staging / "model.xml"), compress_to_fp16=False)
     del ov_model
     seconds = time.perf_counter() - started
-    (partial / "meta.json").write_text(json.dumps({**meta, "convert_seconds": round(seconds, 2)}, indent=2))
+    (staging / "meta.json").write_text(json.dumps({**meta, "convert_seconds": round(seconds, 2)}, indent=2))
     try:
-        partial.rename(folder)
+        staging.rename(folder)
     except OSError:
         # Another process finished the same conversion first; its IR is as good as ours.
-        shutil.rmtree(partial, ignore_errors=True)
+        shutil.rmtree(staging, ignore_errors=True)
     return seconds
 
 

@@ -77,6 +77,9 @@ MIN_DECODER_PSNR_DB = 35.0
 # Clean-latent predictions only from steps where the noise is at most this share of the signal (alphas_cumprod at
 # least MIN_SIGNAL): at the noisiest steps the prediction divides by a tiny signal and is no picture's latents.
 MIN_SIGNAL = 0.1
+# The key a kept UNet input carries its request's classifier-free guidance under (not a UNet input): whether its
+# batch is [unconditional, conditional] halves. Two images without guidance are an even batch too.
+GUIDED = "@guided"
 DECODER_CROP = 32  # calibration latents are cropped to this (256² pixels for SD): the ranges, at a quarter the cost
 CHILD_TIMEOUT_S = 3 * 3600
 # The child's peak memory per byte of the fp32 UNet: nncf.quantize peaked at 12.5 GB for SD 1.5 (3.4 GB in fp32) at
@@ -151,9 +154,12 @@ class Int8Activations:
     decoder_part: Any = None  # CompiledPart of the int8 decoder once used
     decoder_bytes: int = 0
 
-    def keep(self, feeds: dict[str, np.ndarray]) -> None:
-        """Keep one UNet call's inputs; past MAX_KEPT every other one is dropped, so they stay spread over the steps."""
-        self.captured.append({name: np.array(array, copy=True) for name, array in feeds.items()})
+    def keep(self, feeds: dict[str, np.ndarray], *, guided: bool) -> None:
+        """Keep one UNet call's inputs and whether its request used CFG; past MAX_KEPT every other one is dropped, so
+        they stay spread over the steps."""
+        kept = {name: np.array(array, copy=True) for name, array in feeds.items()}
+        kept[GUIDED] = np.asarray(guided)
+        self.captured.append(kept)
         if len(self.captured) > MAX_KEPT:
             self.captured = self.captured[::2]
 
@@ -299,16 +305,22 @@ def _run_child(int8: Int8Activations, work: Path) -> None:
 
 # ----- the child process -----
 
-def denoised(unet: Any, inputs: dict[str, np.ndarray], scheduler: dict[str, Any], steps: int = DRIFT_STEPS) -> np.ndarray:
+def unet_inputs(kept: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], bool]:
+    """(the UNet's inputs, whether the batch is CFG's [unconditional, conditional] halves) of one kept call."""
+    feeds = {name: array for name, array in kept.items() if name != GUIDED}
+    return feeds, bool(kept[GUIDED])
+
+
+def denoised(unet: Any, inputs: dict[str, np.ndarray], scheduler: dict[str, Any], *, guided: bool,
+             steps: int = DRIFT_STEPS) -> np.ndarray:
     """The latents after `steps` steps of `scheduler` through `unet` (a compiled OpenVINO model), from seeded noise
-    with the held-out call's text inputs; an even batch is [unconditional, conditional] halves, guided as CFG."""
+    with the held-out call's text inputs; `guided`: the batch is [unconditional, conditional] halves, run as CFG."""
     import diffusers
     import torch
 
     sched = getattr(diffusers, scheduler["class"]).from_config(scheduler["config"])
     sched.set_timesteps(steps)
     batch = inputs["sample"].shape[0]
-    guided = batch % 2 == 0
     shape = (batch // 2 if guided else batch, *inputs["sample"].shape[1:])
     x = torch.randn(shape, generator=torch.Generator().manual_seed(0)) * sched.init_noise_sigma
     for t in sched.timesteps:
@@ -323,18 +335,18 @@ def denoised(unet: Any, inputs: dict[str, np.ndarray], scheduler: dict[str, Any]
 
 
 def clean_latents(feeds: dict[str, np.ndarray], prediction: np.ndarray, alphas_cumprod: np.ndarray,
-                  prediction_type: str) -> np.ndarray | None:
+                  prediction_type: str, *, guided: bool) -> np.ndarray | None:
     """The clean latents a UNet call predicts (the picture its step aims at), from its inputs and output; None at a
     step too noisy for that prediction to be a picture's (signal share below MIN_SIGNAL).
 
     Every SD scheduler feeds the UNet the variance-preserving sample sqrt(a) x0 + sqrt(1 - a) noise (Euler's
-    scale_model_input makes it so), with a = alphas_cumprod at the timestep; an even batch is CFG's halves."""
+    scale_model_input makes it so), with a = alphas_cumprod at the timestep; `guided`: the batch is CFG's halves."""
     t = int(round(float(np.asarray(feeds["timestep"]).reshape(-1)[0])))
     a = float(alphas_cumprod[min(max(t, 0), len(alphas_cumprod) - 1)])
     if a < MIN_SIGNAL:
         return None
     sample, out = feeds["sample"].astype(np.float64), prediction.astype(np.float64)
-    if sample.shape[0] % 2 == 0:
+    if guided:
         half = sample.shape[0] // 2
         sample, (uncond, cond) = sample[:half], (out[:half], out[half:])
         out = uncond + DRIFT_GUIDANCE * (cond - uncond)
@@ -367,9 +379,10 @@ def psnr_db(output: np.ndarray, reference: np.ndarray) -> float:
     return float("inf") if mse == 0 else float(10 * np.log10(peak**2 / mse))
 
 
-def quantize_decoder(work: Path, job: dict[str, Any], core: Any, reference: Any, calibration: list[dict],
-                     int8_latents: np.ndarray) -> dict[str, Any]:
-    """Quantize the saved VAE's decoder on the clean latents the bf16 UNet predicts from the calibration inputs,
+def quantize_decoder(work: Path, job: dict[str, Any], core: Any, reference: Any,
+                     calibration: list[tuple[dict[str, np.ndarray], bool]], int8_latents: np.ndarray) -> dict[str, Any]:
+    """Quantize the saved VAE's decoder on the clean latents the bf16 UNet predicts from the calibration inputs
+    ((feeds, guided) pairs),
     measure its pixel drift on `int8_latents` (the int8 UNet's drift run), write its IR to job["decoder_out"]."""
     import diffusers
     import torch
@@ -388,7 +401,7 @@ def quantize_decoder(work: Path, job: dict[str, Any], core: Any, reference: Any,
             z = torch.from_numpy(latents) / scale
             return {"latents": (vae.post_quant_conv(z) if vae.post_quant_conv is not None else z).numpy()}
 
-    cleans = [clean_latents(f, np.asarray(reference(f)[0]), alphas, prediction_type) for f in calibration]
+    cleans = [clean_latents(f, np.asarray(reference(f)[0]), alphas, prediction_type, guided=g) for f, g in calibration]
     inputs = [decoder_input(crop(c)) for c in cleans if c is not None]
     if not inputs:
         raise ValueError("no kept step was past the noisiest, where the UNet predicts a picture's latents")
@@ -434,20 +447,21 @@ def child_main(work: Path) -> None:
     for key in stored.files:
         kind, index, name = key.split("/")
         feeds[kind].setdefault(int(index), {})[name] = stored[key]
-    calibration = [feeds["calibration"][i] for i in sorted(feeds["calibration"])]
-    held_out = [feeds["held_out"][i] for i in sorted(feeds["held_out"])]
+    calibration = [unet_inputs(feeds["calibration"][i]) for i in sorted(feeds["calibration"])]
+    held_out = [unet_inputs(feeds["held_out"][i]) for i in sorted(feeds["held_out"])]
     unet = UNet2DConditionModel.from_pretrained(work / "unet", torch_dtype=torch.float32).eval()
     ov_model = convert_module(*traceable_unet(unet, sdxl=job["sdxl"]))
     del unet
     gc.collect()
-    quantized = quantize(ov_model, calibration)
+    quantized = quantize(ov_model, [f for f, _ in calibration])
     del ov_model
     gc.collect()
     core = ov.Core()
     options = compile_options(job["precision"])
     reference, candidate = core.compile_model(job["bf16_ir"], "CPU", options), core.compile_model(quantized, "CPU", options)
-    step = min(psnr_db(np.asarray(candidate(f)[0]), np.asarray(reference(f)[0])) for f in held_out)
-    ends = [(denoised(candidate, f, job["scheduler"]), denoised(reference, f, job["scheduler"])) for f in held_out]
+    step = min(psnr_db(np.asarray(candidate(f)[0]), np.asarray(reference(f)[0])) for f, _ in held_out)
+    ends = [(denoised(candidate, f, job["scheduler"], guided=g), denoised(reference, f, job["scheduler"], guided=g))
+            for f, g in held_out]  # fmt: skip
     drift = min(psnr_db(int8_end, bf16_end) for int8_end, bf16_end in ends)
     meta = {"activations": METHOD, "drift_psnr_db": round(drift, 3), "drift_steps": DRIFT_STEPS,
             "step_psnr_db": round(step, 3), "calibration_inputs": len(calibration), "held_out_inputs": len(held_out),
