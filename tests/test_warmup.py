@@ -189,21 +189,21 @@ async def test_a_model_a_request_loads_later_runs_its_native_size_in_the_backgro
 
 
 @needs_openvino
-async def test_on_openvino_the_native_shape_of_a_model_loaded_later_is_compiled_before_it_is_asked_for(
-    tiny_sd15: Path, tmp_path: Path
-) -> None:
+async def test_on_openvino_a_model_loaded_later_keeps_the_shape_its_request_compiled(tiny_sd15: Path, tmp_path: Path) -> None:
     settings = Settings(model="example-owner/not-downloaded", output_dir=tmp_path / "out", device="cpu", hf_offline=True,
                         warmup="on", backend="openvino", cache_dir=tmp_path / "cache", quantize="none")  # fmt: skip
     async with Client(build_server(settings)) as client:
         await wait_for_warmup(client)
         first = await client.call_tool("generate", {**FIRST, "model": str(tiny_sd15), "width": 96, "height": 96})
         assert any("converted to openvino" in n for n in first.structured_content["engine"]["backend_notes"])
+        # OpenVINO keeps one compiled UNet shape per model: the native size's run would only trade 96² for 64².
         (later,) = (await wait_for_later(client, 1))["warmup"]["later"]
-        assert later["state"] == "ready" and "compiled for sample 2x4x32x32" in later["detail"], later
-        native = await client.call_tool("generate", {**FIRST, "model": str(tiny_sd15)})
-        engine = native.structured_content["engine"]
+        assert later["state"] == "skipped" and later["size"] == "64x64", later
+        assert "OpenVINO keeps 1 compiled denoiser shape(s) per model: compiling 64x64 would replace" in later["detail"]
+        again = await client.call_tool("generate", {**FIRST, "model": str(tiny_sd15), "width": 96, "height": 96})
+        engine = again.structured_content["engine"]
         assert engine["backend_components"]["unet"] == "openvino"
-        assert "backend_notes" not in engine, engine["backend_notes"]  # nothing compiled for the first native request
+        assert "backend_notes" not in engine, engine["backend_notes"]  # 96² is still compiled: nothing to do again
 
 
 def test_doctor_says_whether_the_server_would_warm_up(tiny_sd15: Path, tmp_path: Path) -> None:

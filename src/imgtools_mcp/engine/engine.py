@@ -365,6 +365,14 @@ class Engine:
         name, size = job.source.name, f"{job.width}x{job.height}"
         warmup = self.warmup.add_later(name, f"{name} was loaded by a request at another size; its native size runs "
                                        "once in the background while the device is idle")  # fmt: skip
+        capabilities = self.backends.get(model.backend).capabilities
+        kept = capabilities.compiled_shapes
+        if kept is not None and len(model.shapes_run) >= kept:
+            warmup.size = size
+            warmup.skip(f"{capabilities.label} keeps {kept} compiled denoiser shape(s) per model: compiling {size} "
+                        f"would replace one that {name}'s requests ran")  # fmt: skip
+            log.info("warm-up after load skipped: %s", warmup.detail)
+            return
         warmup.start(name, size)
         warmup.detail = f"running {WARMUP_STEPS} steps of {name} at {size}"
         log.info("warm-up after load: %s", warmup.detail)

@@ -28,6 +28,8 @@ class Capabilities:
     # Device kinds where `auto` picks it over torch for its families (where it is measured faster).
     preferred_on: frozenset[str] = frozenset()
     why_preferred: str = ""  # the reason `auto` gives when it picks it
+    # Denoiser shapes it keeps compiled per model (the oldest goes when another is compiled); None: as many as run.
+    compiled_shapes: int | None = None
     package: str | None = None  # the module it needs ("openvino"); None: always there
     extra: str | None = None  # the pip extra that installs `package`
 

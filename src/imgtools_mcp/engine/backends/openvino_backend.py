@@ -409,6 +409,7 @@ class OpenVINOBackend(Backend):
         any_size=False,
         preferred_on=frozenset({"cpu"}),
         why_preferred="OpenVINO compiles SD-family models for this CPU and runs them faster than torch",
+        compiled_shapes=MAX_STATIC_SHAPES,
         package="openvino",
         extra="openvino",
     )
