@@ -142,7 +142,10 @@ def configure_output(command: str, verbose: bool) -> None:
     else:
         # A command in a terminal: one plain line per thing worth knowing (loading, converting, problems).
         logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="imgtools-mcp: %(message)s")
-    for noisy in ("torchao", "torch.utils._pytree"):  # torchao (transformers imports it) on CPU torch
+    # torchao (transformers imports it) on CPU torch; bitsandbytes (diffusers imports it with every model where it is
+    # installed) on an AVX512-BF16 CPU looks for an optional batch-1 LLM kernel on the Hub and warns when it is not
+    # there, which a diffusion step's many-token matmuls never use.
+    for noisy in ("torchao", "torch.utils._pytree", "bitsandbytes.backends.cpu.ops"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     logging.getLogger("imgtools_mcp").setLevel(logging.INFO)
 

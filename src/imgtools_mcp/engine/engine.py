@@ -21,7 +21,7 @@ from .cache import LoadedModel, PipelineCache, default_budget, weights_bytes
 from .catalog import find_config_folder
 from .choice import Choice, choose_dtype
 from .device import DeviceFacts, probe
-from .errors import EngineError, GenerationCancelled, InvalidRequestError, OutOfMemoryError, PipelineError
+from .errors import EngineError, GenerationCancelled, InvalidRequestError, ModelLoadError, OutOfMemoryError, PipelineError
 from .auto_model import AUTO, choose_auto_model
 from .families import FamilyInfo
 from .families.checks import check_family_request
@@ -35,8 +35,11 @@ from .quantize import (
     apply_quantization,
     backend_quantization,
     check_setting,
+    checkpoint_quantization,
     installed_packages,
     plan_weights,
+    stored_quantization,
+    stored_quantization_refusal,
 )
 from .progress import Progress, pipeline_components, reporting_component_loads, watching_download
 from .queue import DeviceQueue, QueueTicket
@@ -232,6 +235,10 @@ class Engine:
             assert source.path is not None
             config = find_config_folder(source.path, family, self.settings.model_dirs, hf_cache_dir())
         assert source.path is not None
+        if source.kind != "file":
+            refusal = stored_quantization_refusal(stored_quantization(source.path), self.facts.kind)
+            if refusal is not None:
+                raise ModelLoadError(f"model: {source.name!r} cannot load here: {refusal}")
         components = pipeline_components(source.path) if source.kind != "file" else []
         total = float(len(components)) if components else None
         progress(f"loading {source.name}: {', '.join(components) or 'single-file checkpoint'}", 0.0, total)
@@ -244,11 +251,14 @@ class Engine:
             log.info("%s: %s", source.name, done)
         backend = self.backends.choose(family.family.value)
         footprint = footprint_of(pipe)
+        # Weights the checkpoint stored quantized (GGUF, SDNQ, bitsandbytes) are used as they are, never quantized again.
+        stored = checkpoint_quantization(pipe)
         # The ladder with quantized rungs (engine/quantize.py): quantize first, then place the smaller weights.
-        planned = self._plan_weights(family, footprint, family.native_size, family.native_size, 1, backend.value)
+        planned = self._plan_weights(family, footprint, family.native_size, family.native_size, 1, backend.value,
+                                     quantize="none" if stored else None)  # fmt: skip
         # A backend's own method (nncf_int8) is applied when that backend converts the model; torch methods now.
-        on_backend = backend_quantization(pipe, planned.quantization, self.dtype.itemsize)
-        quantized = on_backend or apply_quantization(pipe, planned.quantization, footprint)
+        on_backend = None if stored else backend_quantization(pipe, planned.quantization, self.dtype.itemsize)
+        quantized = stored or on_backend or apply_quantization(pipe, planned.quantization, footprint)
         self._quantized[source.key] = (planned.quantization, quantized)
         if quantized is not None and on_backend is None and backend.value != "torch":
             # Other backends convert the torch weights themselves and do not read torchao's tensors.
@@ -286,7 +296,8 @@ class Engine:
         current = probe(self.facts.torch_device)
         return choose_memory_plan(current, footprint, activations, requested=self.settings.memory)
 
-    def _plan_weights(self, family: FamilyInfo, footprint: Any, width: int, height: int, batch: int, backend: str = "torch"):
+    def _plan_weights(self, family: FamilyInfo, footprint: Any, width: int, height: int, batch: int, backend: str = "torch",
+                      quantize: str | None = None):  # fmt: skip
         spec = family.family
         activations = estimate_activation_bytes(
             spec.activation_shape or "dit", width, height, batch, self.dtype.itemsize,
@@ -294,7 +305,7 @@ class Engine:
         )
         current = probe(self.facts.torch_device)
         return plan_weights(
-            current, footprint, activations, dtype_bytes=self.dtype.itemsize, quantize=self.settings.quantize,
+            current, footprint, activations, dtype_bytes=self.dtype.itemsize, quantize=quantize or self.settings.quantize,
             memory=self.settings.memory, installed=self.quantize_installed, backend=backend,
         )
 

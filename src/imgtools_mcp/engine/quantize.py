@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -33,7 +35,7 @@ BIG_TEXT_ENCODER_BYTES = 2 * GIB
 
 @dataclass(frozen=True)
 class QuantMethod:
-    """One way to quantize weights, where it runs, and whether this build applies it yet."""
+    """One way to quantize weights and where it runs."""
 
     id: str
     label: str
@@ -43,7 +45,6 @@ class QuantMethod:
     device_kinds: frozenset[str]
     min_compute_capability: tuple[int, int] | None = None  # CUDA only
     backend: str = "torch"  # the backend whose weights it rewrites
-    wired: bool = True  # False: declared (doctor shows it) but not applied by this build yet
     # False: not a rung of the memory ladder (int8/4bit never pick it); asked for by name, or chosen by its backend.
     ladder: bool = True
 
@@ -70,11 +71,13 @@ METHODS: dict[str, QuantMethod] = {
         # method, not a memory rung: the OpenVINO backend takes it under auto where its measured drift is small.
         QuantMethod("nncf_w8a8", "NNCF int8 weights and activations", "int8", 1.0 + 1 / 64, "nncf", frozenset({"cpu"}),
                     backend="openvino", ladder=False),
-        # 4-bit: NormalFloat4 in 64-weight blocks with an fp32 absmax each (bitsandbytes' layout).
-        QuantMethod("bnb_nf4", "bitsandbytes nf4", "4bit", 0.5 + 4 / 64, "bitsandbytes", frozenset({"cuda"}), wired=False),
         # SDNQ 4-bit: unsigned 4-bit weights in 64-weight groups with an fp32 scale and zero point each (uint4, SDNQ's
         # recommended 4-bit type: 6.4% relative error on the Linear above vs 7.0% for symmetric int4, and faster).
         QuantMethod("sdnq_int4", "SDNQ 4-bit (uint4)", "4bit", 0.5 + 8 / 64, "sdnq", frozenset({"cpu", "cuda", "rocm", "xpu"})),
+        # bitsandbytes NormalFloat4: 64-weight blocks with an fp32 absmax each (CPU too since bitsandbytes 0.48). After
+        # SDNQ's uint4 for quality: on the Linear above nf4 ran 318 ms against uint4's 351 ms (bf16 297 ms) but erred
+        # 9.1% against 6.4% (benchmarks/linear_4bit.py); the 4-bit rung takes it where SDNQ is not installed.
+        QuantMethod("bnb_nf4", "bitsandbytes nf4", "4bit", 0.5 + 4 / 64, "bitsandbytes", frozenset({"cuda", "cpu", "xpu"})),
     )
 }  # fmt: skip
 LEVELS = ("int8", "4bit")  # the ladder's quantized rungs, from least to most saving
@@ -88,8 +91,6 @@ def installed_packages() -> frozenset[str]:
 
 def method_unavailable(method: QuantMethod, facts: DeviceFacts, *, installed: Iterable[str], backend: str = "torch") -> str | None:
     """Why `method` cannot run here, or None when it can."""
-    if not method.wired:
-        return f"{method.label} is not applied by this build yet"
     if method.package not in set(installed):
         return f"{method.label} needs the {method.package} package (not installed)"
     if facts.kind not in method.device_kinds:
@@ -106,18 +107,28 @@ def method_unavailable(method: QuantMethod, facts: DeviceFacts, *, installed: It
     return None
 
 
-def choose_method(level: str, facts: DeviceFacts, *, installed: Iterable[str], backend: str = "torch") -> Choice[str | None]:
-    """The first method of `level` that runs here (METHODS is ordered fastest first; a torch method on a model of
-    another backend moves that model to torch), or None with why not."""
+def runnable_methods(level: str, facts: DeviceFacts, *, installed: Iterable[str], backend: str = "torch") -> tuple[list[str], list[str]]:
+    """(the methods of `level` that run here, in METHODS' order of preference: the fastest first, the more accurate
+    4-bit one where speeds are close; why each other one does not). A torch method on a model of another backend
+    moves that model to torch."""
     installed = frozenset(installed)
-    skipped = []
+    runnable, skipped = [], []
     for method in METHODS.values():
         if method.level != level or not method.ladder:
             continue
         why = method_unavailable(method, facts, installed=installed, backend=backend)
         if why is None:
-            return Choice(method.id, f"{method.label} runs on {facts.kind}")
-        skipped.append(why)
+            runnable.append(method.id)
+        else:
+            skipped.append(why)
+    return runnable, skipped
+
+
+def choose_method(level: str, facts: DeviceFacts, *, installed: Iterable[str], backend: str = "torch") -> Choice[str | None]:
+    """The preferred method of `level` that runs here, or None with why not."""
+    runnable, skipped = runnable_methods(level, facts, installed=installed, backend=backend)
+    if runnable:
+        return Choice(runnable[0], f"{METHODS[runnable[0]].label} runs on {facts.kind}")
     return Choice(None, "; ".join(skipped) or f"no {level} method")
 
 
@@ -220,21 +231,24 @@ def plan_weights(
     skipped: list[str] = []
     smallest: tuple[str, ModelFootprint, int] | None = None
     for level in LEVELS:
-        method = choose_method(level, facts, installed=installed, backend=backend)
-        if method.value is None:
-            skipped.append(f"no {level} rung ({method.reason})")
+        # The preferred method of the level first; a smaller one of the same level where only it fits.
+        methods, unavailable = runnable_methods(level, facts, installed=installed, backend=backend)
+        if not methods:
+            skipped.append(f"no {level} rung ({'; '.join(unavailable) or f'no {level} method'})")
             continue
-        planned = quantized_footprint(footprint, METHODS[method.value], dtype_bytes)
-        need = resident_need(planned)
-        if need <= usable:
-            reason = (
-                f"weights as loaded need ~{_gib(full)}, {where}; {level} weights ({method.value}) stay resident at "
-                f"~{_gib(need)}, faster than offloading"
-            )
-            return PlannedWeights(Choice(method.value, reason), choose_memory_plan(facts, planned, activations, headroom=headroom),
-                                  planned)
-        skipped.append(f"{level} ({method.value}) needs ~{_gib(need)}")
-        smallest = (method.value, planned, need)
+        for method_id in methods:
+            planned = quantized_footprint(footprint, METHODS[method_id], dtype_bytes)
+            need = resident_need(planned)
+            if need <= usable:
+                reason = (
+                    f"weights as loaded need ~{_gib(full)}, {where}; {'; '.join([*skipped, ''])}{level} weights "
+                    f"({method_id}) stay resident at ~{_gib(need)}, faster than offloading"
+                )
+                return PlannedWeights(Choice(method_id, reason),
+                                      choose_memory_plan(facts, planned, activations, headroom=headroom), planned)  # fmt: skip
+            skipped.append(f"{level} ({method_id}) needs ~{_gib(need)}")
+            if smallest is None or need < smallest[2]:
+                smallest = (method_id, planned, need)
     if facts.kind == "cpu" and smallest is not None:
         # Nowhere to offload to: the smallest weights that run are the best there is.
         method_id, planned, need = smallest
@@ -254,6 +268,9 @@ def plan_weights(
 
 def storage_bytes(tensor: torch.Tensor) -> int:
     """Bytes a tensor really holds: a quantized tensor subclass counts its inner data and scales, not its dtype."""
+    quant_state = getattr(tensor, "quant_state", None)  # bitsandbytes' Params4bit: packed bytes, absmax beside them
+    if quant_state is not None:
+        return tensor.numel() * tensor.element_size() + storage_bytes(quant_state.absmax)
     flatten = getattr(type(tensor), "__tensor_flatten__", None)
     if flatten is not None and type(tensor) not in (torch.Tensor, torch.nn.Parameter):
         names, _ = tensor.__tensor_flatten__()
@@ -276,13 +293,69 @@ class QuantizationReport:
     bytes_after: int = 0
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "method": self.method,
-            "reason": self.reason,
-            "components": list(self.components),
-            "bytes_before": self.bytes_before,
-            "bytes_after": self.bytes_after,
-        }
+        info = {"method": self.method, "reason": self.reason, "components": list(self.components)}
+        if self.bytes_before:  # unknown for weights the checkpoint stored quantized
+            info["bytes_before"] = self.bytes_before
+        info["bytes_after"] = self.bytes_after
+        return info
+
+
+# ----- checkpoints stored quantized (GGUF files, SDNQ and bitsandbytes repos) -----
+
+# Where diffusers and transformers load each stored quantization (its quant_method), and the package it needs.
+STORED: dict[str, tuple[str, frozenset[str] | None]] = {
+    "gguf": ("gguf", None),
+    "sdnq": ("sdnq", None),
+    "torchao": ("torchao", None),
+    # diffusers' bitsandbytes loader asks for an accelerator (its CPU backend serves bnb_nf4 on loaded weights only).
+    "bitsandbytes": ("bitsandbytes", frozenset({"cuda", "xpu"})),
+}
+
+
+def stored_quantization(folder: Path) -> dict[str, str]:
+    """The components of a diffusers folder whose config says their weights are stored quantized: name -> quant_method."""
+    found: dict[str, str] = {}
+    for config in sorted(folder.glob("*/config.json")):
+        try:
+            declared = json.loads(config.read_text()).get("quantization_config")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(declared, dict) and declared.get("quant_method"):
+            found[config.parent.name] = str(declared["quant_method"])
+    return found
+
+
+def stored_quantization_refusal(found: dict[str, str], device_kind: str) -> str | None:
+    """Why weights stored with these quantizations cannot be loaded here, or None when they can."""
+    for component, method in found.items():
+        package, devices = STORED.get(method, (None, None))
+        if package is None:
+            return f"its {component} is stored quantized with {method!r}, which this build does not load"
+        if importlib.util.find_spec(package) is None:
+            return f"its {component} is stored quantized with {method}, which needs the {package} package: pip install 'imgtools-mcp[quant]'"
+        if devices is not None and device_kind not in devices:
+            return (f"its {component} is stored as {method} 4-bit, which diffusers loads on {' or '.join(sorted(devices))} "
+                    f"only, not {device_kind}; load the unquantized model with IMGTOOLS_QUANTIZE=bnb_nf4 (or 4bit) instead")  # fmt: skip
+    return None
+
+
+def checkpoint_quantization(pipe) -> QuantizationReport | None:
+    """What a loaded pipeline's checkpoint stored quantized (diffusers and transformers mark such a model with its
+    quantizer), as the result's quantization report; None when nothing was."""
+    methods: dict[str, str] = {}
+    for name, component in pipe.components.items():
+        config = getattr(getattr(component, "hf_quantizer", None), "quantization_config", None)
+        method = getattr(config, "quant_method", None)
+        if isinstance(component, torch.nn.Module) and method is not None:
+            methods[name] = str(getattr(method, "value", method))
+    if not methods:
+        return None
+    kinds = sorted(set(methods.values()))
+    names = list(methods)
+    reason = (f"the checkpoint stores {', '.join(names)} quantized ({', '.join(kinds)}): loaded as stored, "
+              "IMGTOOLS_QUANTIZE does not quantize it again")  # fmt: skip
+    after = sum(module_bytes(getattr(pipe, name)) for name in names)
+    return QuantizationReport("+".join(kinds), reason, names, 0, after)
 
 
 def backend_quantization(pipe, choice: Choice[str | None], dtype_bytes: int) -> QuantizationReport | None:
@@ -312,8 +385,35 @@ def sdnq_config(method_id: str):
     return SDNQConfig(weights_dtype="int8" if method_id == "sdnq_int8" else "uint4", minimum_allowed_numel=0)
 
 
+# Linear layers nf4 leaves as they are, by name (as SDNQ does): the embedders (timestep, text, patch) and the output
+# projection and its norm, small and where the error would reach every token or the result directly.
+BNB_KEPT = ("embed", "proj_out", "norm_out")
+
+
+def bnb_nf4(module: torch.nn.Module) -> torch.nn.Module:
+    """The Linear layers of `module` (BNB_KEPT aside) as bitsandbytes nf4 Linear4bit (64-weight blocks, no double
+    quantization, as diffusers' BitsAndBytesConfig defaults), computing in the Linear's own dtype on its device."""
+    import bitsandbytes as bnb
+
+    for path, parent in list(module.named_modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is not torch.nn.Linear or any(kept in f"{path}.{name}" for kept in BNB_KEPT):
+                continue
+            weight = child.weight.detach()
+            layer = bnb.nn.Linear4bit(child.in_features, child.out_features, bias=child.bias is not None,
+                                      compute_dtype=weight.dtype, quant_type="nf4", device="meta")  # fmt: skip
+            layer.weight = bnb.nn.Params4bit(weight, requires_grad=False, quant_type="nf4", blocksize=64,
+                                             compress_statistics=False)  # fmt: skip
+            if child.bias is not None:
+                layer.bias = torch.nn.Parameter(child.bias.detach(), requires_grad=False)
+            setattr(parent, name, layer.to(weight.device))  # moving a Params4bit to its device quantizes it
+    return module
+
+
 def quantize_module(module: torch.nn.Module, method_id: str) -> torch.nn.Module:
     """Rewrite one loaded module's Linear weights in place with `method_id` (weight-only: convolutions and norms stay)."""
+    if method_id == "bnb_nf4":
+        return bnb_nf4(module)
     if METHODS[method_id].package == "sdnq":
         from sdnq import sdnq_post_load_quant
 
@@ -331,8 +431,6 @@ def apply_quantization(pipe, choice: Choice[str | None], footprint: ModelFootpri
     if choice.value is None:
         return None
     method = METHODS[choice.value]
-    if not method.wired:
-        raise ValueError(f"quantize: {method.label} is not applied by this build yet")
     encoder_names = tuple(n for n, c in pipe.components.items() if n.startswith("text_encoder") and isinstance(c, torch.nn.Module))
     wanted = quantized_components(footprint, encoder_names)
     names = [("transformer" if getattr(pipe, "transformer", None) is not None else "unet") if n == "denoiser" else n
