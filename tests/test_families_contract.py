@@ -320,10 +320,13 @@ async def test_a_gguf_transformer_runs_in_its_family_pipeline(models: dict[str, 
     assert (model["family"], model["kind"], model["name"]) == ("flux", "file", "flux-tiny-Q8_0")
     difference = np.abs(pixels_of(image) - pixels_of(first(full)))
     assert difference.mean() < 3  # Q8_0 rounding changes a few levels, not the picture
+    info = quantized.structured_content["engine"]["quantization"]
+    assert info["method"] == "gguf" and info["components"] == ["transformer"], info
+    assert "loaded as stored, IMGTOOLS_QUANTIZE does not quantize it again" in info["reason"], info
 
 
-async def _generate_with_every_family(client: Client, models: dict[str, Path]) -> None:
-    for case in CASES:
+async def _generate_with_families(client: Client, models: dict[str, Path], cases: list[FamilyCase]) -> None:
+    for case in cases:
         args = {"prompt": "over the wire", "model": str(models[case.builder]), "width": case.size, "height": case.size, **FAST}
         tool = "generate" if case.generate else ("inpaint" if case.inpaint else "edit")
         if tool == "inpaint":
@@ -336,6 +339,8 @@ async def _generate_with_every_family(client: Client, models: dict[str, Path]) -
 
 @pytest.mark.slow
 async def test_every_family_generates_over_stdio_and_http(models: dict[str, Path], tmp_path: Path) -> None:
+    """Every family's result crosses a real wire: alternate families over stdio and over HTTP (the transports are
+    the same for all families, and each carries several kinds: generate, edit, inpaint)."""
     import sys
 
     from mcp import StdioServerParameters
@@ -346,12 +351,12 @@ async def test_every_family_generates_over_stdio_and_http(models: dict[str, Path
     )
     with anyio.fail_after(280):
         async with Client(params) as client:
-            await _generate_with_every_family(client, models)
+            await _generate_with_families(client, models, CASES[0::2])
     (tmp_path / "logs").mkdir()
     server = await HttpServer(models["flux"], tmp_path / "http", tmp_path / "logs").start()
     try:
         with anyio.fail_after(280):
             async with connect(server.url) as client:
-                await _generate_with_every_family(client, models)
+                await _generate_with_families(client, models, CASES[1::2])
     finally:
         server.stop()

@@ -48,10 +48,12 @@ async def made(server: HttpServer) -> dict[str, str]:
             "prompt": "a lighthouse with a blue door", "image": lighthouse_id, **SMALL,
             "mask_shapes": [{"type": "rect", "x": 0.4, "y": 0.6, "width": 0.2, "height": 0.3}],
         })
-    # generate_s covers 2 steps and the decode: an upper bound on a step, to size a job that runs for seconds here.
+    # generate_s covers 2 steps and the decode: an upper bound on a 64² step (a 128² one costs ~4x), to size a job
+    # of ~8 s or more, at least 60 steps (7 s at 128² uncontended on 2 cores): the page polls every 3 s while no job
+    # runs, so a shorter job, or one timed while other work shared the CPU, can end before it is seen twice.
     step_s = lighthouse.structured_content["timings"]["generate_s"] / 2
     return {
-        "steps_for_a_few_seconds": str(max(8, min(150, math.ceil(5 / max(step_s, 1e-3))))),
+        "steps_for_a_few_seconds": str(max(60, min(150, math.ceil(8 / max(4 * step_s, 1e-3))))),
         "lighthouse": lighthouse_id,
         "forest": forest.structured_content["images"][0]["id"],
         "door": door.structured_content["images"][0]["id"],
@@ -151,7 +153,7 @@ async def test_the_gallery_lists_searches_filters_shows_lineage_and_follows_a_jo
             async with connect(server.url, TOKEN) as client:
                 job = await client.call_tool(
                     "generate",
-                    {"prompt": "a slow sunrise", "width": 64, "height": 64, "steps": int(made["steps_for_a_few_seconds"]), "background": True},
+                    {"prompt": "a slow sunrise", "width": 128, "height": 128, "steps": int(made["steps_for_a_few_seconds"]), "background": True},
                 )
                 job_id = job.structured_content["job_id"]
                 await page.wait_for_function(
