@@ -87,3 +87,25 @@ async def test_openvino_reuses_the_passes_torch_reuses_and_agrees_with_it(family
     assert np.array_equal(pixels(quality), pixels(after))  # a quality request after a cached one is untouched
     notes = ov["balanced"]["engine"]["backend_notes"]
     assert any(n.startswith("unet_shallow: converted to openvino") for n in notes), notes
+
+
+@needs_openvino
+def test_a_call_passed_to_torch_mid_request_counts_as_a_computed_pass(tiny_sd15: Path) -> None:
+    from imgtools_mcp.engine.backends.base import BackendRun
+    from imgtools_mcp.engine.backends.openvino_backend import OpenVINOUNet
+    from imgtools_mcp.engine.step_cache import Cadence, StepCacheRun
+
+    unet = UNet2DConditionModel.from_pretrained(tiny_sd15 / "unet").eval()
+    run = BackendRun("openvino", "test")
+    # A call the converted graph cannot take (a keyword it has no input for) runs the torch UNet; no IR is touched.
+    wrapper = OpenVINOUNet(unet, part=None, run=run, sdxl=False)
+    counted = StepCacheRun("balanced", "deep_cache", "test", interval=2)
+    generator = torch.Generator().manual_seed(0)
+    sample = torch.randn(2, unet.config.in_channels, 8, 8, generator=generator)
+    states = torch.randn(2, 77, unet.config.cross_attention_dim, generator=generator)
+    object.__setattr__(wrapper, "_deep", np.zeros(1))  # as if a full OpenVINO pass had kept its deep feature
+    with torch.no_grad(), wrapper.deep_cache(Cadence(counted)):
+        wrapper(sample, torch.tensor([900.0]), states, cross_attention_kwargs={"scale": 1.0})
+        assert wrapper._deep is None  # the torch pass made none, so the next pass cannot reuse an older one
+    assert (counted.passes, counted.computed) == (1, 1)
+    assert run.notes == ["unet: a call ran on torch (cross_attention_kwargs given)"]

@@ -281,6 +281,9 @@ class OpenVINOUNet(torch.nn.Module):
             unusual = "SDXL call without text_embeds/time_ids"
         if unusual is not None:
             self._fall_back(unusual)
+            if self._cadence is not None:  # a full torch pass: counted, and no deep feature of it to reuse
+                self._cadence.reuse(float(torch.as_tensor(timestep).reshape(-1)[0]), tuple(sample.shape), have_features=False)
+                object.__setattr__(self, "_deep", None)
             return self._original(
                 sample, timestep, encoder_hidden_states, *args, added_cond_kwargs=added_cond_kwargs, return_dict=return_dict, **kwargs
             )
