@@ -150,8 +150,10 @@ def table(report: dict) -> str:
                          f"{drift} | {fmt(row.get('full_pass_s'))} | {fmt(row.get('reused_pass_s'))} |")
         lines.append("")
     lines += ["Random weights: the PSNR bounds the drift of these layouts, not of trained models. "
-              "FLUX.1 runs 1 double + 2 single blocks of its 19 + 38 (full width); First Block Cache decides reuse "
-              "from how much the first block's output changes, so the reduced depth changes how often it reuses.", ""]
+              "FLUX.1 runs 1 double + 2 single blocks of its 19 + 38 (full width); First Block Cache (balanced) decides "
+              "reuse from how much the first block's output changes, so the reduced depth changes how often it reuses; "
+              "TaylorSeer (fast) reuses on a fixed schedule, and its predicted passes skip every block, so depth only "
+              "scales what it saves.", ""]
     return "\n".join(lines)
 
 

@@ -143,7 +143,7 @@ def test_doctor_shows_the_quantization_and_step_caches_this_machine_would_choose
     full = collect(settings_for(tmp_path, flux))
     report = full["quantization"]
     assert full["step_cache"]["denoiser"] == "transformer"
-    assert full["step_cache"]["speeds"]["fast"].startswith("first_block_cache, threshold 0.2")
+    assert full["step_cache"]["speeds"]["fast"].startswith("taylorseer_cache, 3 full passes then one in every 5")
     assert report["levels"]["int8"]["method"] == "sdnq_int8" and report["levels"]["4bit"]["method"] == "sdnq_int4"
     assert "sdnq" in report["installed"]
     assert report["methods"]["sdnq_int8"] == {"available": True} and report["methods"]["sdnq_int4"] == {"available": True}

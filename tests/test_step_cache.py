@@ -14,7 +14,7 @@ from imgtools_mcp.server import build_server
 from imgtools_mcp.testing import make_test_model
 
 pytestmark = pytest.mark.anyio
-# Twelve steps: the random tiny model's first block settles only late enough for First Block Cache to reuse a pass or two.
+# Twelve steps: TaylorSeer (fast) computes passes 0, 1, 2, 4 and 9.
 REQUEST = {"prompt": "a lighthouse", "width": 64, "height": 64, "steps": 12, "seed": 1}
 
 
@@ -47,17 +47,21 @@ async def test_speed_levels_change_the_computed_passes_and_stay_deterministic(tm
     # A plain request carries no cache and records no speed.
     assert "step_cache" not in quality["engine"] and "speed" not in quality["parameters"]
     cache = fast["engine"]["step_cache"]
-    assert cache["method"] == "first_block_cache" and fast["parameters"]["speed"] == "fast"
+    assert cache["method"] == "taylorseer_cache" and cache["interval"] == 5 and fast["parameters"]["speed"] == "fast"
     assert cache["denoiser_passes"] == 12  # FLUX.1 dev: distilled guidance, one pass per step
-    assert 0 < cache["computed"] < 12 and cache["reused"] == 12 - cache["computed"]
-    assert not np.array_equal(pixels(quality["images"][0]), pixels(fast["images"][0]))
-    assert np.array_equal(pixels(fast["images"][0]), pixels(fast_again["images"][0]))
+    assert (cache["computed"], cache["reused"]) == (5, 7), cache
+    a, b = pixels(quality["images"][0]), pixels(fast["images"][0])
+    assert not np.array_equal(a, b) and np.abs(a - b).mean() < 8, np.abs(a - b).mean()  # predicted, not garbage
+    assert np.array_equal(b, pixels(fast_again["images"][0]))
     assert fast_again["engine"]["step_cache"] == cache
-    # balanced reuses no more than fast (a lower threshold), and the hooks are gone afterwards.
-    assert cache["computed"] <= balanced["engine"]["step_cache"]["computed"] <= 12
-    assert np.array_equal(pixels(quality["images"][0]), pixels(quality_after["images"][0]))
+    # balanced: First Block Cache, which reuses a pass only once the first block's output settles (this random tiny
+    # model's never does, so every pass is computed and the image is quality's); the hooks are gone afterwards.
+    fbc = balanced["engine"]["step_cache"]
+    assert (fbc["method"], fbc["threshold"], fbc["denoiser_passes"]) == ("first_block_cache", 0.08, 12), fbc
+    assert fbc["computed"] < 12 or np.array_equal(pixels(balanced["images"][0]), a)
+    assert np.array_equal(a, pixels(quality_after["images"][0]))
     infotext = Image.open(fast["images"][0]["path"]).text["parameters"]
-    assert f"Step cache: \"fast, first_block_cache 0.2, {cache['computed']}/12 computed\"" in infotext
+    assert 'Step cache: "fast, taylorseer_cache interval 5, 5/12 computed"' in infotext
 
 
 UNET_REQUEST = {"prompt": "a lighthouse", "negative_prompt": "fog", "width": 64, "height": 64, "steps": 8, "seed": 3}

@@ -1,6 +1,8 @@
 """Step caches for a request's `speed`: reuse the denoiser's work between similar denoising steps, and count it.
 
-Transformer families use diffusers' First Block Cache. UNet families use a DeepCache-style feature reuse
+Transformer families use diffusers' hooks: First Block Cache at `balanced` (a pass is reused while the first block's
+output barely changes) and TaylorSeer at `fast` (on a fixed schedule, the whole pass's output is predicted from the
+last full passes by a Taylor expansion, in its memory-light variant). UNet families use a DeepCache-style feature reuse
 written here (Ma et al., "DeepCache", CVPR 2024): a full step every N steps runs the whole UNet and keeps
 the deep features (what up_blocks[-2] hands to the last up block); the steps in between run only the
 shallow path (conv_in, down_blocks[0], up_blocks[-1], conv_out) on top of those features.
@@ -23,7 +25,12 @@ SPEEDS = ("quality", "balanced", "fast")
 # diffusers' First Block Cache: when the first block's residual changed by less than this fraction since the
 # last fully computed step, the other blocks' cached residuals are reused. ParaAttention uses 0.08 on FLUX.1
 # for ~1.8x with little visible change; diffusers' own example uses 0.2, which reuses far more and drifts.
-FBC_THRESHOLDS = {"balanced": 0.08, "fast": 0.2}
+FBC_THRESHOLD = 0.08  # balanced
+# TaylorSeer (Liu et al. 2025) at `fast`, diffusers' documented settings: the first TAYLORSEER_FIRST passes full,
+# then one full pass every TAYLORSEER_INTERVAL (25 steps: 8 full), the others predicted to first order. Its lite mode
+# skips every block and predicts only the output projection, so a predicted pass costs almost nothing and keeps no
+# per-block factors (the full mode would keep ~2 GB of them for FLUX.1 at 512²).
+TAYLORSEER_INTERVAL, TAYLORSEER_FIRST = 5, 3
 # DeepCache's uniform cache intervals: a full UNet pass every N steps of a denoising loop, from its first step.
 # The paper's SD 1.5 results keep close to the full model at N=2-3 (it goes to N=5-10 for larger speed-ups).
 UNET_INTERVALS = {"balanced": 2, "fast": 3}
@@ -45,10 +52,10 @@ class StepCacheRun:
     """What a cache did in one call: denoiser passes (one per step, two with true CFG) computed vs reused."""
 
     speed: str
-    method: str  # first_block_cache | deep_cache | none
+    method: str  # first_block_cache | taylorseer_cache | deep_cache | none
     reason: str
     threshold: float | None = None  # first_block_cache
-    interval: int | None = None  # deep_cache: a full pass every `interval` steps
+    interval: int | None = None  # deep_cache, taylorseer_cache: a full pass every `interval` steps
     passes: int = 0
     computed: int = 0
     _computing: bool = field(default=False, repr=False)
@@ -101,10 +108,18 @@ def step_cache(pipe: Any, speed: str, *, single_pass: bool) -> Iterator[StepCach
     if not marks and not single_pass:
         yield StepCacheRun(speed, "none", f"{type(pipe).__name__} runs guided passes it does not mark for caches; ran at quality")
         return
-    from diffusers.hooks import FirstBlockCacheConfig
+    from diffusers.hooks import FirstBlockCacheConfig, TaylorSeerCacheConfig
 
-    run = StepCacheRun(speed, "first_block_cache", "the later blocks are reused while the first block's output "
-                       "barely changes", threshold=FBC_THRESHOLDS[speed])
+    if speed == "fast":
+        run = StepCacheRun(speed, "taylorseer_cache", f"after {TAYLORSEER_FIRST} full passes, one in every "
+                           f"{TAYLORSEER_INTERVAL}; the others predicted from them (TaylorSeer, lite)",
+                           interval=TAYLORSEER_INTERVAL)  # fmt: skip
+        config: Any = TaylorSeerCacheConfig(cache_interval=TAYLORSEER_INTERVAL, disable_cache_before_step=TAYLORSEER_FIRST,
+                                            max_order=1, taylor_factors_dtype=torch.float32, use_lite_mode=True)  # fmt: skip
+    else:
+        run = StepCacheRun(speed, "first_block_cache", "the later blocks are reused while the first block's output "
+                           "barely changes", threshold=FBC_THRESHOLD)  # fmt: skip
+        config = FirstBlockCacheConfig(threshold=FBC_THRESHOLD)
 
     def pass_started(module: Any, args: Any) -> None:
         run.passes += 1
@@ -118,7 +133,7 @@ def step_cache(pipe: Any, speed: str, *, single_pass: bool) -> Iterator[StepCach
     # The tail block's first submodule runs only inside the block's own forward, which a reused pass skips.
     leaf = next(m for m in tail.modules() if m is not tail)
     handles = [transformer.register_forward_pre_hook(pass_started), leaf.register_forward_pre_hook(tail_ran)]
-    transformer.enable_cache(FirstBlockCacheConfig(threshold=run.threshold))
+    transformer.enable_cache(config)
     try:
         with contextlib.ExitStack() as stack:
             if not marks:
@@ -263,13 +278,18 @@ def _unet_cache(unet: Any, speed: str) -> Iterator[StepCacheRun]:
 def choices_for(denoiser: str | None) -> dict[str, Any]:
     """What each `speed` would do for a model with this denoiser ("transformer" | "unet"; None: unknown), for doctor."""
     report: dict[str, Any] = {"quality": "no cache: every step computed (the default)"}
-    for speed, threshold in FBC_THRESHOLDS.items():
+    transformer = {
+        "balanced": f"first_block_cache, threshold {FBC_THRESHOLD:g}",
+        "fast": f"taylorseer_cache, {TAYLORSEER_FIRST} full passes then one in every {TAYLORSEER_INTERVAL}, the others "
+                "predicted",
+    }  # fmt: skip
+    for speed in ("balanced", "fast"):
         if denoiser == "unet":
             report[speed] = (f"deep_cache, a full UNet pass every {UNET_INTERVALS[speed]} steps; the others run the "
                              "shallow blocks on cached deep features (torch hooks; on OpenVINO a shallow IR of those blocks)")
         else:
-            report[speed] = (f"first_block_cache, threshold {threshold:g} (transformer families whose pipeline marks "
-                             "its passes, or that run one pass per step)")
+            report[speed] = (f"{transformer[speed]} (transformer families whose pipeline marks its passes, or that run "
+                             "one pass per step)")
             if denoiser is None:
                 report[speed] += f"; UNet families: deep_cache, a full UNet pass every {UNET_INTERVALS[speed]} steps"
     return report
